@@ -1,0 +1,1 @@
+"""The registry: a git repository of settings, canonicals, snapshot index, requests and results."""

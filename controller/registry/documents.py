@@ -1,0 +1,199 @@
+"""One loader per document kind, and pure builders for the documents the controller writes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.registry import schemas
+from controller.registry.yamlio import load_untrusted, read_untrusted
+from controller.util.errors import BadInput
+from controller.util.paths import RUN_ID_RE
+
+REQUEST_MAX_BYTES = 16 * 1024
+DOC_MAX_BYTES = 64 * 1024
+RESULT_MAX_BYTES = 256 * 1024
+MODES = ("cold", "quick")
+
+
+@dataclass(frozen=True)
+class Request:
+    run_id: str
+    recipe: str
+    ref: str
+    mode: str
+    requested_by: str
+    trigger: str | None = None
+    pr: int | None = None
+
+    @property
+    def rel_path(self) -> str:
+        return f"requests/{self.run_id}.yaml"
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "recipe": self.recipe,
+            "ref": self.ref,
+            "mode": self.mode,
+            "requested_by": self.requested_by,
+        }
+        if self.trigger is not None:
+            doc["trigger"] = self.trigger
+        if self.pr is not None:
+            doc["pr"] = self.pr
+        return doc
+
+
+@dataclass(frozen=True)
+class Canonical:
+    recipe: str
+    known_good: str
+    promoted_by_run: str
+    promoted_at: str
+    source: str = ""
+    domain: str = ""
+
+
+@dataclass(frozen=True)
+class SnapshotIndex:
+    app: str
+    commit: str
+    path: str
+    volumes: dict[str, dict[str, int]]
+    manifest_sha256: str
+    taken_at: str
+    taken_by_run: str | None = None
+
+
+def result_id_for(request_name: str) -> str:
+    """The run id a request file's result is stored under.
+
+    A valid name is its own run id; any other name (it cannot be trusted as a path) maps to
+    `invalid-<hash>`, so a malformed request still gets exactly one result file.
+    """
+    stem = request_name[: -len(".yaml")] if request_name.endswith(".yaml") else request_name
+    if RUN_ID_RE.match(stem):
+        return stem
+    return "invalid-" + hashlib.sha256(request_name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def result_rel_path(run_id: str) -> str:
+    match = RUN_ID_RE.match(run_id)
+    if match:
+        stamp = match.group(1)
+        return f"results/{stamp[0:4]}-{stamp[4:6]}/{run_id}.yaml"
+    return f"results/invalid/{run_id}.yaml"
+
+
+def parse_request(raw: bytes, file_name: str) -> Request:
+    """Validate one request file's bytes; every error names the file and the field."""
+    where = f"requests/{file_name}"
+    stem = file_name[: -len(".yaml")]
+    match = RUN_ID_RE.match(stem)
+    if not match:
+        raise BadInput(
+            f"{where}: at '(file name)': {stem!r} is not a run id (<yyyymmddThhmmss>-<recipe>-<6 hex>)"
+        )
+    doc = load_untrusted(raw, where, max_bytes=REQUEST_MAX_BYTES)
+    if not isinstance(doc, dict):
+        raise BadInput(f"{where}: at '(top level)': expected a mapping, found {type(doc).__name__}")
+    schemas.validate(doc, schemas.REQUEST, where)
+    if doc["recipe"] != match.group(2):
+        raise BadInput(
+            f"{where}: at 'recipe': {doc['recipe']!r} does not match the run id's recipe {match.group(2)!r}"
+        )
+    return Request(
+        run_id=stem,
+        recipe=doc["recipe"],
+        ref=doc["ref"],
+        mode=doc["mode"],
+        requested_by=doc["requested_by"],
+        trigger=doc.get("trigger"),
+        pr=doc.get("pr"),
+    )
+
+
+def read_request(path: Path) -> Request:
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(REQUEST_MAX_BYTES + 1)
+    except OSError as exc:
+        raise BadInput(f"requests/{path.name}: cannot read the file: {exc.strerror}") from exc
+    if len(raw) > REQUEST_MAX_BYTES:
+        raise BadInput(
+            f"requests/{path.name}: the file is {path.stat().st_size} bytes, "
+            f"over the {REQUEST_MAX_BYTES}-byte limit"
+        )
+    return parse_request(raw, path.name)
+
+
+def parse_canonical(raw: bytes, where: str) -> Canonical:
+    doc = load_untrusted(raw, where, max_bytes=DOC_MAX_BYTES)
+    if not isinstance(doc, dict):
+        raise BadInput(f"{where}: at '(top level)': expected a mapping")
+    schemas.validate(doc, schemas.CANONICAL, where)
+    return Canonical(
+        recipe=doc["recipe"],
+        known_good=doc["known_good"],
+        promoted_by_run=doc["promoted_by_run"],
+        promoted_at=doc["promoted_at"],
+        source=doc.get("source", ""),
+        domain=doc.get("domain", ""),
+    )
+
+
+def parse_snapshot_index(raw: bytes, where: str) -> SnapshotIndex:
+    doc = load_untrusted(raw, where, max_bytes=DOC_MAX_BYTES)
+    if not isinstance(doc, dict):
+        raise BadInput(f"{where}: at '(top level)': expected a mapping")
+    schemas.validate(doc, schemas.SNAPSHOT_INDEX, where)
+    return SnapshotIndex(
+        app=doc["app"],
+        commit=doc["commit"],
+        path=doc["path"],
+        volumes={k: {"files": v["files"], "bytes": v["bytes"]} for k, v in doc["volumes"].items()},
+        manifest_sha256=doc["manifest_sha256"],
+        taken_at=doc["taken_at"],
+        taken_by_run=doc.get("taken_by_run"),
+    )
+
+
+def parse_result(raw: bytes, where: str) -> dict[str, Any]:
+    doc = load_untrusted(raw, where, max_bytes=RESULT_MAX_BYTES)
+    if not isinstance(doc, dict):
+        raise BadInput(f"{where}: at '(top level)': expected a mapping")
+    schemas.validate(doc, schemas.RESULT, where)
+    return doc
+
+
+def read_result(path: Path, where: str) -> dict[str, Any]:
+    doc = read_untrusted(path, where, max_bytes=RESULT_MAX_BYTES)
+    if not isinstance(doc, dict):
+        raise BadInput(f"{where}: at '(top level)': expected a mapping")
+    schemas.validate(doc, schemas.RESULT, where)
+    return doc
+
+
+def canonical_document(canonical: Canonical) -> dict[str, Any]:
+    return {
+        "recipe": canonical.recipe,
+        "source": canonical.source,
+        "known_good": canonical.known_good,
+        "domain": canonical.domain,
+        "promoted_by_run": canonical.promoted_by_run,
+        "promoted_at": canonical.promoted_at,
+    }
+
+
+def snapshot_index_document(index: SnapshotIndex) -> dict[str, Any]:
+    return {
+        "app": index.app,
+        "commit": index.commit,
+        "path": index.path,
+        "volumes": {k: dict(v) for k, v in sorted(index.volumes.items())},
+        "manifest_sha256": index.manifest_sha256,
+        "taken_at": index.taken_at,
+        "taken_by_run": index.taken_by_run,
+    }

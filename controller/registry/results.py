@@ -1,0 +1,97 @@
+"""The run result document and its commit message (DESIGN §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OUTCOMES = ("running", "pass", "fail", "error", "rejected", "aborted")
+FINAL_OUTCOMES = ("pass", "fail", "error", "rejected", "aborted")
+
+
+@dataclass
+class Phase:
+    name: str
+    status: str  # ok | failed | skipped
+    seconds: float
+
+
+@dataclass
+class AssertOutcome:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    run: str
+    recipe: str | None
+    ref: str | None
+    mode: str | None  # what actually ran: cold | quick | rewarm; None when nothing ran
+    requested_mode: str | None
+    outcome: str
+    started_at: str
+    finished_at: str | None = None
+    fallback: str | None = None
+    gating: bool = True
+    cause: str | None = None  # recipe | infra | timeout, when the run failed or errored
+    error: str | None = None
+    requested_by: str | None = None
+    pr: int | None = None
+    app: str | None = None
+    controller: str | None = None
+    phases: list[Phase] = field(default_factory=list)
+    asserts: list[AssertOutcome] = field(default_factory=list)
+    canonical: dict[str, Any] = field(
+        default_factory=lambda: {"before": None, "after": None, "advanced": False}
+    )
+    snapshot: dict[str, Any] = field(default_factory=lambda: {"restored": False, "verified": None})
+    sso: dict[str, Any] | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "run": self.run,
+            "recipe": self.recipe,
+            "ref": self.ref,
+            "mode": self.mode,
+            "requested_mode": self.requested_mode,
+            "fallback": self.fallback,
+            "gating": self.gating,
+            "outcome": self.outcome,
+            "cause": self.cause,
+            "error": self.error,
+            "requested_by": self.requested_by,
+            "pr": self.pr,
+            "app": self.app,
+            "controller": self.controller,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "phases": [
+                {"name": p.name, "status": p.status, "seconds": round(p.seconds, 2)}
+                for p in self.phases
+            ],
+            "asserts": [{"name": a.name, "ok": a.ok, "detail": a.detail} for a in self.asserts],
+            "canonical": dict(self.canonical),
+            "snapshot": dict(self.snapshot),
+        }
+        if self.sso is not None:
+            doc["sso"] = dict(self.sso)
+        return doc
+
+
+def mode_label(result: RunResult) -> str:
+    if result.outcome == "rejected":
+        return "reject"
+    return result.mode or result.requested_mode or "reject"
+
+
+def commit_message(result: RunResult, *, extra: str = "") -> str:
+    """`[cold] notes@3f2a1b2 pass (run …)`; the first line is what `git log` shows."""
+    ref = (result.ref or "")[:7] or "?"
+    recipe = result.recipe or "?"
+    head = f"[{mode_label(result)}] {recipe}@{ref} {result.outcome} (run {result.run})"
+    if extra:
+        head += f"; {extra}"
+    body = f"\n\n{result.error}" if result.error and result.outcome != "running" else ""
+    return head + body

@@ -1,0 +1,327 @@
+"""A registry clone on disk: reading documents, and committing changes with push-and-retry."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.registry import documents
+from controller.registry.documents import Canonical, Request, SnapshotIndex
+from controller.registry.git import PushRejected, git, git_plain, identity_env
+from controller.registry.results import RunResult, commit_message
+from controller.registry.settings import SETTINGS_FILE, SETTINGS_TEMPLATE, Settings, load_settings
+from controller.registry.yamlio import dump_document, update_document
+from controller.util.errors import BadInput, CcciError, ExternalError
+from controller.util.locks import exclusive
+
+log = logging.getLogger(__name__)
+
+PUSH_ATTEMPTS = 12
+LAYOUT_DIRS = ("canonicals", "snapshots-index", "requests", "results")
+
+# A mutation writes files under the registry root and returns the paths it touched
+# (relative), or None when, on a fresh look at the registry, there is nothing to do.
+Mutation = Callable[[Path], list[str] | None]
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str = "ccci"
+    email: str = "ccci@localhost"
+
+    @classmethod
+    def of(cls, settings: Settings) -> Identity:
+        return cls(settings.identity_name, settings.identity_email)
+
+
+class Registry:
+    """One local clone of a registry. Every write holds the clone's lock."""
+
+    def __init__(self, root: Path, identity: Identity | None = None) -> None:
+        self.root = root.absolute()
+        if not (self.root / ".git").exists():
+            raise BadInput(f"{root}: not a git repository (the registry must be a git clone)")
+        self.identity = identity or Identity()
+        self._lock_path = self.root / ".git" / "ccci.lock"
+        self._branch: str | None = None
+        self._remote: str | None | bool = False
+
+    # -- facts about the clone -------------------------------------------------------------
+
+    def git(self, *args: str, strip: bool = True) -> str:
+        return git(self.root, *args, strip=strip)
+
+    @property
+    def branch(self) -> str:
+        if self._branch is None:
+            self._branch = self.git("symbolic-ref", "--short", "HEAD")
+        return self._branch
+
+    @property
+    def remote(self) -> str | None:
+        if self._remote is False:
+            remotes = self.git("remote").split()
+            self._remote = "origin" if "origin" in remotes else (remotes[0] if remotes else None)
+        return self._remote if isinstance(self._remote, str) else None
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD")
+
+    def settings(self) -> Settings:
+        return load_settings(self.root)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with exclusive(self._lock_path, what=f"registry clone {self.root}"):
+            yield
+
+    # -- syncing with the remote -----------------------------------------------------------
+
+    def _upstream(self) -> str | None:
+        if not self.remote:
+            return None
+        ref = f"{self.remote}/{self.branch}"
+        try:
+            self.git("rev-parse", "--verify", "--quiet", f"refs/remotes/{ref}")
+        except ExternalError:
+            return None
+        return ref
+
+    def sync(self) -> None:
+        """Fetch, then put local commits on top of the remote; push what is still unpushed."""
+        if not self.remote:
+            return
+        with self.locked():
+            self.git("fetch", "--quiet", self.remote)
+            upstream = self._upstream()
+            if upstream is None:
+                return
+            ahead = self.git("rev-list", "--count", f"{upstream}..HEAD")
+            behind = self.git("rev-list", "--count", f"HEAD..{upstream}")
+            if behind != "0":
+                if ahead == "0":
+                    self.git("merge", "--ff-only", "--quiet", upstream)
+                else:
+                    self._replay_onto(upstream)
+            if self.git("rev-list", "--count", f"{upstream}..HEAD") != "0":
+                with contextlib.suppress(ExternalError):
+                    self._push()
+
+    def _replay_onto(self, upstream: str) -> None:
+        """Rebase local commits; a commit that conflicts with the remote is dropped, loudly."""
+        try:
+            self.git("rebase", "--quiet", upstream)
+            return
+        except ExternalError:
+            with contextlib.suppress(ExternalError):
+                self.git("rebase", "--abort")
+        local = self.git("rev-list", "--reverse", f"{upstream}..HEAD").split()
+        self.git("reset", "--quiet", "--hard", upstream)
+        for commit in local:
+            try:
+                self.git("cherry-pick", "--allow-empty", commit)
+            except ExternalError:
+                with contextlib.suppress(ExternalError):
+                    self.git("cherry-pick", "--abort")
+                log.warning("dropped local registry commit %s: it conflicts with the remote", commit)
+
+    def _push(self) -> None:
+        assert self.remote
+        self.git("push", "--quiet", self.remote, f"HEAD:refs/heads/{self.branch}")
+
+    # -- committing ------------------------------------------------------------------------
+
+    def transact(self, mutate: Mutation, message: str, *, must_publish: bool = False) -> str | None:
+        """Apply `mutate` on a fresh view of the registry, commit, push; on a rejected push
+        undo, fetch, and re-apply (the mutation re-checks). Returns the commit or None."""
+        env = identity_env(self.identity.name, self.identity.email)
+        for attempt in range(PUSH_ATTEMPTS):
+            with self.locked():
+                self.sync()
+                touched = mutate(self.root)
+                if not touched:
+                    return None
+                self.git("add", "--all", "--", *touched)
+                if not self.git("status", "--porcelain", "--", *touched):
+                    return None
+                git(self.root, "commit", "--quiet", "--no-verify", "-m", message, env=env)
+                sha = self.head()
+                if not self.remote:
+                    return sha
+                try:
+                    self._push()
+                    return sha
+                except PushRejected:
+                    log.info("push rejected (attempt %d): the remote moved; retrying", attempt + 1)
+                    self.git("reset", "--quiet", "--hard", "HEAD~1")
+                except ExternalError:
+                    if must_publish:
+                        # A claim nobody else can see does not count: take it back.
+                        self.git("reset", "--quiet", "--hard", "HEAD~1")
+                        raise
+                    log.warning("registry remote unreachable; %s stays local until the next sync",
+                                sha[:12])
+                    return sha
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
+        raise ExternalError(f"could not push to the registry remote after {PUSH_ATTEMPTS} attempts",
+                            temporary=True)
+
+    # -- documents -------------------------------------------------------------------------
+
+    def pending_request_names(self) -> list[str]:
+        """Request files that have no result yet, oldest run id first."""
+        requests_dir = self.root / "requests"
+        if not requests_dir.is_dir():
+            return []
+        pending = []
+        for entry in sorted(requests_dir.iterdir(), key=lambda p: p.name):
+            if not entry.name.endswith(".yaml") or entry.name.startswith("."):
+                continue
+            run_id = documents.result_id_for(entry.name)
+            if not (self.root / documents.result_rel_path(run_id)).exists():
+                pending.append(entry.name)
+        return pending
+
+    def read_request(self, file_name: str) -> Request:
+        path = self.root / "requests" / file_name
+        if path.is_symlink() or not path.is_file():
+            raise BadInput(f"requests/{file_name}: not a regular file")
+        return documents.read_request(path)
+
+    def result(self, run_id: str) -> dict[str, Any] | None:
+        rel = documents.result_rel_path(run_id)
+        path = self.root / rel
+        if not path.is_file():
+            return None
+        return documents.read_result(path, rel)
+
+    def all_results(self) -> list[dict[str, Any]]:
+        out = []
+        results_dir = self.root / "results"
+        if not results_dir.is_dir():
+            return out
+        for path in sorted(results_dir.glob("*/*.yaml")):
+            try:
+                out.append(documents.read_result(path, str(path.relative_to(self.root))))
+            except CcciError as exc:
+                log.warning("skipping unreadable result: %s", exc.message)
+        return out
+
+    def canonical(self, recipe: str) -> Canonical | None:
+        rel = f"canonicals/{recipe}.yaml"
+        path = self.root / rel
+        if not path.is_file():
+            return None
+        return documents.parse_canonical(path.read_bytes()[: documents.DOC_MAX_BYTES + 1], rel)
+
+    def snapshot_index(self, app: str) -> SnapshotIndex | None:
+        rel = f"snapshots-index/{app}.yaml"
+        path = self.root / rel
+        if not path.is_file():
+            return None
+        return documents.parse_snapshot_index(path.read_bytes()[: documents.DOC_MAX_BYTES + 1], rel)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def file_request(self, request: Request) -> str | None:
+        rel = request.rel_path
+
+        def write(root: Path) -> list[str] | None:
+            path = root / rel
+            if path.exists():
+                raise BadInput(f"{rel}: a request with this run id already exists")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dump_document(request.to_document()))
+            return [rel]
+
+        label = request.mode
+        message = f"[{label}] {request.recipe}@{request.ref[:7]} requested by {request.requested_by} (run {request.run_id})"
+        return self.transact(write, message)
+
+    def claim(self, result: RunResult) -> bool:
+        """Commit `result` (outcome running) unless someone already has; True when we won."""
+        rel = documents.result_rel_path(result.run)
+
+        def write(root: Path) -> list[str] | None:
+            path = root / rel
+            if path.exists():
+                return None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dump_document(result.to_document()))
+            return [rel]
+
+        return self.transact(write, commit_message(result), must_publish=True) is not None
+
+    def write_result(
+        self,
+        result: RunResult,
+        *,
+        also: dict[str, str] | None = None,
+        only_if_unclaimed: bool = False,
+        extra_message: str = "",
+    ) -> str | None:
+        """Commit the final result (and any companion files, in the same commit)."""
+        rel = documents.result_rel_path(result.run)
+
+        def write(root: Path) -> list[str] | None:
+            path = root / rel
+            if only_if_unclaimed and path.exists():
+                return None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dump_document(result.to_document()))
+            touched = [rel]
+            for other_rel, text in (also or {}).items():
+                other = root / other_rel
+                other.parent.mkdir(parents=True, exist_ok=True)
+                other.write_text(text)
+                touched.append(other_rel)
+            return touched
+
+        return self.transact(write, commit_message(result, extra=extra_message))
+
+    def write_document(self, rel: str, updates: dict[str, Any], message: str) -> str | None:
+        """Create or update a YAML document, keeping untouched lines byte-identical."""
+
+        def write(root: Path) -> list[str] | None:
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                path.write_text(update_document(path.read_text(), updates))
+            else:
+                path.write_text(dump_document(updates))
+            return [rel]
+
+        return self.transact(write, message)
+
+
+def updated_text(root: Path, rel: str, updates: dict[str, Any]) -> str:
+    """The new text of `rel` with `updates` applied (round-trip), for a combined commit."""
+    path = root / rel
+    if path.exists():
+        return update_document(path.read_text(), updates)
+    return dump_document(updates)
+
+
+def init_registry(path: Path, *, base_domain: str | None = None) -> None:
+    """Create a registry with the layout of DESIGN §3 and one first commit."""
+    if path.exists() and any(path.iterdir()):
+        raise BadInput(f"{path}: exists and is not empty; `ccci init` creates a new registry")
+    path.mkdir(parents=True, exist_ok=True)
+    git_plain("init", "--quiet", "--initial-branch=main", str(path))
+    template = SETTINGS_TEMPLATE
+    if base_domain:
+        template = template.replace("base_domain: ci.example.org", f"base_domain: {base_domain}")
+    (path / SETTINGS_FILE).write_text(template)
+    for sub in LAYOUT_DIRS:
+        (path / sub).mkdir(exist_ok=True)
+        (path / sub / ".gitkeep").write_text("")
+    git(path, "add", "--all")
+    identity = Identity()
+    git(path, "commit", "--quiet", "--no-verify", "-m", "ccci: new registry",
+        env=identity_env(identity.name, identity.email))

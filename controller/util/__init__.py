@@ -1,0 +1,1 @@
+"""Small helpers shared by every layer: errors, subprocesses, time, locks, paths, logging."""

@@ -1,0 +1,103 @@
+"""Logging set-up: run-id context, secret masking, plain or JSON lines."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+_run_id: contextvars.ContextVar[str] = contextvars.ContextVar("ccci_run_id", default="-")
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+MASK = "*****"
+
+
+def register_secret(value: str) -> None:
+    """Mask `value` in every log line from now on (short values would mask too much)."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def mask(text: str) -> str:
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+@contextlib.contextmanager
+def run_context(run_id: str) -> Iterator[None]:
+    """Every log line inside carries `run_id`."""
+    token = _run_id.set(run_id)
+    try:
+        yield
+    finally:
+        _run_id.reset(token)
+
+
+def current_run_id() -> str:
+    return _run_id.get()
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run = _run_id.get()
+        return True
+
+
+class _MaskingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record))
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "run": getattr(record, "run", "-"),
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return mask(json.dumps(doc))
+
+
+def setup_logging(*, level: str = "INFO", json_lines: bool = False, log_file: Path | None = None) -> None:
+    """Configure handlers once, at the entry point."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(level.upper())
+    fmt: logging.Formatter
+    if json_lines:
+        fmt = _JsonFormatter()
+    else:
+        fmt = _MaskingFormatter("%(asctime)s %(levelname)s [%(run)s] %(name)s: %(message)s")
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(fmt)
+    stream.addFilter(_ContextFilter())
+    root.addHandler(stream)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(
+            _JsonFormatter() if json_lines else _MaskingFormatter(
+                "%(asctime)s %(levelname)s [%(run)s] %(name)s: %(message)s"
+            )
+        )
+        file_handler.addFilter(_ContextFilter())
+        root.addHandler(file_handler)
+    # Third-party chatter stays out of the daemon's log unless asked for.
+    for noisy in ("urllib3", "docker", "git", "watchdog", "keycloak", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

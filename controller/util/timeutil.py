@@ -1,0 +1,68 @@
+"""UTC time helpers and run ids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def iso(moment: dt.datetime) -> str:
+    """ISO 8601 with a Z suffix, second precision."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_iso() -> str:
+    return iso(utcnow())
+
+
+def parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def new_run_id(recipe: str, moment: dt.datetime | None = None) -> str:
+    """`<UTC yyyymmddThhmmss>-<recipe>-<6 hex>`: unique, sortable, safe as a file name."""
+    moment = moment or utcnow()
+    return f"{moment.astimezone(dt.UTC):%Y%m%dT%H%M%S}-{recipe}-{secrets.token_hex(3)}"
+
+
+class Deadline:
+    """A point in monotonic time; `remaining()` never goes below zero."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+def poll_until(
+    probe: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    max_interval: float = 2.0,
+) -> T | None:
+    """Call `probe` until it returns something not None or the time is up."""
+    deadline = Deadline(timeout)
+    delay = interval
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if deadline.expired():
+            return None
+        time.sleep(min(delay, deadline.remaining()))
+        delay = min(delay * 1.5, max_interval)
