@@ -1,0 +1,382 @@
+"""Making live volumes equal the last-known-good: rewrite only what differs, then verify."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from controller.snapshots import fsio
+from controller.snapshots.check import HashPolicy, compare_tree, hash_all, hash_none
+from controller.snapshots.manifest import (
+    ROOT,
+    ManifestEntry,
+    Observed,
+    metadata_differences,
+    observe,
+    parent_of,
+    sort_key,
+)
+from controller.snapshots.store import (
+    Snapshot,
+    locked,
+    open_snapshot,
+    remove_leftovers,
+    resolve_volumes,
+    write_state,
+)
+from controller.util.errors import BadInput, CheckFailed
+
+log = logging.getLogger(__name__)
+
+# keep: equal; fix: metadata only; hash: size and mtime match, content decides;
+# write: (re)create from the snapshot; link: hard-link to the group's first member.
+Action = Literal["keep", "fix", "hash", "write", "link"]
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    rewritten: int  # entries that existed but were replaced from the snapshot
+    created: int  # entries that were missing
+    removed: int  # entries the snapshot does not have
+    metadata_fixed: int  # entries whose content was right but mode/owner/mtime were not
+    bytes_written: int
+    verified: bool
+
+
+def decide(
+    want: ManifestEntry,
+    have: Observed | None,
+    *,
+    paranoid: bool = False,
+    leader_inode: tuple[int, int] | None = None,
+    inode_owner: str | None = None,
+) -> Action:
+    """Pure: what one entry needs, from lstat alone (plus the state of its hard-link group).
+
+    `leader_inode`: for a hard-link member, the inode its group's first member has now.
+    `inode_owner`: the group (leader path or own path) that already claimed `have`'s inode.
+    """
+    if want.type == "f" and want.hardlink not in (None, want.path):
+        return "keep" if have is not None and have.inode == leader_inode else "link"
+    if have is None or have.type != want.type:
+        return "write"
+    if want.type == "l" and have.target != want.target:
+        return "write"
+    if want.type == "f":
+        if inode_owner not in (None, want.hardlink or want.path):
+            return "write"  # hard-linked to an entry the snapshot keeps apart
+        if have.size != want.size:
+            return "write"
+        if paranoid or have.mtime_ns != want.mtime_ns:
+            return "hash"
+    return "fix" if metadata_differences(want, have) else "keep"
+
+
+def _split(path: str) -> tuple[str, str]:
+    return parent_of(path), path.rpartition("/")[2]
+
+
+@dataclass
+class _Counts:
+    rewritten: int = 0
+    created: int = 0
+    removed: int = 0
+    metadata_fixed: int = 0
+    bytes_written: int = 0
+    written_files: set[str] = field(default_factory=set)
+
+
+class VolumeRestore:
+    """Restore one volume directory from one volume of a snapshot."""
+
+    def __init__(self, source: Path, volume: Path, entries: list[ManifestEntry], *,
+                 paranoid: bool, copier: fsio.Copier) -> None:
+        self.source = source
+        self.volume = volume
+        self.entries = sorted(entries, key=lambda e: sort_key(e.path))
+        self.wanted = {e.path: e for e in self.entries}
+        self.paranoid = paranoid
+        self.copier = copier
+        self.counts = _Counts()
+        self._leader_inode: dict[str, tuple[int, int]] = {}
+        self._inode_owner: dict[tuple[int, int], str] = {}
+
+    def run(self) -> _Counts:
+        vol_fd = fsio.open_root(self.volume)
+        try:
+            snap_fd = fsio.open_root(self.source)
+            try:
+                self._remove_extras(vol_fd, fsio.scan(vol_fd))
+                with fsio.DirCursor(vol_fd) as vol, fsio.DirCursor(snap_fd) as snap:
+                    for entry in self.entries:
+                        self._restore_entry(entry, vol_fd, vol, snap)
+                self._set_dir_times(vol_fd)
+            finally:
+                os.close(snap_fd)
+        finally:
+            os.close(vol_fd)
+        return self.counts
+
+    def _remove_extras(self, vol_fd: int, seen: dict[str, Observed]) -> None:
+        extras = {path for path in seen if path not in self.wanted}
+        for path in sorted(extras, key=sort_key):
+            parent, name = _split(path)
+            if parent in extras:
+                continue  # went with its directory
+            pfd = fsio.open_dir_chain(vol_fd, parent)
+            try:
+                fsio.remove_at(pfd, name)
+            finally:
+                os.close(pfd)
+        self.counts.removed += len(extras)
+
+    def _restore_entry(self, entry: ManifestEntry, vol_fd: int,
+                       vol: fsio.DirCursor, snap: fsio.DirCursor) -> None:
+        if entry.path == ROOT:
+            pfd, name = vol_fd, ""
+            have: Observed | None = observe(os.fstat(vol_fd))
+        else:
+            parent, name = _split(entry.path)
+            pfd = vol.fd_for(parent)
+            have = fsio.observe_at(pfd, name)
+        group = entry.hardlink or entry.path
+        action = decide(
+            entry,
+            have,
+            paranoid=self.paranoid,
+            leader_inode=self._leader_inode.get(entry.hardlink or ""),
+            inode_owner=self._inode_owner.get(have.inode) if have is not None else None,
+        )
+        if action == "hash":
+            assert have is not None
+            fd = fsio.open_file_at(pfd, name, entry.path, have.inode)
+            try:
+                same = fsio.hash_fd(fd, self.copier.buf) == entry.sha256
+            finally:
+                os.close(fd)
+            action = "fix" if same else "write"
+        if action == "fix":
+            assert have is not None
+            self._fix(entry, pfd, name, vol_fd)
+            self.counts.metadata_fixed += 1
+        elif action in ("write", "link"):
+            if action == "write":
+                self._write(entry, pfd, name, have, snap)
+            else:
+                self._link(entry, pfd, name, have, vol_fd)
+            if have is None:
+                self.counts.created += 1
+            else:
+                self.counts.rewritten += 1
+        if entry.type == "f" and entry.hardlink in (None, entry.path):
+            now = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            inode = (now.st_dev, now.st_ino)
+            self._inode_owner[inode] = group
+            if entry.hardlink is not None:
+                self._leader_inode[entry.path] = inode
+
+    def _fix(self, entry: ManifestEntry, pfd: int, name: str, vol_fd: int) -> None:
+        if entry.path == ROOT:
+            os.fchown(vol_fd, entry.uid, entry.gid)
+            os.fchmod(vol_fd, entry.mode)
+        elif entry.type == "d":
+            fd = fsio.open_dir_at(pfd, name, entry.path)
+            try:
+                # Its mtime is set at the end, after its contents stop changing.
+                os.fchown(fd, entry.uid, entry.gid)
+                os.fchmod(fd, entry.mode)
+            finally:
+                os.close(fd)
+        elif entry.type == "f":
+            fd = fsio.open_file_at(pfd, name, entry.path)
+            try:
+                fsio.set_fd_metadata(fd, entry, entry.mtime_ns)
+            finally:
+                os.close(fd)
+        else:
+            fsio.set_symlink_metadata(pfd, name, entry, entry.mtime_ns)
+
+    def _write(self, entry: ManifestEntry, pfd: int, name: str, have: Observed | None,
+               snap: fsio.DirCursor) -> None:
+        if entry.type == "d":
+            if have is not None:
+                fsio.remove_at(pfd, name)
+            os.mkdir(name, 0o700, dir_fd=pfd)
+            self._fix(entry, pfd, name, -1)
+            return
+        temp = fsio.temp_name()
+        try:
+            if entry.type == "l":
+                assert entry.target is not None
+                os.symlink(entry.target, temp, dir_fd=pfd)
+                fsio.set_symlink_metadata(pfd, temp, entry, entry.mtime_ns)
+            else:
+                self._copy_from_snapshot(entry, pfd, temp, snap)
+            if have is not None and have.type == "d":
+                fsio.remove_at(pfd, name)
+            os.replace(temp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=pfd)
+            raise
+
+    def _copy_from_snapshot(self, entry: ManifestEntry, pfd: int, temp: str,
+                            snap: fsio.DirCursor) -> None:
+        parent, name = _split(entry.path)
+        try:
+            sfd = fsio.open_file_at(snap.fd_for(parent), name, entry.path)
+        except FileNotFoundError as exc:
+            raise CheckFailed(f"snapshot file {entry.path} is missing; the snapshot is damaged") from exc
+        try:
+            dfd = os.open(temp, fsio.CREATE_FLAGS, 0o600, dir_fd=pfd)
+            try:
+                sha, written = self.copier.copy(sfd, dfd, os.fstat(sfd))
+                if sha != entry.sha256:
+                    raise CheckFailed(
+                        f"snapshot file {entry.path} does not match its manifest; "
+                        "the snapshot is damaged"
+                    )
+                fsio.set_fd_metadata(dfd, entry, entry.mtime_ns)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+        self.counts.bytes_written += written
+        self.counts.written_files.add(entry.path)
+
+    def _link(self, entry: ManifestEntry, pfd: int, name: str, have: Observed | None,
+              vol_fd: int) -> None:
+        assert entry.hardlink is not None
+        leader_parent, leader_name = _split(entry.hardlink)
+        lfd = fsio.open_dir_chain(vol_fd, leader_parent)
+        temp = fsio.temp_name()
+        try:
+            os.link(leader_name, temp, src_dir_fd=lfd, dst_dir_fd=pfd, follow_symlinks=False)
+            if have is not None and have.type == "d":
+                fsio.remove_at(pfd, name)
+            os.replace(temp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=pfd)
+            raise
+        finally:
+            os.close(lfd)
+
+    def _set_dir_times(self, vol_fd: int) -> None:
+        """Deepest first: setting a directory's mtime must come after its last change."""
+        for entry in reversed(self.entries):
+            if entry.type != "d":
+                continue
+            if entry.path == ROOT:
+                if os.fstat(vol_fd).st_mtime_ns != entry.mtime_ns:
+                    os.utime(vol_fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                continue
+            parent, name = _split(entry.path)
+            pfd = fsio.open_dir_chain(vol_fd, parent)
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                if st.st_mtime_ns != entry.mtime_ns:
+                    os.utime(name, ns=(st.st_atime_ns, entry.mtime_ns), dir_fd=pfd,
+                             follow_symlinks=False)
+            finally:
+                os.close(pfd)
+
+
+def _hash_if_in(paths: set[str]) -> HashPolicy:
+    def should_hash(entry: ManifestEntry) -> bool:
+        return entry.path in paths
+
+    return should_hash
+
+
+def _match_volumes(snapshot: Snapshot, targets: dict[str, Path]) -> None:
+    missing = sorted(set(snapshot.manifests) - set(targets))
+    unknown = sorted(set(targets) - set(snapshot.manifests))
+    if missing or unknown:
+        raise BadInput(
+            f"the snapshot of {snapshot.info.app} holds volumes {sorted(snapshot.manifests)}; "
+            f"missing: {missing or 'none'}, not in the snapshot: {unknown or 'none'}"
+        )
+
+
+def restore_snapshot(
+    store_root: Path,
+    app: str,
+    volumes: dict[str, Path],
+    *,
+    paranoid: bool = False,
+    allowed_root: Path | None = None,
+) -> RestoreReport:
+    """Make each volume equal the last-known-good, rewriting only what differs; then verify."""
+    targets = resolve_volumes(store_root, volumes, allowed_root)
+    with locked(store_root, app) as where:
+        remove_leftovers(where)
+        snapshot = open_snapshot(where, app)
+        _match_volumes(snapshot, targets)
+        # Dirty first: a restore killed halfway must not leave the volumes marked clean.
+        write_state(where, clean=False, manifest_sha256=None)
+        copier = fsio.Copier()
+        total = _Counts()
+        written: dict[str, set[str]] = {}
+        for name, volume in sorted(targets.items()):
+            counts = VolumeRestore(snapshot.volume_dir(name), volume, snapshot.manifests[name],
+                                   paranoid=paranoid, copier=copier).run()
+            total.rewritten += counts.rewritten
+            total.created += counts.created
+            total.removed += counts.removed
+            total.metadata_fixed += counts.metadata_fixed
+            total.bytes_written += counts.bytes_written
+            written[name] = counts.written_files
+        for device_path in {os.stat(v).st_dev: v for v in targets.values()}.values():
+            fsio.sync_filesystem(device_path)
+        problems: list[str] = []
+        for name, volume in sorted(targets.items()):
+            problems += compare_tree(
+                volume,
+                snapshot.manifests[name],
+                should_hash=hash_all if paranoid else _hash_if_in(written[name]),
+                label=f"{name}: ",
+            )
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CheckFailed(
+                f"restore of {app} did not make the volumes equal the snapshot: {problems[0]}{more}"
+            )
+        write_state(where, clean=True, manifest_sha256=snapshot.info.manifest_sha256)
+        report = RestoreReport(
+            rewritten=total.rewritten,
+            created=total.created,
+            removed=total.removed,
+            metadata_fixed=total.metadata_fixed,
+            bytes_written=total.bytes_written,
+            verified=True,
+        )
+        log.info("restored %s to snapshot %s: %s", app, snapshot.info.manifest_sha256[:12], report)
+        return report
+
+
+def verify_volumes(
+    store_root: Path, app: str, volumes: dict[str, Path], *, paranoid: bool = False
+) -> list[str]:
+    """Differences between the live volumes and the last-known-good (empty: equal).
+
+    Without `paranoid`, equal size and mtime count as equal content; with it every file
+    is hashed.
+    """
+    targets = resolve_volumes(store_root, volumes, None)
+    with locked(store_root, app) as where:
+        snapshot = open_snapshot(where, app)
+        _match_volumes(snapshot, targets)
+        problems: list[str] = []
+        for name, volume in sorted(targets.items()):
+            problems += compare_tree(
+                volume,
+                snapshot.manifests[name],
+                should_hash=hash_all if paranoid else hash_none,
+                label=f"{name}: ",
+            )
+        return problems
