@@ -48,6 +48,8 @@ class RunResult:
     )
     snapshot: dict[str, Any] = field(default_factory=lambda: {"restored": False, "verified": None})
     sso: dict[str, Any] | None = None
+    # Not written: set by a green cold run whose commit may become known-good.
+    promote: bool = False
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -137,7 +137,9 @@ class Registry:
 
     # -- committing ------------------------------------------------------------------------
 
-    def transact(self, mutate: Mutation, message: str, *, must_publish: bool = False) -> str | None:
+    def transact(
+        self, mutate: Mutation, message: str | Callable[[], str], *, must_publish: bool = False
+    ) -> str | None:
         """Apply `mutate` on a fresh view of the registry, commit, push; on a rejected push
         undo, fetch, and re-apply (the mutation re-checks). Returns the commit or None."""
         env = identity_env(self.identity.name, self.identity.email)
@@ -150,7 +152,8 @@ class Registry:
                 self.git("add", "--all", "--", *touched)
                 if not self.git("status", "--porcelain", "--", *touched):
                     return None
-                git(self.root, "commit", "--quiet", "--no-verify", "-m", message, env=env)
+                text = message() if callable(message) else message
+                git(self.root, "commit", "--quiet", "--no-verify", "-m", text, env=env)
                 sha = self.head()
                 if not self.remote:
                     return sha

@@ -60,7 +60,7 @@ def load_untrusted(raw: bytes, where: str, *, max_bytes: int = DEFAULT_MAX_BYTES
     try:
         for event in loader.parse(io.StringIO(text)):
             if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
-                raise BadInput(f"{where}: YAML anchors and aliases are not allowed")
+                raise BadInput(f"{where}: at '(top level)': YAML anchors and aliases are not allowed")
         documents = list(YAML(typ="safe", pure=True).load_all(text))
     except BadInput:
         raise
@@ -68,8 +68,11 @@ def load_untrusted(raw: bytes, where: str, *, max_bytes: int = DEFAULT_MAX_BYTES
         raise BadInput(f"{where}: malformed YAML: {_problem_line(exc)}") from exc
     except (ValueError, TypeError, RecursionError) as exc:
         raise BadInput(f"{where}: malformed YAML: {exc}") from exc
+    if not documents or (len(documents) == 1 and documents[0] is None):
+        raise BadInput(f"{where}: at '(top level)': the file is empty, expected a mapping")
     if len(documents) != 1:
-        raise BadInput(f"{where}: expected exactly one YAML document, found {len(documents)}")
+        raise BadInput(f"{where}: at '(top level)': expected exactly one YAML document, "
+                       f"found {len(documents)}")
     return _normalise(documents[0])
 
 

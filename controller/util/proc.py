@@ -23,11 +23,15 @@ def run_command(
     input_text: str | None = None,
     check: bool = True,
     temporary: bool = False,
+    clean_env: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `argv`, capture output; raise ExternalError on non-zero exit when `check`."""
+    """Run `argv`, capture output; raise ExternalError on non-zero exit when `check`.
+
+    `clean_env`: the child sees only `env` (a stack's env must not pick up the controller's).
+    """
     shown = mask(" ".join(argv))
     log.debug("run: %s", shown)
-    full_env = dict(os.environ)
+    full_env = {} if clean_env else dict(os.environ)
     if env:
         full_env.update(env)
     try:

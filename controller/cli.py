@@ -1,0 +1,81 @@
+"""Command-line entry point: parse argv, call one command, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from controller import __version__
+from controller.util.errors import CcciError
+from controller.util.log import setup_logging
+from controller.util.paths import StateDir
+
+log = logging.getLogger(__name__)
+
+# One module per subcommand under controller/commands/; each has `register(subparsers)`.
+COMMANDS = ("init", "request", "trigger", "serve", "run", "status")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One clear sentence and exit 2, as for any bad input.
+        self.exit(2, f"ccci: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ccci", description="CI for Docker Swarm recipes, driven by a git registry.")
+    parser.add_argument("--version", action="version", version=f"ccci {__version__}")
+    parser.add_argument("--state-dir", help="controller state (default $CCCI_STATE_DIR or /var/lib/ccci)")
+    parser.add_argument("--log-level", default=os.environ.get("CCCI_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines (daemon)")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        module = importlib.import_module(f"controller.commands.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def _log_file(state_dir: str | None) -> Path:
+    state = StateDir.from_env(state_dir)
+    try:
+        state.logs.mkdir(parents=True, exist_ok=True)
+        probe = state.logs / "ccci.log"
+        with probe.open("a"):
+            pass
+        return probe
+    except OSError:
+        return Path(tempfile.gettempdir()) / "ccci.log"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    log_file = _log_file(args.state_dir)
+    setup_logging(level=args.log_level, json_lines=args.log_json, log_file=log_file)
+    try:
+        return int(args.handler(args))
+    except CcciError as exc:
+        print(f"ccci: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ccci: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        log.error("unexpected error:\n%s", traceback.format_exc())
+        print(f"ccci: unexpected error; details in {log_file}", file=sys.stderr)
+        return 3
+
+
+def registry_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--registry", "-r", required=required, type=Path,
+                        help="path of the registry's local git clone")

@@ -1,0 +1,25 @@
+"""`ccci init PATH`: create a registry with the layout of DESIGN §3."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from controller.commands import entry
+from controller.registry.store import init_registry
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("init", help="create a registry")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--base-domain", help="the registry's base domain (default ci.example.org)")
+    parser.set_defaults(handler=execute)
+
+
+def execute(args: argparse.Namespace) -> int:
+    init_registry(args.path, base_domain=args.base_domain)
+    print(f"created registry at {args.path}")
+    return 0
+
+
+main = entry("init")

@@ -1,0 +1,54 @@
+"""`ccci status`: recipes, known-good, snapshots, last results, alerts (table or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from controller.cli import registry_arg
+from controller.commands import entry
+from controller.flows.status import collect_status
+from controller.registry.store import Registry
+from controller.util.paths import StateDir
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("status", help="show recipes, known-good and last results")
+    registry_arg(parser)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=execute)
+
+
+def execute(args: argparse.Namespace) -> int:
+    status = collect_status(Registry(args.registry), StateDir.from_env(args.state_dir))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    console = Console()
+    table = Table(title=f"ccci registry {status['registry']}")
+    for column in ("recipe", "known-good", "snapshot", "last run", "mode", "outcome"):
+        table.add_column(column)
+    for row in status["recipes"]:
+        table.add_row(
+            row["recipe"],
+            (row["known_good"] or "-")[:12],
+            (row["snapshot_commit"] or "-")[:12],
+            row["last_run"] or "-",
+            row["last_mode"] or "-",
+            row["last_outcome"] or "-",
+        )
+    console.print(table)
+    if status["running"]:
+        console.print(f"running: {', '.join(status['running'])}")
+    for alert in status["alerts"]:
+        console.print(f"[red]ALERT[/red] {alert.get('key')}: {alert.get('message')}")
+    for daemon in status["daemons"]:
+        console.print(f"serve pid {daemon.get('pid')}: last pass {daemon.get('last_pass_at')}, "
+                      f"{daemon.get('claimed')} claimed, active {daemon.get('active')}")
+    return 0
+
+
+main = entry("status")

@@ -1,0 +1,69 @@
+"""The cold flow: deploy the PR head fresh, assert, tear everything down (DESIGN §4)."""
+
+from __future__ import annotations
+
+import logging
+
+from controller.flows import deployment, sso_setup
+from controller.flows.context import Context, phase
+from controller.flows.deployment import Deployment
+from controller.registry import recipes
+from controller.registry.documents import Request
+from controller.registry.results import RunResult
+from controller.runtime import probe
+from controller.util.errors import CcciError
+from controller.util.paths import run_hex
+from controller.util.timeutil import Deadline
+
+log = logging.getLogger(__name__)
+
+
+def cold_app_name(recipe: str, run_id: str) -> str:
+    return f"{recipe}-{run_hex(run_id)}"
+
+
+def run_cold(ctx: Context, request: Request, result: RunResult) -> None:
+    recipe = ctx.settings.recipe(request.recipe)
+    app = cold_app_name(request.recipe, request.run_id)
+    result.app = app
+    deadline = Deadline(recipe.timeout_s)
+    work = deployment.workdir(ctx, request.run_id)
+    realm = None
+    try:
+        with phase(ctx, result, "fetch"):
+            commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "recipe")
+        dep = Deployment(recipe=recipe, app=app, mode="cold", run=request.run_id, commit=commit,
+                         domain=ctx.settings.domain(app), host_port=probe.free_port(),
+                         checkout=work / "recipe")
+        if recipe.sso:
+            with phase(ctx, result, "sso"):
+                realm = sso_setup.prepare_realm(ctx, result, request.recipe, request.run_id, app)
+                dep.extra_env.update(realm.env())
+        deployment.deploy_app(ctx, result, dep)
+        passed = deployment.converge_and_assert(ctx, result, dep, deadline)
+        result.outcome = "pass" if passed else "fail"
+        if not passed:
+            result.cause = "recipe"
+            failed = [a.name for a in result.asserts if not a.ok]
+            result.error = f"asserts failed: {', '.join(failed)}"
+        elif recipes.on_tracked_line(ctx.state, recipe, commit):
+            result.promote = True
+    finally:
+        teardown_error = None
+        try:
+            deployment.undeploy_app(ctx, result, app, remove_volumes=True)
+        except CcciError as exc:
+            teardown_error = exc
+        if realm is not None:
+            try:
+                sso_setup.release_realm(ctx, result, realm)
+            except CcciError as exc:
+                teardown_error = teardown_error or exc
+        deployment.remove_workdir(work)
+        if teardown_error is not None:
+            log.error("teardown of %s failed: %s", app, teardown_error.message)
+            if result.outcome in ("pass", "running"):
+                result.outcome = "fail"
+                result.promote = False
+            result.cause = result.cause or "infra"
+            result.error = result.error or f"teardown failed: {teardown_error.message}"

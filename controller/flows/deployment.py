@@ -1,0 +1,152 @@
+"""Steps every flow shares: get the recipe at a commit, deploy it, wait, assert, undeploy."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.flows.context import Context, phase
+from controller.registry import recipes
+from controller.registry.results import AssertOutcome, RunResult
+from controller.registry.settings import RecipeSettings
+from controller.runtime import probe, stack
+from controller.runtime.compose import RecipeLayout, read_layout
+from controller.runtime.spec import AppIdentity, DeploySpec
+from controller.util.errors import CcciError
+from controller.util.timeutil import Deadline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deployment:
+    """One app of one recipe at one commit, as the flows see it."""
+
+    recipe: RecipeSettings
+    app: str
+    mode: str  # cold | warm
+    run: str | None
+    commit: str
+    domain: str
+    host_port: int | None
+    checkout: Path
+    layout: RecipeLayout | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.host_port}" if self.host_port else f"https://{self.domain}"
+
+    def spec(self) -> DeploySpec:
+        http = self.recipe.http
+        return DeploySpec(
+            identity=AppIdentity(self.app, self.mode, self.run, self.commit),
+            domain=self.domain,
+            http_service=http.service if http.enabled else None,
+            http_port=http.port,
+            host_port=self.host_port if http.enabled else None,
+        )
+
+    def assert_env(self) -> dict[str, str]:
+        env = {
+            "CCCI_URL": self.url,
+            "CCCI_APP": self.app,
+            "CCCI_DOMAIN": self.domain,
+            "CCCI_RUN": self.run or "",
+            "CCCI_COMMIT": self.commit,
+            "STACK_NAME": self.app,
+            "DOMAIN": self.domain,
+        }
+        env.update(self.extra_env)
+        return env
+
+
+def workdir(ctx: Context, key: str) -> Path:
+    return ctx.state.root / "work" / key
+
+
+def checkout_commit(ctx: Context, recipe: RecipeSettings, ref: str, dest: Path) -> str:
+    """Fetch the recipe and export `ref` into `dest`; returns the full commit."""
+    recipes.fetch_recipe(ctx.state, recipe)
+    commit = recipes.resolve_commit(ctx.state, recipe, ref)
+    recipes.export_commit(ctx.state, recipe, commit, dest)
+    return commit
+
+
+def deploy_app(ctx: Context, result: RunResult, dep: Deployment, *, name: str = "deploy") -> None:
+    with phase(ctx, result, name):
+        try:
+            dep.layout = read_layout(dep.checkout, {"STACK_NAME": dep.app, "DOMAIN": dep.domain})
+        except CcciError as exc:
+            raise CcciError(exc.message, cause="recipe") from exc
+        stack.deploy(dep.checkout, dep.layout, dep.spec(), dep.extra_env)
+
+
+def converge_and_assert(
+    ctx: Context,
+    result: RunResult,
+    dep: Deployment,
+    deadline: Deadline,
+    *,
+    suffix: str = "",
+    baseline: stack.AppState | None = None,
+) -> bool:
+    """Wait for convergence, then the generic and custom asserts. True when all pass;
+    a recipe that never converges raises (cause recipe or timeout) after recording why."""
+    label = f" ({suffix})" if suffix else ""
+    with phase(ctx, result, f"converge{label}"):
+        try:
+            state = stack.wait_converged(dep.app, deadline, stability_s=dep.recipe.stability_s,
+                                         expected_commit=dep.commit, baseline=baseline)
+        except CcciError as exc:
+            result.asserts.append(AssertOutcome(f"converged{label}", False, exc.message))
+            raise
+    with phase(ctx, result, f"asserts{label}"):
+        outcomes = generic_asserts(dep, state, deadline, label)
+        outcomes.append(custom_assert(dep, label))
+        result.asserts.extend(outcomes)
+    return all(o.ok for o in outcomes)
+
+
+def generic_asserts(dep: Deployment, state: stack.AppState, deadline: Deadline,
+                    label: str) -> list[AssertOutcome]:
+    out = [AssertOutcome(f"converged{label}", True, state.summary())]
+    loops = [f"{s.name}: {len(s.failures)} failed tasks" for s in state.services if s.failures]
+    out.append(AssertOutcome(f"no-restart-loop{label}", True,
+                             "; ".join(loops) + " before converging" if loops else "no failed tasks"))
+    checked = [s for s in (dep.layout.healthchecked if dep.layout else [])]
+    unhealthy = [s.name for s in state.services if s.name in checked and len(s.running) < s.replicas]
+    out.append(AssertOutcome(
+        f"healthchecks{label}", not unhealthy,
+        f"unhealthy: {', '.join(unhealthy)}" if unhealthy else
+        (f"healthy: {', '.join(checked)}" if checked else "the recipe defines no healthchecks")))
+    if dep.recipe.http.enabled and dep.host_port:
+        answer = probe.probe_http(dep.host_port, dep.recipe.http.path, deadline)
+        out.append(AssertOutcome(f"http{label}", answer.ok, f"{dep.url} {answer.detail}"))
+    wrong = stack.commit_check(stack.inspect_app(dep.app), dep.commit)
+    out.append(AssertOutcome(
+        f"commit{label}", not wrong,
+        f"running tasks carry ccci.commit={dep.commit[:12]}" if not wrong else "; ".join(wrong)))
+    return out
+
+
+def custom_assert(dep: Deployment, label: str) -> AssertOutcome:
+    run = probe.run_custom_assert(dep.checkout, dep.recipe.assert_path, dep.assert_env(),
+                                  timeout=dep.recipe.assert_timeout_s)
+    name = f"custom:{dep.recipe.assert_path}{label}"
+    if not run.ran:
+        return AssertOutcome(name, True, "not shipped by the recipe (skipped)")
+    detail = f"exit {run.exit_code} in {run.seconds:.1f} s" + (f": {run.output}" if run.output else "")
+    return AssertOutcome(name, run.ok, detail[-2000:])
+
+
+def undeploy_app(ctx: Context, result: RunResult, app: str, *, remove_volumes: bool,
+                 name: str = "teardown") -> None:
+    with phase(ctx, result, name):
+        stack.undeploy(app, remove_volumes=remove_volumes)
+
+
+def remove_workdir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

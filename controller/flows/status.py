@@ -1,0 +1,63 @@
+"""What `ccci status` reports: recipes, known-good, snapshots, last results, alerts, daemons."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from controller.registry.store import Registry
+from controller.util.alerts import list_alerts
+from controller.util.errors import CcciError
+from controller.util.paths import StateDir
+
+
+def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
+    settings = registry.settings()
+    results = registry.all_results()
+    latest: dict[str, dict[str, Any]] = {}
+    for doc in sorted(results, key=lambda d: str(d.get("started_at") or "")):
+        recipe = doc.get("recipe")
+        if isinstance(recipe, str):
+            latest[recipe] = doc
+    recipes = []
+    for name in sorted(settings.recipes):
+        try:
+            canonical = registry.canonical(name)
+        except CcciError as exc:
+            canonical, canonical_error = None, exc.message
+        else:
+            canonical_error = None
+        try:
+            index = registry.snapshot_index(f"warm-{name}")
+        except CcciError:
+            index = None
+        last = latest.get(name)
+        recipes.append({
+            "recipe": name,
+            "known_good": canonical.known_good if canonical else None,
+            "promoted_at": canonical.promoted_at if canonical else None,
+            "canonical_error": canonical_error,
+            "snapshot_commit": index.commit if index else None,
+            "snapshot_taken_at": index.taken_at if index else None,
+            "last_run": last.get("run") if last else None,
+            "last_mode": last.get("mode") if last else None,
+            "last_outcome": last.get("outcome") if last else None,
+            "last_finished_at": last.get("finished_at") if last else None,
+        })
+    daemons = []
+    serve_dir = state.root / "serve"
+    if serve_dir.is_dir():
+        for path in sorted(serve_dir.glob("*.json")):
+            try:
+                daemons.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+    running = [d.get("run") for d in results if d.get("outcome") == "running"]
+    return {
+        "registry": str(registry.root),
+        "recipes": recipes,
+        "running": running,
+        "results": len(results),
+        "alerts": list_alerts(state),
+        "daemons": daemons,
+    }

@@ -1,0 +1,126 @@
+"""Recipe repositories: a cached mirror per recipe, exact-commit exports, line-of-history facts."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from controller.registry.git import git, git_plain
+from controller.registry.settings import RecipeSettings
+from controller.util.errors import BadInput, ExternalError
+from controller.util.locks import exclusive
+from controller.util.paths import StateDir
+
+log = logging.getLogger(__name__)
+
+MAX_EXPORT_BYTES = 512 * 1024 * 1024
+
+
+def _mirror(state: StateDir, recipe: RecipeSettings) -> Path:
+    return state.recipes / f"{recipe.name}.git"
+
+
+def _source_url(recipe: RecipeSettings) -> str:
+    source = recipe.source
+    if "://" not in source and not source.startswith("git@"):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise BadInput(f"ccci.yaml: at 'recipes.{recipe.name}.source': {source} does not exist")
+        return str(path.absolute())
+    return source
+
+
+def fetch_recipe(state: StateDir, recipe: RecipeSettings) -> Path:
+    """Bring the recipe's mirror up to date with its source; returns the mirror path."""
+    mirror = _mirror(state, recipe)
+    with exclusive(state.locks / f"recipe-{recipe.name}.lock"):
+        if not (mirror / "HEAD").exists():
+            if mirror.exists():
+                shutil.rmtree(mirror)
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            git_plain("init", "--quiet", "--bare", str(mirror))
+        git(mirror, "fetch", "--quiet", "--prune", "--force", "--tags", _source_url(recipe),
+            "+refs/heads/*:refs/heads/*")
+    return mirror
+
+
+def has_commit(state: StateDir, recipe: RecipeSettings, ref: str) -> bool:
+    try:
+        git(_mirror(state, recipe), "cat-file", "-e", f"{ref}^{{commit}}")
+    except (ExternalError, BadInput):
+        return False
+    return True
+
+
+def resolve_commit(state: StateDir, recipe: RecipeSettings, ref: str) -> str:
+    """The full commit `ref` names in the mirror; BadInput when the recipe has no such commit."""
+    if not has_commit(state, recipe, ref):
+        raise BadInput(f"request: at 'ref': recipe {recipe.name!r} has no commit {ref}")
+    return git(_mirror(state, recipe), "rev-parse", f"{ref}^{{commit}}")
+
+
+def export_commit(state: StateDir, recipe: RecipeSettings, ref: str, dest: Path) -> Path:
+    """Write the tree of commit `ref` into `dest` (fresh), like a checkout without a .git."""
+    commit = resolve_commit(state, recipe, ref)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    # git archive streams the tree; extracting with the 'data' filter refuses links or
+    # paths that would leave dest, whatever the recipe's author committed.
+    proc = subprocess.run(
+        ["git", "--git-dir", str(_mirror(state, recipe)), "archive", "--format=tar", commit],
+        capture_output=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise ExternalError(f"git archive of {recipe.name}@{commit[:12]} failed: "
+                            f"{proc.stderr.decode(errors='replace')[-500:]}")
+    if len(proc.stdout) > MAX_EXPORT_BYTES:
+        raise BadInput(f"recipe {recipe.name}@{commit[:12]} is over {MAX_EXPORT_BYTES} bytes")
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as archive:
+        archive.extractall(dest, filter="data")
+    return dest
+
+
+def is_ancestor(state: StateDir, recipe: RecipeSettings, older: str, newer: str) -> bool:
+    try:
+        git(_mirror(state, recipe), "merge-base", "--is-ancestor", older, newer)
+    except ExternalError as exc:
+        if exc.returncode == 1:
+            return False
+        raise
+    return True
+
+
+def on_tracked_line(state: StateDir, recipe: RecipeSettings, commit: str) -> bool:
+    """Is `commit` on the recipe's tracked line: in the history of the tracked branch, or a
+    tagged release when the line is `tags`? A PR head that was never merged is neither."""
+    mirror = _mirror(state, recipe)
+    if recipe.track == "tags":
+        return bool(git(mirror, "tag", "--points-at", commit).strip())
+    try:
+        git(mirror, "rev-parse", "--verify", "--quiet", f"refs/heads/{recipe.track}")
+    except ExternalError:
+        return False
+    return is_ancestor(state, recipe, commit, f"refs/heads/{recipe.track}")
+
+
+def head_of_line(state: StateDir, recipe: RecipeSettings) -> str | None:
+    """The newest commit of the tracked line (branch head, or newest tag by version)."""
+    mirror = _mirror(state, recipe)
+    if recipe.track == "tags":
+        tags = git(mirror, "tag", "--sort=-v:refname").split()
+        if not tags:
+            return None
+        return git(mirror, "rev-parse", f"refs/tags/{tags[0]}^{{commit}}")
+    try:
+        return git(mirror, "rev-parse", "--verify", "--quiet", f"refs/heads/{recipe.track}")
+    except ExternalError:
+        return None
+
+
+def tags_at(state: StateDir, recipe: RecipeSettings, commit: str) -> list[str]:
+    return git(_mirror(state, recipe), "tag", "--points-at", commit).split()

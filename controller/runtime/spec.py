@@ -1,0 +1,115 @@
+"""Pure construction of a deploy: the stack's env and the controller's overlay compose file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.runtime.compose import RecipeLayout
+
+OVERLAY_VERSION = "3.8"
+
+
+@dataclass(frozen=True)
+class AppIdentity:
+    """Who a deploy belongs to; becomes the `ccci.*` labels (DESIGN §2)."""
+
+    app: str
+    mode: str  # cold | warm | infra
+    run: str | None
+    commit: str
+
+    def labels(self) -> dict[str, str]:
+        labels = {
+            "ccci.managed": "true",
+            "ccci.app": self.app,
+            "ccci.mode": self.mode,
+            "ccci.commit": self.commit,
+        }
+        if self.run:
+            labels["ccci.run"] = self.run
+        return labels
+
+    def object_labels(self) -> dict[str, str]:
+        """Labels for volumes, networks, configs, secrets: no commit (they outlive upgrades)."""
+        return {k: v for k, v in self.labels().items() if k != "ccci.commit"}
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    identity: AppIdentity
+    domain: str
+    http_service: str | None
+    http_port: int
+    host_port: int | None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def stack_env(layout: RecipeLayout, spec: DeploySpec, extra: dict[str, str]) -> dict[str, str]:
+    """The stack's env as abra builds it: .env.sample, then the run's own values."""
+    env = dict(layout.env_sample)
+    env.update(extra)
+    env.update({
+        "STACK_NAME": spec.identity.app,
+        "DOMAIN": spec.domain,
+        "CCCI_APP": spec.identity.app,
+        "CCCI_COMMIT": spec.identity.commit,
+    })
+    env.update(spec.env)
+    env.pop("COMPOSE_FILE", None)
+    return env
+
+
+def overlay_document(layout: RecipeLayout, spec: DeploySpec) -> dict[str, Any]:
+    """The controller's own compose file, deployed after the recipe's: labels on every
+    object, the HTTP service published in host mode on the app's port (stop-first updates,
+    since a host port cannot be held by two tasks at once)."""
+    if spec.http_service and spec.http_service not in layout.services:
+        known = ", ".join(layout.services)
+        raise ValueError(f"http service {spec.http_service!r} is not in the recipe (services: {known})")
+    labels = spec.identity.labels()
+    object_labels = spec.identity.object_labels()
+    services: dict[str, Any] = {}
+    for name in layout.services:
+        service: dict[str, Any] = {"labels": dict(labels), "deploy": {"labels": dict(labels)}}
+        if name == spec.http_service and spec.host_port is not None:
+            service["ports"] = [{
+                "target": spec.http_port,
+                "published": spec.host_port,
+                "protocol": "tcp",
+                "mode": "host",
+            }]
+            service["deploy"]["update_config"] = {"order": "stop-first"}
+        services[name] = service
+    doc: dict[str, Any] = {"version": OVERLAY_VERSION, "services": services}
+
+    def labelled(kind: str, keys: list[str]) -> dict[str, Any]:
+        out = {}
+        for key in keys:
+            definition = dict(layout.definitions.get(kind, {}).get(key, {}))
+            definition["labels"] = {**(definition.get("labels") or {}), **object_labels}
+            out[key] = definition
+        return out
+
+    if layout.volumes:
+        doc["volumes"] = labelled("volumes", layout.volumes)
+    networks = labelled("networks", layout.networks)
+    networks.setdefault("default", {"labels": dict(object_labels)})
+    doc["networks"] = networks
+    if layout.configs:
+        doc["configs"] = labelled("configs", layout.configs)
+    if layout.secrets:
+        doc["secrets"] = labelled("secrets", layout.secrets)
+    return doc
+
+
+def secret_length(layout: RecipeLayout, secret_key: str) -> int:
+    """abra's `SECRET_<KEY>_VERSION=v1 # length=N` hint, else 32."""
+    hint = layout.env_hints.get(f"SECRET_{secret_key.upper()}_VERSION", "")
+    for part in hint.replace(",", " ").split():
+        if part.startswith("length="):
+            try:
+                return max(8, min(256, int(part.split("=", 1)[1])))
+            except ValueError:
+                break
+    return 32

@@ -1,0 +1,367 @@
+"""Deploy, inspect, wait for and remove one app's stack on the swarm."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets as pysecrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.registry.yamlio import dump_document
+from controller.runtime import engine
+from controller.runtime.compose import RecipeLayout
+from controller.runtime.spec import DeploySpec, overlay_document, secret_length, stack_env
+from controller.util.errors import CcciError, ExternalError, RunTimeout
+from controller.util.proc import run_command
+from controller.util.timeutil import Deadline
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "com.docker.stack.namespace"
+RESTART_LOOP_FAILURES = 3
+FAILED_STATES = ("failed", "rejected")
+_PASSTHROUGH_ENV = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
+                    "DOCKER_TLS_VERIFY", "DOCKER_CONTEXT", "LANG", "TMPDIR")
+
+
+# -- deploy ------------------------------------------------------------------------------------
+
+def _docker_cli() -> str:
+    return os.environ.get("CCCI_DOCKER_CLI") or shutil.which("docker") or "docker"
+
+
+def deploy_argv(compose_files: list[str], overlay: str, app: str) -> list[str]:
+    """Pure: the deploy command (the SDK has no stacks)."""
+    argv = [_docker_cli(), "stack", "deploy", "--resolve-image", "never", "--prune", "--detach=true"]
+    for name in [*compose_files, overlay]:
+        argv += ["-c", name]
+    return [*argv, app]
+
+
+def ensure_external_objects(layout: RecipeLayout, spec: DeploySpec) -> None:
+    """Create what a Co-op Cloud recipe expects abra to have made: stack-scoped external
+    secrets (random values), and external networks such as `proxy`."""
+    c = engine.client()
+    labels = spec.identity.object_labels()
+    existing_secrets = {s.name for s in engine.call("list secrets", lambda: c.secrets.list()) or []}
+    for key, name in layout.external_secrets.items():
+        if name in existing_secrets:
+            continue
+        if not name.startswith(spec.identity.app):
+            raise CcciError(
+                f"the recipe needs the external secret {name!r}, which is not scoped to the app "
+                "and does not exist", cause="recipe")
+        value = pysecrets.token_hex(secret_length(layout, key))[: secret_length(layout, key)]
+        engine.call(f"create secret {name}",
+                    lambda n=name, v=value: c.secrets.create(name=n, data=v.encode(), labels=labels))
+    existing_networks = {n.name for n in engine.call("list networks", lambda: c.networks.list()) or []}
+    for name in layout.external_networks.values():
+        if name in existing_networks:
+            continue
+        engine.call(f"create network {name}", lambda n=name: c.networks.create(
+            n, driver="overlay", attachable=True, scope="swarm",
+            labels={"ccci.managed": "true", "ccci.infra": "true"}))
+
+
+def deploy(checkout: Path, layout: RecipeLayout, spec: DeploySpec, extra_env: dict[str, str],
+           *, timeout: float = 300) -> None:
+    """`docker stack deploy` the recipe plus the controller's overlay."""
+    overlay_path = checkout / ".ccci-overlay.yml"
+    try:
+        overlay = overlay_document(layout, spec)
+    except ValueError as exc:
+        raise CcciError(str(exc), cause="recipe") from exc
+    overlay_path.write_text(dump_document(overlay))
+    ensure_external_objects(layout, spec)
+    env = {k: os.environ[k] for k in _PASSTHROUGH_ENV if k in os.environ}
+    env.update(stack_env(layout, spec, extra_env))
+    argv = deploy_argv(layout.compose_files, overlay_path.name, spec.identity.app)
+    try:
+        run_command(argv, cwd=checkout, env=env, timeout=timeout, clean_env=True)
+    except ExternalError as exc:
+        # The CLI refuses what the recipe wrote (bad compose, missing file): the recipe's fault,
+        # unless the engine itself was unreachable.
+        unreachable = "Cannot connect" in exc.stderr or "connection refused" in exc.stderr
+        raise CcciError(f"deploy of {spec.identity.app} failed: {exc.stderr[-800:] or exc.message}",
+                        cause="infra" if unreachable or exc.cause == "timeout" else "recipe") from exc
+
+
+# -- inspect -----------------------------------------------------------------------------------
+
+@dataclass
+class TaskState:
+    id: str
+    state: str
+    desired: str
+    error: str
+    commit: str | None
+    exit_code: int | None
+    created: str
+
+
+@dataclass
+class ServiceState:
+    name: str  # as in the recipe
+    full_name: str
+    replicas: int
+    update_state: str | None
+    update_message: str
+    commit: str | None
+    tasks: list[TaskState] = field(default_factory=list)
+
+    @property
+    def running(self) -> list[TaskState]:
+        return [t for t in self.tasks if t.state == "running" and t.desired == "running"]
+
+    @property
+    def failures(self) -> list[TaskState]:
+        return [t for t in self.tasks if t.state in FAILED_STATES
+                or (t.desired == "shutdown" and t.exit_code not in (None, 0) and t.state != "shutdown")]
+
+
+@dataclass
+class AppState:
+    app: str
+    services: list[ServiceState]
+
+    def summary(self) -> str:
+        parts = []
+        for s in self.services:
+            last = next((t.error for t in s.failures if t.error), "")
+            parts.append(f"{s.name} {len(s.running)}/{s.replicas}"
+                         + (f" update {s.update_state}" if s.update_state else "")
+                         + (f" ({len(s.failures)} failed: {last})" if s.failures else ""))
+        return "; ".join(parts) or "no services"
+
+
+def _task_state(raw: dict[str, Any]) -> TaskState:
+    status = raw.get("Status") or {}
+    container_labels = ((raw.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+    exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
+    return TaskState(
+        id=raw.get("ID", ""),
+        state=status.get("State", ""),
+        desired=raw.get("DesiredState", ""),
+        error=status.get("Err", "") or "",
+        commit=container_labels.get("ccci.commit"),
+        exit_code=exit_code,
+        created=raw.get("CreatedAt", ""),
+    )
+
+
+def inspect_app(app: str) -> AppState:
+    c = engine.client()
+    services = engine.call("list services", lambda: c.api.services(
+        filters={"label": f"{NAMESPACE}={app}"})) or []
+    nodes = engine.call("list nodes", lambda: c.api.nodes()) or []
+    ready_nodes = sum(1 for n in nodes if (n.get("Status") or {}).get("State") == "ready") or 1
+    out = []
+    for svc in services:
+        spec = svc.get("Spec") or {}
+        mode = spec.get("Mode") or {}
+        replicas = (mode.get("Replicated") or {}).get("Replicas", 1) if "Replicated" in mode else ready_nodes
+        update = svc.get("UpdateStatus") or {}
+        tasks = engine.call("list tasks", lambda sid=svc["ID"]: c.api.tasks(filters={"service": sid})) or []
+        full_name = spec.get("Name", "")
+        out.append(ServiceState(
+            name=full_name[len(app) + 1:] if full_name.startswith(app + "_") else full_name,
+            full_name=full_name,
+            replicas=int(replicas),
+            update_state=update.get("State"),
+            update_message=update.get("Message", ""),
+            commit=(spec.get("Labels") or {}).get("ccci.commit"),
+            tasks=[_task_state(t) for t in tasks],
+        ))
+    return AppState(app, sorted(out, key=lambda s: s.name))
+
+
+def convergence_problem(state: AppState, *, expected_commit: str | None,
+                        known_failures: dict[str, int]) -> tuple[str | None, str | None]:
+    """Pure: (fatal problem, reason not yet converged). Fatal ends the wait at once."""
+    if not state.services:
+        return None, "no services yet"
+    waiting = None
+    for svc in state.services:
+        new_failures = len(svc.failures) - known_failures.get(svc.name, 0)
+        if new_failures >= RESTART_LOOP_FAILURES:
+            last = next((t.error for t in reversed(svc.failures) if t.error), "") or "tasks keep failing"
+            return f"service {svc.name} is in a restart loop ({new_failures} failed tasks): {last}", None
+        if svc.update_state in ("paused", "rollback_paused", "rollback_completed"):
+            return f"service {svc.name}: update {svc.update_state}: {svc.update_message}", None
+        rejected = [t for t in svc.tasks if t.state == "rejected" and t.desired == "running"]
+        if rejected:
+            return f"service {svc.name}: task rejected: {rejected[-1].error}", None
+        if svc.update_state in ("updating", "rollback_started"):
+            waiting = waiting or f"service {svc.name} is updating"
+            continue
+        running = svc.running
+        if len(running) != svc.replicas:
+            waiting = waiting or f"service {svc.name} has {len(running)}/{svc.replicas} tasks running"
+            continue
+        if expected_commit and any(t.commit != expected_commit for t in running):
+            stale = sorted({(t.commit or "none")[:12] for t in running if t.commit != expected_commit})
+            waiting = waiting or f"service {svc.name} still runs commit {', '.join(stale)}"
+    return None, waiting
+
+
+def wait_converged(
+    app: str,
+    deadline: Deadline,
+    *,
+    stability_s: float,
+    expected_commit: str | None = None,
+    baseline: AppState | None = None,
+    on_poll: Callable[[AppState], None] | None = None,
+) -> AppState:
+    """Wait until every service runs its replicas (healthy: swarm holds a task in `starting`
+    until its healthcheck passes) and stays so for `stability_s`. Fails fast on a restart
+    loop, a rejected task or a failed update; RunTimeout at the deadline."""
+    known = {s.name: len(s.failures) for s in baseline.services} if baseline else {}
+    stable_since: float | None = None
+    last_reason = "not inspected yet"
+    while True:
+        state = inspect_app(app)
+        if on_poll:
+            on_poll(state)
+        fatal, waiting = convergence_problem(state, expected_commit=expected_commit, known_failures=known)
+        if fatal:
+            raise CcciError(fatal, cause="recipe")
+        now = time.monotonic()
+        if waiting is None:
+            stable_since = stable_since or now
+            if now - stable_since >= stability_s:
+                return state
+            last_reason = "stability window"
+        else:
+            stable_since = None
+            last_reason = waiting
+        if deadline.expired():
+            raise RunTimeout(f"{app} did not converge before its deadline: {last_reason} "
+                             f"({state.summary()})")
+        time.sleep(min(0.5, max(0.05, deadline.remaining())))
+
+
+def commit_check(state: AppState, expected_commit: str) -> list[str]:
+    """Pure: services whose spec or running tasks do not carry `expected_commit`."""
+    wrong = []
+    for svc in state.services:
+        if svc.commit != expected_commit:
+            wrong.append(f"{svc.name}: service label {str(svc.commit)[:12]}")
+            continue
+        stale = [t for t in svc.running if t.commit != expected_commit]
+        if stale or not svc.running:
+            wrong.append(f"{svc.name}: {len(stale)} of {len(svc.running)} running tasks on another commit"
+                         if svc.running else f"{svc.name}: no running task")
+    return wrong
+
+
+# -- undeploy ----------------------------------------------------------------------------------
+
+def _objects(kind: str, label: str) -> list[Any]:
+    c = engine.client()
+    collection = {"services": c.services, "networks": c.networks, "configs": c.configs,
+                  "secrets": c.secrets, "volumes": c.volumes}[kind]
+    return engine.call(f"list {kind}", lambda: collection.list(filters={"label": label})) or []
+
+
+def containers_of(app: str) -> list[Any]:
+    c = engine.client()
+    found: dict[str, Any] = {}
+    for label in (f"ccci.app={app}", f"{NAMESPACE}={app}"):
+        for container in engine.call("list containers", lambda lb=label: c.containers.list(
+                all=True, filters={"label": lb})) or []:
+            found[container.id] = container
+    return list(found.values())
+
+
+def undeploy(app: str, *, remove_volumes: bool, timeout: float = 180) -> None:
+    """Remove the app's services and wait until their tasks and containers are really gone
+    (swarm returns long before), then its networks, configs, secrets — and volumes if asked."""
+    deadline = Deadline(timeout)
+    labels = (f"{NAMESPACE}={app}", f"ccci.app={app}")
+    for label in labels:
+        for svc in _objects("services", label):
+            engine.call(f"remove service {svc.name}", svc.remove, missing_ok=True)
+
+    def gone() -> bool:
+        return not any(_objects("services", label) for label in labels) and not containers_of(app)
+
+    while not gone():
+        if deadline.expired():
+            raise CcciError(f"undeploy of {app} did not finish within {timeout:.0f} s: "
+                            "containers are still present", cause="infra")
+        time.sleep(0.25)
+    for kind in ("configs", "secrets", "networks"):
+        for label in labels:
+            for obj in _objects(kind, label):
+                _remove_with_retry(f"remove {kind[:-1]} {obj.name}", obj.remove, deadline)
+    if remove_volumes:
+        for volume in volumes_of(app):
+            _remove_with_retry(f"remove volume {volume.name}", volume.remove, deadline)
+
+
+def _remove_with_retry(what: str, remove: Callable[[], Any], deadline: Deadline) -> None:
+    while True:
+        try:
+            engine.call(what, remove, missing_ok=True)
+            return
+        except ExternalError as exc:
+            # A network with endpoints still detaching, a volume a dying container holds.
+            if not exc.temporary or deadline.expired():
+                raise CcciError(f"{what}: {exc.message}", cause="infra") from exc
+            time.sleep(0.25)
+
+
+# -- volumes -----------------------------------------------------------------------------------
+
+def volumes_of(app: str) -> list[Any]:
+    seen: dict[str, Any] = {}
+    for label in (f"ccci.app={app}", f"{NAMESPACE}={app}"):
+        for volume in _objects("volumes", label):
+            seen[volume.name] = volume
+    return list(seen.values())
+
+
+def volume_paths(app: str) -> dict[str, Path]:
+    """{short name: host mountpoint} for the app's volumes (`<app>_<name>` → `name`)."""
+    out = {}
+    for volume in volumes_of(app):
+        name = volume.name[len(app) + 1:] if volume.name.startswith(app + "_") else volume.name
+        mountpoint = volume.attrs.get("Mountpoint")
+        if mountpoint:
+            out[name] = Path(mountpoint)
+    return out
+
+
+def live_tasks(app: str) -> list[str]:
+    """Names of tasks of `app` that still run (a snapshot must not be taken under them)."""
+    state = inspect_app(app)
+    return [f"{s.full_name}.{t.id[:12]}" for s in state.services for t in s.tasks
+            if t.state in ("running", "starting", "preparing", "assigned", "accepted", "pending", "new")]
+
+
+def labelled_apps(mode: str | None = None) -> dict[str, dict[str, str]]:
+    """Every app the controller's labels name on this engine: {app: {mode, run}}."""
+    apps: dict[str, dict[str, str]] = {}
+    label = "ccci.managed=true"
+    c = engine.client()
+    found: list[dict[str, str]] = []
+    for kind in ("services", "networks", "configs", "secrets", "volumes"):
+        for obj in _objects(kind, label):
+            found.append(obj.attrs.get("Spec", {}).get("Labels") or obj.attrs.get("Labels") or {})
+    for container in engine.call("list containers", lambda: c.containers.list(
+            all=True, filters={"label": label})) or []:
+        found.append(container.labels or {})
+    for labels in found:
+        app = labels.get("ccci.app")
+        if not app or labels.get("ccci.infra") == "true":
+            continue
+        if mode and labels.get("ccci.mode") != mode:
+            continue
+        apps.setdefault(app, {"mode": labels.get("ccci.mode", ""), "run": labels.get("ccci.run", "")})
+    return apps

@@ -1,0 +1,46 @@
+"""Alerts: files under `<state>/alerts/` plus a log line; `ccci status` shows them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from controller.util.paths import StateDir
+from controller.util.timeutil import now_iso
+
+log = logging.getLogger("controller.alerts")
+
+
+def raise_alert(state: StateDir, key: str, message: str, **details: Any) -> Path:
+    """Write (or refresh) the alert `key`; the same key overwrites, so a repeating fault
+    is one alert, not a flood."""
+    state.alerts.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:100]
+    path = state.alerts / f"{safe}.json"
+    doc = {"key": key, "message": message, "raised_at": now_iso(), **details}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, sort_keys=True, indent=2))
+    os.replace(tmp, path)
+    log.error("ALERT %s: %s", key, message)
+    return path
+
+
+def clear_alert(state: StateDir, key: str) -> None:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:100]
+    (state.alerts / f"{safe}.json").unlink(missing_ok=True)
+
+
+def list_alerts(state: StateDir) -> list[dict[str, Any]]:
+    out = []
+    if not state.alerts.is_dir():
+        return out
+    for path in sorted(state.alerts.glob("*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            out.append({"key": path.stem, "message": "unreadable alert file"})
+    return out

@@ -1,0 +1,135 @@
+"""In-flight run markers under `<state>/runs/`: one file per run, flock-held while it runs.
+
+A marker whose lock nobody holds belongs to a run whose process died: a restarted
+controller finishes or aborts it. Keyed by run id, never by domain (DESIGN §10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.util.paths import StateDir
+from controller.util.timeutil import now_iso
+
+
+@dataclass
+class Marker:
+    run_id: str
+    path: Path
+    data: dict[str, Any]
+    lock_fd: int | None = None
+    lock_path: Path | None = None
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        _write_json(self.path, self.data)
+
+    def end(self, *, keep: bool = False) -> None:
+        """Release the lock; remove the marker unless `keep` (then recovery will see it)."""
+        if not keep:
+            self.path.unlink(missing_ok=True)
+            if self.lock_path is not None:
+                self.lock_path.unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as handle:
+        json.dump(data, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _lock_path(state: StateDir, run_id: str) -> Path:
+    return state.runs / f"{run_id}.lock"
+
+
+def begin(state: StateDir, run_id: str, **fields: Any) -> Marker:
+    """Mark `run_id` in flight until `Marker.end()`; the marker survives a crash, the lock not."""
+    state.runs.mkdir(parents=True, exist_ok=True)
+    lock_path = _lock_path(state, run_id)
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        marker = Marker(
+            run_id,
+            state.runs / f"{run_id}.json",
+            {"run": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+             "started_at": now_iso(), **fields},
+            lock_fd,
+            lock_path,
+        )
+        _write_json(marker.path, marker.data)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return marker
+
+
+@contextlib.contextmanager
+def in_flight(state: StateDir, run_id: str, **fields: Any) -> Iterator[Marker]:
+    marker = begin(state, run_id, **fields)
+    try:
+        yield marker
+    except BaseException:
+        marker.end(keep=True)
+        raise
+    marker.end()
+
+
+def is_in_flight(state: StateDir, run_id: str) -> bool:
+    """True while some live process holds the run's marker lock."""
+    path = _lock_path(state, run_id)
+    if not path.exists():
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def in_flight_runs(state: StateDir) -> set[str]:
+    if not state.runs.is_dir():
+        return set()
+    return {p.stem for p in state.runs.glob("*.lock") if is_in_flight(state, p.stem)}
+
+
+def orphaned_markers(state: StateDir) -> list[Marker]:
+    """Markers of runs whose process is gone (nobody holds the lock)."""
+    out = []
+    if not state.runs.is_dir():
+        return out
+    for path in sorted(state.runs.glob("*.json")):
+        run_id = path.stem
+        if is_in_flight(state, run_id):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {"run": run_id}
+        out.append(Marker(run_id, path, data))
+    return out
+
+
+def forget(state: StateDir, marker: Marker) -> None:
+    marker.path.unlink(missing_ok=True)
+    _lock_path(state, marker.run_id).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""The local test bed's Python side: fixture recipes as real git repositories."""

@@ -1,0 +1,169 @@
+"""Test helpers: registries on real bare remotes, request files, polling with a deadline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controller.registry.store import init_registry
+from controller.registry.yamlio import load_untrusted
+
+T = TypeVar("T")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Test Person",
+    "GIT_AUTHOR_EMAIL": "test@example.org",
+    "GIT_COMMITTER_NAME": "Test Person",
+    "GIT_COMMITTER_EMAIL": "test@example.org",
+}
+HEX_A = "a" * 40
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False,
+                          env={**os.environ, **GIT_IDENTITY})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll `probe` until it returns a truthy value; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ccci(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+         check: bool = False) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "controller", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO_ROOT, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ccci {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+SETTINGS_HEAD = """\
+base_domain: ci.test
+identity: {name: ccci-test, email: ccci@test.invalid}
+authority:
+  cold: ['*']
+  quick: ['*']
+limits: {max_parallel_cold: 2, disk_min_free_gb: 0}
+"""
+
+
+@dataclass
+class RemoteRegistry:
+    """A bare remote holding a registry, as a real deployment has one."""
+
+    bare: Path
+    base: Path
+
+    @classmethod
+    def create(cls, base: Path, settings: str | None = None) -> RemoteRegistry:
+        base.mkdir(parents=True, exist_ok=True)
+        seed = base / "seed"
+        init_registry(seed, base_domain="ci.test")
+        (seed / "ccci.yaml").write_text(settings or SETTINGS_HEAD + "recipes: {}\n")
+        git(seed, "commit", "-qam", "test settings")
+        bare = base / "remote.git"
+        git(base, "init", "-q", "--bare", "--initial-branch=main", str(bare))
+        git(seed, "remote", "add", "origin", str(bare))
+        git(seed, "push", "-q", "origin", "main")
+        return cls(bare, base)
+
+    def clone(self, name: str) -> Path:
+        dest = self.base / name
+        git(self.base, "clone", "-q", str(self.bare), str(dest))
+        return dest
+
+    def edit(self, files: dict[str, str], message: str = "edit") -> None:
+        """Commit files to the remote through a scratch clone, as a human would."""
+        work = self.base / f"edit-{time.monotonic_ns()}"
+        git(self.base, "clone", "-q", str(self.bare), str(work))
+        for rel, text in files.items():
+            path = work / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        git(work, "add", "-A")
+        git(work, "commit", "-qm", message)
+        git(work, "push", "-q", "origin", "main")
+
+    def set_recipes(self, recipes_yaml: str, extra: str = "") -> None:
+        self.edit({"ccci.yaml": SETTINGS_HEAD + extra + "recipes:\n" + recipes_yaml}, "settings")
+
+
+def read_yaml(path: Path) -> Any:
+    return load_untrusted(path.read_bytes(), str(path), max_bytes=10 * 1024 * 1024)
+
+
+def results_in(clone: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in sorted((clone / "results").glob("*/*.yaml")):
+        out[path.stem] = read_yaml(path)
+    return out
+
+
+def log_subjects(clone: Path, ref: str = "HEAD") -> list[str]:
+    return git(clone, "log", "--format=%s", ref).splitlines()
+
+
+def request_doc(recipe: str, ref: str = HEX_A, mode: str = "cold", by: str = "alice") -> str:
+    return f"recipe: {recipe}\nref: {ref}\nmode: {mode}\nrequested_by: {by}\n"
+
+
+class ServeProcess:
+    """A real `ccci serve` in a subprocess; stopped with SIGTERM (graceful)."""
+
+    def __init__(self, clone: Path, state: Path, *args: str, log_path: Path | None = None) -> None:
+        self.log_path = log_path or (state.parent / f"serve-{clone.name}.log")
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "--state-dir", str(state), "serve",
+             "--registry", str(clone), *args],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            env={**os.environ, "CCCI_STATE_DIR": str(state)},
+        )
+
+    def stop(self, timeout: float = 120) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (zombies included)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
