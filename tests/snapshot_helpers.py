@@ -150,6 +150,7 @@ def spawn(code: str) -> subprocess.Popen[str]:
     """A child Python running `code` with the controller importable; it prints 'go' when ready."""
     return subprocess.Popen(
         [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

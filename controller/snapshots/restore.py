@@ -158,7 +158,7 @@ class VolumeRestore:
                 same = fsio.hash_fd(fd, self.copier.buf) == entry.sha256
             finally:
                 os.close(fd)
-            action = "fix" if same else "write"
+            action = "write" if not same else "fix" if metadata_differences(entry, have) else "keep"
         if action == "fix":
             assert have is not None
             self._fix(entry, pfd, name, vol_fd)

@@ -1,0 +1,604 @@
+"""Snapshots: exact raw copies, incremental restores, escapes refused, disk guard, store state."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.snapshots import (
+    ManifestEntry,
+    RestoreReport,
+    current_snapshot,
+    mark_volumes_clean,
+    mark_volumes_dirty,
+    restore_snapshot,
+    snapshot_manifest,
+    take_snapshot,
+    verify_snapshot,
+    verify_volumes,
+    volume_manifest,
+    volumes_clean,
+)
+from controller.snapshots import store as snapshot_store
+from controller.snapshots.manifest import (
+    Observed,
+    check_entries,
+    group_hardlinks,
+    parse_manifest,
+    render_manifest,
+)
+from controller.snapshots.restore import VolumeRestore, decide
+from controller.util.errors import BadInput, CheckFailed
+from tests.snapshot_helpers import (
+    APP,
+    COMMIT_A,
+    COMMIT_B,
+    FIXED_NS,
+    build_rich_tree,
+    generation_dirs,
+    link_target,
+    manifest_lines,
+    rewrite_manifest,
+    spawn,
+    tree_digest,
+    write,
+)
+
+EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+LATIN1_NAME = os.fsdecode(b"caf\xe9-latin1")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    root = tmp_path / "volumes" / "data"
+    build_rich_tree(root)
+    write(root / LATIN1_NAME, b"non-UTF-8 name")
+    os.utime(root / LATIN1_NAME, ns=(FIXED_NS, FIXED_NS))
+    os.utime(root, ns=(FIXED_NS, FIXED_NS))
+    return root
+
+
+def by_path(entries: list[ManifestEntry]) -> dict[str, ManifestEntry]:
+    return {e.path: e for e in entries}
+
+
+def inode(path: Path) -> int:
+    return os.lstat(path).st_ino
+
+
+# -- take -------------------------------------------------------------------------------------
+
+
+def test_take_copies_every_kind_of_entry_exactly(store: Path, volume: Path) -> None:
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, run_id="r-1")
+
+    assert info.path == store / APP / "last-known-good"
+    assert (info.commit, info.taken_by_run) == (COMMIT_A, "r-1")
+    manifest = snapshot_manifest(store, APP)["data"]
+    entries = by_path(manifest)
+    assert entries["bin/tool"].mode == 0o4755
+    assert (entries["tmp"].type, entries["tmp"].mode) == ("d", 0o1777)
+    assert (entries["data/db/file"].uid, entries["data/db/file"].gid) == (999, 999)
+    assert (entries["data/pg/pgdata"].uid, entries["data/pg"].gid) == (70, 70)
+    assert (entries["dangling"].type, entries["dangling"].target, entries["dangling"].uid) == (
+        "l", "does/not/exist", 999)
+    assert entries["absolute"].target == "/etc/hostname"
+    assert entries["data/empty.bin"].sha256 == EMPTY_SHA
+    assert entries["empty/nested/deeper"].type == "d"
+    assert entries["hl/one"].hardlink == entries["hl/sub/two"].hardlink == "hl/one"
+    assert entries["data/big.bin"].size == 3 << 20
+    assert entries[LATIN1_NAME].type == "f"
+    assert all(e.mtime_ns == FIXED_NS for e in manifest)
+    # The manifest is what the volume is, and the stored copy is the same tree.
+    copy = info.path / "volumes" / "data"
+    assert volume_manifest(volume) == manifest
+    assert volume_manifest(copy) == manifest
+    assert os.stat(copy / "hl/one").st_ino == os.stat(copy / "hl/sub/two").st_ino
+    sparse = os.stat(copy / "data/sparse.img")
+    assert sparse.st_size == 32 << 20 and sparse.st_blocks * 512 < 1 << 20
+    assert info.volumes == {"data": {"files": 17, "bytes": sum(
+        e.size for e in manifest if e.type == "f" and e.path != "hl/sub/two")}}
+    assert verify_snapshot(store, APP) == info
+    assert current_snapshot(store, APP) == info
+
+
+def test_new_take_replaces_the_old_generation(store: Path, volume: Path) -> None:
+    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    old_generation = link_target(store)
+    write(volume / "added", b"more data")
+
+    second = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+
+    assert second.commit == COMMIT_B and second.manifest_sha256 != first.manifest_sha256
+    assert generation_dirs(store) == [link_target(store)] != [old_generation]
+    assert sorted(os.listdir(store / APP)) == sorted(
+        [".lock", "last-known-good", "volumes-state.json", link_target(store)])
+    assert verify_snapshot(store, APP) == second
+
+
+def test_take_refuses_bad_names_and_paths(store: Path, volume: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="volume name"):
+        take_snapshot(store, APP, {"../x": volume}, commit=COMMIT_A)
+    with pytest.raises(BadInput, match="40-hex"):
+        take_snapshot(store, APP, {"data": volume}, commit="HEAD")
+    with pytest.raises(BadInput, match="app name"):
+        take_snapshot(store, "../evil", {"data": volume}, commit=COMMIT_A)
+    with pytest.raises(BadInput, match="not an existing directory"):
+        take_snapshot(store, APP, {"data": tmp_path / "nope"}, commit=COMMIT_A)
+    with pytest.raises(BadInput, match="overlaps the snapshot store"):
+        take_snapshot(volume / "store", APP, {"data": volume}, commit=COMMIT_A)
+    assert not (store / APP).exists()
+
+
+def test_take_refuses_a_fifo(store: Path, volume: Path) -> None:
+    os.mkfifo(volume / "pipe")
+    with pytest.raises(CheckFailed, match="pipe: a fifo or device node"):
+        take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    assert generation_dirs(store) == []
+    assert current_snapshot(store, APP) is None
+
+
+def test_allowed_root_refuses_volumes_outside_it(store: Path, volume: Path, tmp_path: Path) -> None:
+    engine_root = tmp_path / "engine"
+    inside = engine_root / "volumes" / "x" / "_data"
+    inside.mkdir(parents=True)
+    (engine_root / "sneaky").symlink_to(volume)
+    with pytest.raises(BadInput, match="refuse a volume path outside the engine's data root"):
+        take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, allowed_root=engine_root)
+    with pytest.raises(BadInput, match="outside the engine's data root"):
+        take_snapshot(store, APP, {"data": engine_root / "sneaky"}, commit=COMMIT_A,
+                      allowed_root=engine_root)
+    take_snapshot(store, APP, {"data": inside}, commit=COMMIT_A, allowed_root=engine_root)
+    with pytest.raises(BadInput, match="outside the engine's data root"):
+        restore_snapshot(store, APP, {"data": volume}, allowed_root=engine_root)
+
+
+# -- restore ----------------------------------------------------------------------------------
+
+
+def test_restore_undoes_an_upgrade_and_rewrites_only_what_differs(store: Path, volume: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    untouched = {p: inode(volume / p) for p in ("data/keep.bin", "data/big.bin", "hl/one")}
+    # What a failed upgrade does to a volume:
+    write(volume / "added.txt", b"new")                          # removed: 1
+    write(volume / "newdir/x", b"new")                           # removed: 2 (newdir, x)
+    (volume / "docs/readme.txt").unlink()                        # created: 1, docs mtime fixed
+    (volume / "config/app.conf").write_bytes(b"setting = 22\n")  # rewritten (size changed)
+    os.chmod(volume / "bin/tool", 0o755)                         # metadata fixed
+    os.chown(volume / "data/db/file", 0, 0)                      # metadata fixed
+    (volume / "link-me.txt").unlink()                            # rewritten: symlink -> file
+    (volume / "link-me.txt").symlink_to("/etc/hostname")
+    shutil.rmtree(volume / "cache")                              # created: cache/a, a/1, b
+    write(volume / "cache", b"a file where a dir was")           # rewritten, removed: 3
+    (volume / "hl/sub/two").unlink()                             # hard link broken: rewritten
+    write(volume / "hl/sub/two", b"shared inode\n", 0o640, (999, 70))  # and hl/sub mtime fixed
+
+    report = restore_snapshot(store, APP, {"data": volume})
+
+    assert report == RestoreReport(
+        rewritten=4, created=4, removed=3, metadata_fixed=5,
+        bytes_written=len(b"read me\n" b"setting = 1\n" b"I will become a symlink\n" b"one" b"two"),
+        verified=True,
+    )
+    assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+    assert {p: inode(volume / p) for p in untouched} == untouched
+    assert inode(volume / "hl/one") == inode(volume / "hl/sub/two")
+    assert verify_volumes(store, APP, {"data": volume}, paranoid=True) == []
+    assert volumes_clean(store, APP)
+    # Nothing left to do: a second restore touches nothing.
+    assert restore_snapshot(store, APP, {"data": volume}) == RestoreReport(0, 0, 0, 0, 0, True)
+
+
+def test_same_size_same_mtime_edit_is_caught_only_by_paranoid(store: Path, volume: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    stealth = volume / "data/stealth.bin"
+    original = stealth.read_bytes()
+    stealth.write_bytes(bytes(len(original)))
+    os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
+
+    assert verify_volumes(store, APP, {"data": volume}) == []
+    [difference] = verify_volumes(store, APP, {"data": volume}, paranoid=True)
+    assert difference.startswith("data: data/stealth.bin: content differs")
+    # The cheap restore trusts size and mtime, so it cannot see this edit.
+    assert restore_snapshot(store, APP, {"data": volume}) == RestoreReport(0, 0, 0, 0, 0, True)
+    assert stealth.read_bytes() != original
+
+    report = restore_snapshot(store, APP, {"data": volume}, paranoid=True)
+
+    assert report == RestoreReport(1, 0, 0, 0, len(original), True)
+    assert stealth.read_bytes() == original
+    assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+
+
+def test_restore_fills_an_empty_volume(store: Path, volume: Path, tmp_path: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+
+    report = restore_snapshot(store, APP, {"data": empty})
+
+    manifest = snapshot_manifest(store, APP)["data"]
+    assert report.created == len(manifest) - 1 and report.rewritten == report.removed == 0
+    assert volume_manifest(empty) == manifest
+    assert os.stat(empty / "data/sparse.img").st_blocks * 512 < 1 << 20
+
+
+def test_restore_needs_exactly_the_snapshot_volumes(store: Path, volume: Path, tmp_path: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(BadInput, match="not in the snapshot: \\['db'\\]"):
+        restore_snapshot(store, APP, {"data": volume, "db": other})
+    with pytest.raises(BadInput, match="missing: \\['data'\\]"):
+        restore_snapshot(store, APP, {"db": other})
+    with pytest.raises(CheckFailed, match="no last-known-good"):
+        restore_snapshot(store, "warm-other", {"data": volume})
+
+
+def test_restore_reports_a_damaged_snapshot_file(store: Path, volume: Path) -> None:
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    stored = info.path / "volumes/data/config/app.conf"
+    stored.write_bytes(b"setting = 9\n")  # same size
+    (volume / "config/app.conf").unlink()
+    with pytest.raises(CheckFailed, match=r"config/app.conf does not match its manifest"):
+        restore_snapshot(store, APP, {"data": volume})
+    assert not volumes_clean(store, APP)
+    assert not [n for n in os.listdir(volume / "config") if n.startswith(".ccci-tmp")]
+
+
+# -- escapes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    root = tmp_path / "outside"
+    write(root / "precious", b"must not change")
+    return root
+
+
+def test_restore_replaces_a_symlinked_dir_without_writing_outside(
+    store: Path, volume: Path, outside: Path
+) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    before = tree_digest(outside)
+    shutil.rmtree(volume / "docs")
+    (volume / "docs").symlink_to(outside)  # docs/readme.txt would now land outside
+
+    report = restore_snapshot(store, APP, {"data": volume})
+
+    assert tree_digest(outside) == before
+    assert (report.rewritten, report.created) == (1, 1)
+    assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+
+
+def test_restore_refuses_a_manifest_entry_below_a_symlink(
+    store: Path, volume: Path, outside: Path
+) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    lines = manifest_lines(store)
+    evil_link = {**lines[1], "path": "escape", "type": "l", "target": str(outside),
+                 "sha256": None, "size": len(str(outside))}
+    evil_file = {**next(line for line in lines if line["path"] == "data/keep.bin"),
+                 "path": "escape/precious"}
+    rewrite_manifest(store, APP, [*lines, evil_link, evil_file])
+    before_outside, before_volume = tree_digest(outside), tree_digest(volume)
+
+    with pytest.raises(CheckFailed, match="'escape/precious' has no directory parent"):
+        restore_snapshot(store, APP, {"data": volume})
+
+    assert tree_digest(outside) == before_outside
+    assert tree_digest(volume) == before_volume
+
+
+@pytest.mark.parametrize("path", ["../evil", "/tmp/evil", "docs/../../evil", "docs//x", ""])
+def test_restore_refuses_manifest_paths_that_escape(store: Path, volume: Path, path: str) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    lines = manifest_lines(store)
+    evil = {**next(line for line in lines if line["path"] == "data/keep.bin"), "path": path}
+    rewrite_manifest(store, APP, [*lines, evil])
+    before = tree_digest(volume)
+    with pytest.raises(CheckFailed, match="would escape the volume"):
+        restore_snapshot(store, APP, {"data": volume})
+    assert tree_digest(volume) == before
+
+
+def test_restore_stops_when_a_parent_turns_into_a_symlink_midway(
+    store: Path, volume: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    (volume / "docs/readme.txt").unlink()
+    before = tree_digest(outside)
+    original = VolumeRestore._restore_entry
+
+    def swap_then_restore(self: VolumeRestore, entry: ManifestEntry, *args: object) -> None:
+        if entry.path == "docs/readme.txt":  # after the scan and after docs was checked
+            os.rename(volume / "docs", volume / "docs.moved")
+            (volume / "docs").symlink_to(outside)
+        original(self, entry, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(VolumeRestore, "_restore_entry", swap_then_restore)
+    with pytest.raises(CheckFailed, match="docs: is a symlink or not a directory; refusing"):
+        restore_snapshot(store, APP, {"data": volume})
+    assert tree_digest(outside) == before
+    assert not volumes_clean(store, APP)
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+
+def test_verify_snapshot_names_the_first_difference(store: Path, volume: Path) -> None:
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    stored = info.path / "volumes/data/data/keep.bin"
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    os.utime(stored, ns=(FIXED_NS, FIXED_NS))
+    with pytest.raises(CheckFailed, match=r"data: data/keep.bin: content differs"):
+        verify_snapshot(store, APP)
+    (info.path / "volumes/data/docs/readme.txt").unlink()
+    os.utime(info.path / "volumes/data/docs", ns=(FIXED_NS, FIXED_NS))
+    with pytest.raises(CheckFailed, match=r"data: docs/readme.txt: missing"):
+        verify_snapshot(store, APP)
+    manifest = info.path / "manifest.jsonl"
+    manifest.write_bytes(manifest.read_bytes().replace(b'"0600"', b'"0666"', 1))
+    with pytest.raises(CheckFailed, match="does not match the digest"):
+        verify_snapshot(store, APP)
+
+
+def test_verify_snapshot_without_a_snapshot_fails(store: Path) -> None:
+    with pytest.raises(CheckFailed, match="no last-known-good"):
+        verify_snapshot(store, APP)
+    assert current_snapshot(store, APP) is None
+
+
+# -- disk guard -------------------------------------------------------------------------------
+
+
+def _generation_identity(store: Path) -> tuple[str, int, str]:
+    generation = store / APP / link_target(store)
+    info = current_snapshot(store, APP)
+    assert info is not None
+    return generation.name, os.stat(generation).st_ino, info.manifest_sha256
+
+
+def test_low_disk_refuses_before_writing(
+    store: Path, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    before = _generation_identity(store)
+    listing = sorted(os.listdir(store / APP))
+    monkeypatch.setattr(snapshot_store, "_free_bytes", lambda path: 1 << 20)
+    write(volume / "added", b"x")
+
+    with pytest.raises(CheckFailed, match=r"a copy needs [\d.]+ MiB.*only 1.0 MiB is free"):
+        take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+
+    assert _generation_identity(store) == before
+    assert sorted(os.listdir(store / APP)) == listing
+    verify_snapshot(store, APP)
+
+
+def test_min_free_bytes_is_kept_free(store: Path, volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshot_store, "_free_bytes", lambda path: 90 << 20)
+    with pytest.raises(CheckFailed, match=r"plus 95\.4 MiB that must stay free"):
+        take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, min_free_bytes=100_000_000)
+    assert generation_dirs(store) == []
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, min_free_bytes=50_000_000)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 20 MiB filesystem (tmpfs) for the store."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def _random_files(root: Path, count: int, size: int) -> None:
+    for i in range(count):
+        write(root / f"blob{i}", os.urandom(size))
+
+
+def test_low_disk_on_a_real_small_filesystem(small_fs: Path, tmp_path: Path) -> None:
+    volume = tmp_path / "vol"
+    _random_files(volume, 12, 1 << 20)  # 12 MiB: one copy fits into 20 MiB, two do not
+    take_snapshot(small_fs, APP, {"data": volume}, commit=COMMIT_A)
+    before = _generation_identity(small_fs)
+    write(volume / "blob0", os.urandom(1 << 20))
+
+    refusal = r"not enough disk space.*a copy needs 12\.\d MiB, but only [\d.]+ MiB is free"
+    with pytest.raises(CheckFailed, match=refusal):
+        take_snapshot(small_fs, APP, {"data": volume}, commit=COMMIT_B)
+
+    assert _generation_identity(small_fs) == before
+    assert generation_dirs(small_fs) == [before[0]]
+    verify_snapshot(small_fs, APP)
+
+
+def test_disk_full_during_a_copy_discards_it(
+    small_fs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = tmp_path / "vol"
+    _random_files(volume, 8, 1 << 20)
+    take_snapshot(small_fs, APP, {"data": volume}, commit=COMMIT_A)
+    before = _generation_identity(small_fs)
+    _random_files(volume, 16, 1 << 20)  # 16 MiB no longer fits beside the 8 MiB snapshot
+    monkeypatch.setattr(snapshot_store, "_free_bytes", lambda path: 1 << 40)  # the guard is fooled
+
+    with pytest.raises(CheckFailed, match=r"failed and was discarded.*No space left"):
+        take_snapshot(small_fs, APP, {"data": volume}, commit=COMMIT_B)
+
+    assert _generation_identity(small_fs) == before
+    assert generation_dirs(small_fs) == [before[0]]
+    verify_snapshot(small_fs, APP)
+
+
+# -- leftovers, lock, clean state -------------------------------------------------------------
+
+
+def test_leftovers_of_an_interrupted_take_are_removed(store: Path, volume: Path) -> None:
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    app_dir = store / APP
+    write(app_dir / "gen-19990101T000000Z-deadbeef/volumes/data/half", b"partial")
+    os.symlink("gen-19990101T000000Z-deadbeef", app_dir / ".last-known-good.tmp-0badf00d")
+    write(app_dir / ".ccci-tmp-volumes-state.json.1234", b"{")
+
+    assert current_snapshot(store, APP) == info
+
+    assert sorted(os.listdir(app_dir)) == sorted(
+        [".lock", "last-known-good", "volumes-state.json", link_target(store)])
+    verify_snapshot(store, APP)
+
+
+def test_lock_is_respected_and_released_when_its_holder_dies(store: Path, volume: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    leftover = store / APP / "gen-19990101T000000Z-deadbeef"
+    leftover.mkdir()
+    holder = spawn(
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(store / APP / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('go', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "go\n"
+        # Reading metadata does not wait for the lock, and leaves the cleaning to its holder.
+        assert current_snapshot(store, APP) is not None and leftover.exists()
+        taker = threading.Thread(
+            target=take_snapshot, args=(store, APP, {"data": volume}), kwargs={"commit": COMMIT_B}
+        )
+        taker.start()
+        taker.join(timeout=0.5)
+        assert taker.is_alive(), "a take ran while another process held the store lock"
+    finally:
+        holder.kill()
+        holder.wait()
+    taker.join(timeout=60)
+    assert not taker.is_alive()
+    assert not leftover.exists()
+    info = verify_snapshot(store, APP)
+    assert info.commit == COMMIT_B
+
+
+def test_volumes_clean_tracks_marks_and_the_current_digest(store: Path, volume: Path) -> None:
+    assert not volumes_clean(store, APP)
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    assert volumes_clean(store, APP)  # a take copies the volumes, so they equal it
+    mark_volumes_dirty(store, APP)
+    assert not volumes_clean(store, APP)
+    mark_volumes_clean(store, APP, "0" * 64)
+    assert not volumes_clean(store, APP)  # clean against some other snapshot
+    mark_volumes_clean(store, APP, info.manifest_sha256)
+    assert volumes_clean(store, APP)
+    with pytest.raises(BadInput):
+        mark_volumes_clean(store, APP, "not-a-digest")
+    mark_volumes_dirty(store, APP)
+    restore_snapshot(store, APP, {"data": volume})
+    assert volumes_clean(store, APP)
+
+
+# -- pure parts -------------------------------------------------------------------------------
+
+
+def _entry(path: str, kind: str = "f", **kw: object) -> ManifestEntry:
+    base: dict[str, object] = dict(path=path, type=kind, mode=0o644, uid=0, gid=0,
+                                   size=3 if kind == "f" else 0, mtime_ns=5,
+                                   sha256="ab" * 32 if kind == "f" else None,
+                                   target="t" if kind == "l" else None)
+    base.update(kw)
+    return ManifestEntry(**base)  # type: ignore[arg-type]
+
+
+def _seen(kind: str | None = "f", inode: int = 1, **kw: object) -> Observed:
+    base: dict[str, object] = dict(type=kind, mode=0o644, uid=0, gid=0, size=3, mtime_ns=5,
+                                   target="t" if kind == "l" else None, inode=(1, inode), nlink=1)
+    base.update(kw)
+    return Observed(**base)  # type: ignore[arg-type]
+
+
+def test_decide_uses_lstat_first_and_hashes_only_when_needed() -> None:
+    want = _entry("f")
+    assert decide(want, _seen()) == "keep"
+    assert decide(want, _seen(), paranoid=True) == "hash"
+    assert decide(want, _seen(mtime_ns=6)) == "hash"
+    assert decide(want, _seen(size=4)) == "write"
+    assert decide(want, _seen(mode=0o600)) == "fix"
+    assert decide(want, _seen(uid=7)) == "fix"
+    assert decide(want, None) == "write"
+    assert decide(want, _seen("l")) == "write"
+    assert decide(want, _seen(), inode_owner="other") == "write"
+    assert decide(_entry("l", "l"), _seen("l", target="u")) == "write"
+    assert decide(_entry("d", "d"), _seen("d", size=0, mode=0o700)) == "fix"
+    member = _entry("m", hardlink="a")
+    assert decide(member, _seen(inode=9), leader_inode=(1, 9)) == "keep"
+    assert decide(member, _seen(inode=8), leader_inode=(1, 9)) == "link"
+    assert decide(member, None, leader_inode=(1, 9)) == "link"
+
+
+def test_manifest_round_trips_and_sorts_parents_first() -> None:
+    entries = group_hardlinks(
+        [_entry("b"), _entry(".", "d"), _entry("a-b"), _entry("a", "d"), _entry("a/x"),
+         _entry(LATIN1_NAME), _entry("l", "l")],
+        {"a/x": (1, 5), "b": (1, 5)},
+    )
+    assert [e.path for e in entries] == [".", "a", "a/x", "a-b", "b", LATIN1_NAME, "l"]
+    assert by_path(entries)["b"].hardlink == "a/x"
+    data = render_manifest({"v": entries})
+    assert parse_manifest(data) == {"v": entries}
+    assert render_manifest({"v": list(reversed(entries))}) == data
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([_entry("x")], "root is missing"),
+        ([_entry(".", "d"), _entry("a/x")], "no directory parent"),
+        ([_entry(".", "d"), _entry("a", "l"), _entry("a/x")], "no directory parent"),
+        ([_entry(".", "d"), _entry("x"), _entry("x")], "listed twice"),
+        ([_entry(".", "d"), _entry("x", sha256=None)], "has no sha256"),
+        ([_entry(".", "d"), _entry("x", hardlink="y")], "inconsistent hardlink"),
+    ],
+)
+def test_inconsistent_manifests_are_refused(entries: list[ManifestEntry], message: str) -> None:
+    with pytest.raises(CheckFailed, match=message):
+        check_entries(entries, "m")
+
+
+def test_parse_manifest_refuses_malformed_lines() -> None:
+    with pytest.raises(CheckFailed, match="m:1: not valid JSON"):
+        parse_manifest(b"{nope\n", "m")
+    with pytest.raises(CheckFailed, match="mode '0999'"):
+        parse_manifest(b'{"volume":"v","path":".","type":"d","mode":"0999"}\n', "m")
+
+
+def test_sockets_are_skipped(store: Path, volume: Path) -> None:
+    import socket
+
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as sock:
+        sock.bind(str(volume / "app.sock"))
+        info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+        assert "app.sock" not in by_path(snapshot_manifest(store, APP)["data"])
+        assert stat.S_ISSOCK(os.lstat(volume / "app.sock").st_mode)
+        restore_snapshot(store, APP, {"data": volume})
+    assert not (volume / "app.sock").exists()  # a restore removes what the snapshot lacks
+    assert verify_snapshot(store, APP) == info
