@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ class DeploySpec:
     http_port: int
     host_port: int | None
     env: dict[str, str] = field(default_factory=dict)
+    endpoint_mode: str | None = field(
+        default_factory=lambda: os.environ.get("CCCI_ENDPOINT_MODE", "dnsrr") or None)
 
 
 def stack_env(layout: RecipeLayout, spec: DeploySpec, extra: dict[str, str]) -> dict[str, str]:
@@ -72,6 +75,9 @@ def overlay_document(layout: RecipeLayout, spec: DeploySpec) -> dict[str, Any]:
     services: dict[str, Any] = {}
     for name in layout.services:
         service: dict[str, Any] = {"labels": dict(labels), "deploy": {"labels": dict(labels)}}
+        if spec.endpoint_mode:
+            # Service VIPs need IPVS, which CI hosts often lack; DNS round-robin needs nothing.
+            service["deploy"]["endpoint_mode"] = spec.endpoint_mode
         if name == spec.http_service and spec.host_port is not None:
             service["ports"] = [{
                 "target": spec.http_port,

@@ -132,8 +132,10 @@ class AppState:
     def summary(self) -> str:
         parts = []
         for s in self.services:
-            last = next((t.error for t in s.failures if t.error), "")
+            last = next((t.error for t in reversed(s.failures) if t.error), "")
+            pending = sorted({t.state for t in s.tasks if t.desired == "running" and t.state != "running"})
             parts.append(f"{s.name} {len(s.running)}/{s.replicas}"
+                         + (f" [{', '.join(pending)}]" if pending else "")
                          + (f" update {s.update_state}" if s.update_state else "")
                          + (f" ({len(s.failures)} failed: {last})" if s.failures else ""))
         return "; ".join(parts) or "no services"

@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from controller.snapshots import fsio
+from controller.snapshots.jobs import BATCH, WORKERS, Jobs, thread_copier
 from controller.snapshots.manifest import (
     ROOT,
     ManifestEntry,
@@ -16,45 +20,51 @@ from controller.snapshots.manifest import (
     group_hardlinks,
     join,
     observe,
+    parent_of,
     sort_key,
 )
 from controller.util.errors import CheckFailed
 
 log = logging.getLogger(__name__)
-
-
+T = TypeVar("T")
 class TreeCopy:
-    """Copy one volume into a fresh directory: files, dirs, symlinks, hard links, metadata."""
+    """Copy one volume into a fresh directory: files, dirs, symlinks, hard links, metadata.
 
-    def __init__(self, copier: fsio.Copier | None = None) -> None:
-        self.copier = copier or fsio.Copier()
+    One thread walks the source, makes directories and hands batches of a directory's
+    files and symlinks to workers; hard links and directory metadata come last.
+    """
+
+    def __init__(self) -> None:
         self.entries: list[ManifestEntry] = []
         self.inodes: dict[str, tuple[int, int]] = {}
-        # inode -> (path of its first copy, sha256): later names become hard links to it.
-        self._first_copy: dict[tuple[int, int], tuple[str, str]] = {}
-        self._dst_root = -1
+        self._first_of_inode: dict[tuple[int, int], str] = {}
+        self._links: list[tuple[str, str, os.stat_result]] = []  # (path, first path, stat)
+        self._dirs: list[tuple[str, os.stat_result]] = []
 
     def run(self, src: Path, dst: Path) -> list[ManifestEntry]:
         src_fd = fsio.open_root(src)
         try:
             os.mkdir(dst, 0o700)
-            self._dst_root = fsio.open_root(dst)
+            dst_fd = fsio.open_root(dst)
             try:
-                root_st = os.fstat(src_fd)
-                self._copy_dir(src_fd, self._dst_root, ROOT)
-                fsio.set_fd_metadata(
-                    self._dst_root, entry_from(ROOT, observe(root_st)), root_st.st_atime_ns
-                )
-                self.entries.append(entry_from(ROOT, observe(root_st)))
+                self._dirs.append((ROOT, os.fstat(src_fd)))
+                jobs: Jobs[ManifestEntry] = Jobs()
+                try:
+                    self._walk(src_fd, dst_fd, ROOT, jobs)
+                finally:
+                    self.entries.extend(jobs.results())
+                self._make_links(dst_fd)
+                self._set_dir_metadata(dst_fd)
             finally:
-                os.close(self._dst_root)
+                os.close(dst_fd)
         finally:
             os.close(src_fd)
         return group_hardlinks(self.entries, self.inodes)
 
-    def _copy_dir(self, src_fd: int, dst_fd: int, rel: str) -> None:
+    def _walk(self, src_fd: int, dst_fd: int, rel: str, jobs: Jobs[ManifestEntry]) -> None:
         with os.scandir(src_fd) as it:
             names = sorted(entry.name for entry in it)
+        batch: list[tuple[str, os.stat_result]] = []
         for name in names:
             path = join(rel, name)
             st = fsio.lstat_at(src_fd, name)
@@ -62,15 +72,29 @@ class TreeCopy:
                 continue
             kind = entry_type(st.st_mode)
             if kind == "d":
-                self._copy_subdir(src_fd, dst_fd, name, path, st)
-            elif kind == "f":
-                self._copy_file(src_fd, dst_fd, name, path, st)
-            elif kind == "l":
-                target = os.readlink(name, dir_fd=src_fd)
-                os.symlink(target, name, dir_fd=dst_fd)
-                entry = entry_from(path, observe(st, target))
-                fsio.set_symlink_metadata(dst_fd, name, entry, st.st_atime_ns)
-                self.entries.append(entry)
+                os.mkdir(name, 0o700, dir_fd=dst_fd)
+                self._dirs.append((path, st))
+                child_src = fsio.open_dir_at(src_fd, name, path)
+                try:
+                    child_dst = fsio.open_dir_at(dst_fd, name, path)
+                    try:
+                        self._walk(child_src, child_dst, path, jobs)
+                    finally:
+                        os.close(child_dst)
+                finally:
+                    os.close(child_src)
+            elif kind in ("f", "l"):
+                if kind == "f" and st.st_nlink > 1:
+                    inode = (st.st_dev, st.st_ino)
+                    self.inodes[path] = inode
+                    first = self._first_of_inode.setdefault(inode, path)
+                    if first != path:
+                        self._links.append((path, first, st))
+                        continue
+                batch.append((name, st))
+                if len(batch) >= BATCH:
+                    self._submit(jobs, src_fd, dst_fd, rel, batch)
+                    batch = []
             elif stat.S_ISSOCK(st.st_mode):
                 # A socket is meaningless without the process that listened on it.
                 log.info("snapshot skips the socket %s", path)
@@ -79,55 +103,139 @@ class TreeCopy:
                     f"{path}: a fifo or device node cannot be snapshotted (only files, "
                     "directories and symlinks)"
                 )
+        if batch:
+            self._submit(jobs, src_fd, dst_fd, rel, batch)
 
-    def _copy_subdir(self, src_fd: int, dst_fd: int, name: str, path: str, st: os.stat_result) -> None:
-        os.mkdir(name, 0o700, dir_fd=dst_fd)
-        child_src = fsio.open_dir_at(src_fd, name, path)
-        try:
-            child_dst = fsio.open_dir_at(dst_fd, name, path)
+    @staticmethod
+    def _submit(jobs: Jobs[ManifestEntry], src_fd: int, dst_fd: int, rel: str,
+                batch: list[tuple[str, os.stat_result]]) -> None:
+        src_dup = os.dup(src_fd)
+        dst_dup = os.dup(dst_fd)
+
+        def job() -> list[ManifestEntry]:
             try:
-                self._copy_dir(child_src, child_dst, path)
-                # After its contents: creating them moved the copy's mtime.
+                return [_copy_one(src_dup, dst_dup, rel, name, st) for name, st in batch]
+            finally:
+                os.close(src_dup)
+                os.close(dst_dup)
+
+        try:
+            jobs.submit(job)
+        except BaseException:
+            os.close(src_dup)
+            os.close(dst_dup)
+            raise
+
+    def _make_links(self, dst_fd: int) -> None:
+        sha = {e.path: e.sha256 for e in self.entries if e.path in self.inodes}
+        for path, first, st in self._links:
+            # Both paths lie in the fresh copy, where every directory is one this copy made.
+            os.link(first, path, src_dir_fd=dst_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+            self.entries.append(entry_from(path, observe(st), sha[first]))
+
+    def _set_dir_metadata(self, dst_fd: int) -> None:
+        """Deepest first, after every entry exists: creating one moves its directory's mtime."""
+        for path, st in reversed(self._dirs):
+            fd = fsio.open_dir_chain(dst_fd, path)
+            try:
                 entry = entry_from(path, observe(st))
-                fsio.set_fd_metadata(child_dst, entry, st.st_atime_ns)
-                self.entries.append(entry)
+                fsio.set_fd_metadata(fd, entry, st.st_atime_ns)
             finally:
-                os.close(child_dst)
-        finally:
-            os.close(child_src)
+                os.close(fd)
+            self.entries.append(entry)
 
-    def _copy_file(self, src_fd: int, dst_fd: int, name: str, path: str, st: os.stat_result) -> None:
-        inode = (st.st_dev, st.st_ino)
-        first = self._first_copy.get(inode) if st.st_nlink > 1 else None
-        if first is not None:
-            first_path, first_sha = first
-            os.link(
-                first_path, path,
-                src_dir_fd=self._dst_root, dst_dir_fd=self._dst_root, follow_symlinks=False,
-            )
-            self.entries.append(entry_from(path, observe(st), first_sha))
-            self.inodes[path] = inode
-            return
-        sfd = fsio.open_file_at(src_fd, name, path, inode)
+
+def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result) -> ManifestEntry:
+    path = join(rel, name)
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(name, dir_fd=src_fd)
+        os.symlink(target, name, dir_fd=dst_fd)
+        entry = entry_from(path, observe(st, target))
+        fsio.set_symlink_metadata(dst_fd, name, entry, st.st_atime_ns)
+        return entry
+    sfd = fsio.open_file_at(src_fd, name, path, (st.st_dev, st.st_ino))
+    try:
+        dfd = os.open(name, fsio.CREATE_FLAGS, 0o600, dir_fd=dst_fd)
         try:
-            dfd = os.open(name, fsio.CREATE_FLAGS, 0o600, dir_fd=dst_fd)
-            try:
-                sha, _ = self.copier.copy(sfd, dfd, st)
-                entry = entry_from(path, observe(st), sha)
-                fsio.set_fd_metadata(dfd, entry, st.st_atime_ns)
-            finally:
-                os.close(dfd)
+            sha, _ = thread_copier().copy(sfd, dfd, st)
+            entry = entry_from(path, observe(st), sha)
+            fsio.set_fd_metadata(dfd, entry, st.st_atime_ns)
         finally:
-            os.close(sfd)
-        self.entries.append(entry)
-        if st.st_nlink > 1:
-            self._first_copy[inode] = (path, sha)
-            self.inodes[path] = inode
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+    return entry
 
 
-def copy_tree(src: Path, dst: Path, copier: fsio.Copier | None = None) -> list[ManifestEntry]:
+def copy_tree(src: Path, dst: Path) -> list[ManifestEntry]:
     """Copy `src` to the new directory `dst`; return the manifest of `src`, sorted."""
-    return TreeCopy(copier).run(src, dst)
+    return TreeCopy().run(src, dst)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a tree of this store (never a volume): files in parallel, then directories."""
+    root_fd = fsio.open_root(path)
+    dirs: list[str] = []
+    try:
+        jobs: Jobs[None] = Jobs()
+        try:
+            _unlink_below(root_fd, ROOT, dirs, jobs)
+        finally:
+            jobs.results()
+        for rel in reversed(dirs):
+            parent, _, name = rel.rpartition("/")
+            pfd = fsio.open_dir_chain(root_fd, parent or ROOT)
+            try:
+                os.rmdir(name, dir_fd=pfd)
+            finally:
+                os.close(pfd)
+    finally:
+        os.close(root_fd)
+    os.rmdir(path)
+
+
+def _unlink_below(dir_fd: int, rel: str, dirs: list[str], jobs: Jobs[None]) -> None:
+    with os.scandir(dir_fd) as it:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
+    names = [name for name, is_dir in entries if not is_dir]
+    for i in range(0, len(names), BATCH):
+        batch = names[i : i + BATCH]
+        fd = os.dup(dir_fd)
+
+        def job(fd: int = fd, batch: list[str] = batch) -> list[None]:
+            try:
+                for name in batch:
+                    os.unlink(name, dir_fd=fd)
+            finally:
+                os.close(fd)
+            return []
+
+        try:
+            jobs.submit(job)
+        except BaseException:
+            os.close(fd)
+            raise
+    for name, is_dir in entries:
+        if is_dir:
+            path = join(rel, name)
+            dirs.append(path)
+            child = fsio.open_dir_at(dir_fd, name, path)
+            try:
+                _unlink_below(child, path, dirs, jobs)
+            finally:
+                os.close(child)
+
+
+def _by_directory(items: Iterable[tuple[str, T]]) -> list[tuple[str, list[tuple[str, T]]]]:
+    """Group (path, value) by parent directory, in batches of at most BATCH, in pre-order."""
+    groups: dict[str, list[tuple[str, T]]] = {}
+    for path, value in sorted(items, key=lambda item: sort_key(item[0])):
+        groups.setdefault(parent_of(path), []).append((path, value))
+    return [
+        (parent, members[i : i + BATCH])
+        for parent, members in groups.items()
+        for i in range(0, len(members), BATCH)
+    ]
 
 
 def hash_entries(
@@ -136,21 +244,39 @@ def hash_entries(
     *,
     drop_cache: bool = False,
 ) -> dict[str, str]:
-    """sha256 of the given files (path, inode), in pre-order; each inode is read once."""
-    buf = bytearray(fsio.CHUNK)
-    by_inode: dict[tuple[int, int], str] = {}
-    out: dict[str, str] = {}
-    with fsio.DirCursor(root_fd) as cursor:
-        for path, inode in sorted(wanted, key=lambda item: sort_key(item[0])):
-            if inode not in by_inode:
-                parent, _, name = path.rpartition("/")
-                fd = fsio.open_file_at(cursor.fd_for(parent or ROOT), name, path, inode)
+    """sha256 of the given files (path, inode), in parallel; each inode is read once."""
+    first_of: dict[tuple[int, int], str] = {}
+    for path, inode in sorted(wanted, key=lambda item: sort_key(item[0])):
+        first_of.setdefault(inode, path)
+
+    def job(parent: str, members: list[tuple[str, tuple[int, int]]]) -> dict[tuple[int, int], str]:
+        buf = thread_copier().buf
+        out: dict[tuple[int, int], str] = {}
+        pfd = fsio.open_dir_chain(root_fd, parent)
+        try:
+            for path, inode in members:
+                fd = fsio.open_file_at(pfd, path.rpartition("/")[2], path, inode)
                 try:
-                    by_inode[inode] = fsio.hash_fd(fd, buf, drop_cache=drop_cache)
+                    out[inode] = fsio.hash_fd(fd, buf, drop_cache=drop_cache)
                 finally:
                     os.close(fd)
-            out[path] = by_inode[inode]
-    return out
+        finally:
+            os.close(pfd)
+        return out
+
+    by_inode: dict[tuple[int, int], str] = {}
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="snapshot-hash") as pool:
+        futures = [
+            pool.submit(job, parent, members)
+            for parent, members in _by_directory((p, i) for i, p in first_of.items())
+        ]
+        try:
+            for future in futures:
+                by_inode.update(future.result())
+        finally:
+            for future in futures:
+                future.cancel()
+    return {path: by_inode[inode] for path, inode in wanted}
 
 
 def volume_manifest(root: Path) -> list[ManifestEntry]:

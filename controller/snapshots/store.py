@@ -17,7 +17,7 @@ from typing import Any
 
 from controller.snapshots import fsio
 from controller.snapshots.check import compare_tree
-from controller.snapshots.copy import copy_tree
+from controller.snapshots.copy import copy_tree, remove_tree
 from controller.snapshots.manifest import (
     MANIFEST_FORMAT,
     SHA256_RE,
@@ -349,7 +349,7 @@ def take_snapshot(
         # The new link is durable before the old generation goes: a crash leaves one of them.
         fsio.fsync_path(where)
         if previous is not None and previous != name:
-            shutil.rmtree(where / previous)
+            remove_tree(where / previous)
             fsio.fsync_path(where)
         # The volumes were just copied whole, so they equal this snapshot.
         write_state(where, clean=True, manifest_sha256=info.manifest_sha256)
@@ -368,9 +368,8 @@ def _write_generation(
 ) -> SnapshotInfo:
     os.mkdir(generation, 0o700)
     os.mkdir(generation / VOLUMES_DIR, 0o700)
-    copier = fsio.Copier()
     manifests = {
-        name: copy_tree(src, generation / VOLUMES_DIR / name, copier)
+        name: copy_tree(src, generation / VOLUMES_DIR / name)
         for name, src in sorted(sources.items())
     }
     manifest = render_manifest(manifests)
