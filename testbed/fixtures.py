@@ -49,6 +49,23 @@ class RecipeRepo:
         _git(self.path, "checkout", "-q", "main")
         return sha
 
+    def commit_files(self, branch: str, files: dict[str, str], *, base: str | None = None,
+                     message: str = "edit") -> str:
+        """Commit edited files on `branch` (from `base`, default main); returns the commit."""
+        _git(self.path, "checkout", "-q", "-B", branch, base or "main")
+        for rel, text in files.items():
+            target = self.path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        _git(self.path, "add", "-A")
+        _git(self.path, "commit", "-q", "-m", message)
+        sha = _git(self.path, "rev-parse", "HEAD")
+        _git(self.path, "checkout", "-q", "main")
+        return sha
+
+    def read(self, commit: str, rel: str) -> str:
+        return _git(self.path, "show", f"{commit}:{rel}") + "\n"
+
     def commit_version(self, version: int, *, message: str | None = None, tag: bool = True) -> str:
         """Commit version `version`'s tree on main (a merge or a direct push)."""
         if self.versions:

@@ -25,9 +25,9 @@ GIT_IDENTITY = {
 HEX_A = "a" * 40
 
 
-def git(repo: Path, *args: str, check: bool = True) -> str:
+def git(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False,
-                          env={**os.environ, **GIT_IDENTITY})
+                          env={**os.environ, **GIT_IDENTITY, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
     return proc.stdout.strip()
@@ -167,3 +167,34 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(entry.name))
     return children
+
+
+def objects_of_app(app: str) -> list[str]:
+    """Every Docker object that belongs to `app` by label: services, containers, networks,
+    configs, secrets, volumes (what the sacred teardown must leave at zero)."""
+    import docker
+
+    client = docker.from_env(timeout=30)
+    found = []
+    try:
+        for label in (f"ccci.app={app}", f"com.docker.stack.namespace={app}"):
+            filters = {"label": label}
+            found += [f"service {s.name}" for s in client.services.list(filters=filters)]
+            found += [f"container {c.name}" for c in client.containers.list(all=True, filters=filters)]
+            found += [f"network {n.name}" for n in client.networks.list(filters=filters)]
+            found += [f"config {c.name}" for c in client.configs.list(filters=filters)]
+            found += [f"secret {s.name}" for s in client.secrets.list(filters=filters)]
+            found += [f"volume {v.name}" for v in client.volumes.list(filters=filters)]
+    finally:
+        client.close()
+    return sorted(set(found))
+
+
+def recipe_entry(name: str, path: Path, **options: object) -> str:
+    """One `recipes:` line of ccci.yaml."""
+    parts = [f"source: {path}"] + [f"{k}: {v}" for k, v in options.items()]
+    return f"  {name}: {{{', '.join(parts)}}}\n"
+
+
+NOTES_OPTIONS = {"timeout_s": 300, "stability_s": 2, "http": "{service: app, port: 8080}"}
+STATIC_OPTIONS = {"timeout_s": 120, "stability_s": 1}

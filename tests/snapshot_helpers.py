@@ -146,10 +146,10 @@ def tree_digest(root: Path) -> str:
     return digest(render_manifest({"x": volume_manifest(root)}))
 
 
-def spawn(code: str) -> subprocess.Popen[str]:
-    """A child Python running `code` with the controller importable; it prints 'go' when ready."""
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    """A child Python running `code` (argv: `args`) with the controller importable."""
     return subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

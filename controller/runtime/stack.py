@@ -271,13 +271,17 @@ def _objects(kind: str, label: str) -> list[Any]:
     return engine.call(f"list {kind}", lambda: collection.list(filters={"label": label})) or []
 
 
-def containers_of(app: str) -> list[Any]:
+def _containers(label: str) -> list[dict[str, Any]]:
+    """Low-level list: one call, no per-container inspect that races with removal."""
     c = engine.client()
-    found: dict[str, Any] = {}
+    return engine.call("list containers", lambda: c.api.containers(all=True, filters={"label": label})) or []
+
+
+def containers_of(app: str) -> list[dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
     for label in (f"ccci.app={app}", f"{NAMESPACE}={app}"):
-        for container in engine.call("list containers", lambda lb=label: c.containers.list(
-                all=True, filters={"label": lb})) or []:
-            found[container.id] = container
+        for container in _containers(label):
+            found[container["Id"]] = container
     return list(found.values())
 
 
@@ -347,23 +351,35 @@ def live_tasks(app: str) -> list[str]:
             if t.state in ("running", "starting", "preparing", "assigned", "accepted", "pending", "new")]
 
 
+@dataclass(frozen=True)
+class LabelledObject:
+    kind: str  # service | container | network | config | secret | volume
+    name: str
+    labels: dict[str, str]
+
+
+def labelled_objects() -> list[LabelledObject]:
+    """Every object on this engine that carries `ccci.managed=true`."""
+    label = "ccci.managed=true"
+    out: list[LabelledObject] = []
+    for kind in ("services", "networks", "configs", "secrets", "volumes"):
+        for obj in _objects(kind, label):
+            labels = obj.attrs.get("Spec", {}).get("Labels") or obj.attrs.get("Labels") or {}
+            out.append(LabelledObject(kind[:-1], obj.name, dict(labels)))
+    for container in _containers(label):
+        name = (container.get("Names") or ["?"])[0].lstrip("/")
+        out.append(LabelledObject("container", name, dict(container.get("Labels") or {})))
+    return out
+
+
 def labelled_apps(mode: str | None = None) -> dict[str, dict[str, str]]:
     """Every app the controller's labels name on this engine: {app: {mode, run}}."""
     apps: dict[str, dict[str, str]] = {}
-    label = "ccci.managed=true"
-    c = engine.client()
-    found: list[dict[str, str]] = []
-    for kind in ("services", "networks", "configs", "secrets", "volumes"):
-        for obj in _objects(kind, label):
-            found.append(obj.attrs.get("Spec", {}).get("Labels") or obj.attrs.get("Labels") or {})
-    for container in engine.call("list containers", lambda: c.containers.list(
-            all=True, filters={"label": label})) or []:
-        found.append(container.labels or {})
-    for labels in found:
-        app = labels.get("ccci.app")
-        if not app or labels.get("ccci.infra") == "true":
+    for obj in labelled_objects():
+        app = obj.labels.get("ccci.app")
+        if not app or obj.labels.get("ccci.infra") == "true":
             continue
-        if mode and labels.get("ccci.mode") != mode:
+        if mode and obj.labels.get("ccci.mode") != mode:
             continue
-        apps.setdefault(app, {"mode": labels.get("ccci.mode", ""), "run": labels.get("ccci.run", "")})
+        apps.setdefault(app, {"mode": obj.labels.get("ccci.mode", ""), "run": obj.labels.get("ccci.run", "")})
     return apps

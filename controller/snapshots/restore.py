@@ -11,6 +11,7 @@ from typing import Literal
 
 from controller.snapshots import fsio
 from controller.snapshots.check import HashPolicy, compare_tree, hash_all, hash_none
+from controller.snapshots.jobs import Jobs, thread_copier
 from controller.snapshots.manifest import (
     ROOT,
     ManifestEntry,
@@ -89,20 +90,48 @@ class _Counts:
     bytes_written: int = 0
     written_files: set[str] = field(default_factory=set)
 
+    def add(self, outcome: _Outcome) -> None:
+        if outcome.result == "fixed":
+            self.metadata_fixed += 1
+        elif outcome.result in ("created", "rewritten"):
+            if outcome.result == "created":
+                self.created += 1
+            else:
+                self.rewritten += 1
+            self.bytes_written += outcome.bytes_written
+            if outcome.content_written:
+                self.written_files.add(outcome.path)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    path: str
+    result: Literal["kept", "fixed", "created", "rewritten"]
+    bytes_written: int = 0
+    content_written: bool = False
+
+
+def _done(entry: ManifestEntry, have: Observed | None, written: int = 0,
+          content: bool = False) -> _Outcome:
+    return _Outcome(entry.path, "created" if have is None else "rewritten", written, content)
+
 
 class VolumeRestore:
-    """Restore one volume directory from one volume of a snapshot."""
+    """Restore one volume directory from one volume of a snapshot.
+
+    The main thread walks the manifest in pre-order and settles directories, symlinks and
+    metadata itself; file contents (hash and rewrite) go to workers. Hard-link members
+    follow once their leaders are final, directory mtimes last of all.
+    """
 
     def __init__(self, source: Path, volume: Path, entries: list[ManifestEntry], *,
-                 paranoid: bool, copier: fsio.Copier) -> None:
+                 paranoid: bool) -> None:
         self.source = source
         self.volume = volume
         self.entries = sorted(entries, key=lambda e: sort_key(e.path))
         self.wanted = {e.path: e for e in self.entries}
         self.paranoid = paranoid
-        self.copier = copier
         self.counts = _Counts()
-        self._leader_inode: dict[str, tuple[int, int]] = {}
         self._inode_owner: dict[tuple[int, int], str] = {}
 
     def run(self) -> _Counts:
@@ -111,9 +140,10 @@ class VolumeRestore:
             snap_fd = fsio.open_root(self.source)
             try:
                 self._remove_extras(vol_fd, fsio.scan(vol_fd))
-                with fsio.DirCursor(vol_fd) as vol, fsio.DirCursor(snap_fd) as snap:
-                    for entry in self.entries:
-                        self._restore_entry(entry, vol_fd, vol, snap)
+                members = self._restore_all_but_members(vol_fd, snap_fd)
+                with fsio.DirCursor(vol_fd) as vol:
+                    for entry in members:
+                        self._restore_member(entry, vol_fd, vol)
                 self._set_dir_times(vol_fd)
             finally:
                 os.close(snap_fd)
@@ -134,8 +164,23 @@ class VolumeRestore:
                 os.close(pfd)
         self.counts.removed += len(extras)
 
-    def _restore_entry(self, entry: ManifestEntry, vol_fd: int,
-                       vol: fsio.DirCursor, snap: fsio.DirCursor) -> None:
+    def _restore_all_but_members(self, vol_fd: int, snap_fd: int) -> list[ManifestEntry]:
+        members: list[ManifestEntry] = []
+        jobs: Jobs[_Outcome] = Jobs("snapshot-restore")
+        try:
+            with fsio.DirCursor(vol_fd) as vol, fsio.DirCursor(snap_fd) as snap:
+                for entry in self.entries:
+                    if entry.type == "f" and entry.hardlink not in (None, entry.path):
+                        members.append(entry)
+                    else:
+                        self._restore_entry(entry, vol_fd, vol, snap, jobs)
+        finally:
+            for outcome in jobs.results():
+                self.counts.add(outcome)
+        return members
+
+    def _restore_entry(self, entry: ManifestEntry, vol_fd: int, vol: fsio.DirCursor,
+                       snap: fsio.DirCursor, jobs: Jobs[_Outcome]) -> None:
         if entry.path == ROOT:
             pfd, name = vol_fd, ""
             have: Observed | None = observe(os.fstat(vol_fd))
@@ -143,41 +188,89 @@ class VolumeRestore:
             parent, name = _split(entry.path)
             pfd = vol.fd_for(parent)
             have = fsio.observe_at(pfd, name)
-        group = entry.hardlink or entry.path
         action = decide(
             entry,
             have,
             paranoid=self.paranoid,
-            leader_inode=self._leader_inode.get(entry.hardlink or ""),
             inode_owner=self._inode_owner.get(have.inode) if have is not None else None,
         )
+        if entry.type == "f" and have is not None and have.type == "f":
+            # First come, first served: a later entry sharing this inode outside the
+            # group gets its own copy.
+            self._inode_owner.setdefault(have.inode, entry.hardlink or entry.path)
+        if entry.type == "f" and action in ("hash", "write"):
+            self._submit_file(entry, have, action, pfd, name, snap, jobs)
+        elif action == "fix":
+            self._fix(entry, pfd, name, vol_fd)
+            self.counts.metadata_fixed += 1
+        elif action == "write":
+            self._write_dir_or_symlink(entry, pfd, name, have)
+            self.counts.add(_done(entry, have))
+
+    def _submit_file(self, entry: ManifestEntry, have: Observed | None, action: Action,
+                     pfd: int, name: str, snap: fsio.DirCursor, jobs: Jobs[_Outcome]) -> None:
+        parent, _ = _split(entry.path)
+        vol_dup = os.dup(pfd)
+        try:
+            snap_dup = os.dup(snap.fd_for(parent))
+        except BaseException:
+            os.close(vol_dup)
+            raise
+
+        def job() -> list[_Outcome]:
+            try:
+                return [self._file_job(entry, have, action, vol_dup, name, snap_dup)]
+            finally:
+                os.close(vol_dup)
+                os.close(snap_dup)
+
+        try:
+            jobs.submit(job)
+        except BaseException:
+            os.close(vol_dup)
+            os.close(snap_dup)
+            raise
+
+    def _file_job(self, entry: ManifestEntry, have: Observed | None, action: Action,
+                  pfd: int, name: str, snap_pfd: int) -> _Outcome:
         if action == "hash":
             assert have is not None
             fd = fsio.open_file_at(pfd, name, entry.path, have.inode)
             try:
-                same = fsio.hash_fd(fd, self.copier.buf) == entry.sha256
+                same = fsio.hash_fd(fd, thread_copier().buf) == entry.sha256
             finally:
                 os.close(fd)
-            action = "write" if not same else "fix" if metadata_differences(entry, have) else "keep"
-        if action == "fix":
-            assert have is not None
-            self._fix(entry, pfd, name, vol_fd)
-            self.counts.metadata_fixed += 1
-        elif action in ("write", "link"):
-            if action == "write":
-                self._write(entry, pfd, name, have, snap)
-            else:
-                self._link(entry, pfd, name, have, vol_fd)
-            if have is None:
-                self.counts.created += 1
-            else:
-                self.counts.rewritten += 1
-        if entry.type == "f" and entry.hardlink in (None, entry.path):
-            now = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            inode = (now.st_dev, now.st_ino)
-            self._inode_owner[inode] = group
-            if entry.hardlink is not None:
-                self._leader_inode[entry.path] = inode
+            if same and not metadata_differences(entry, have):
+                return _Outcome(entry.path, "kept")
+            if same:
+                self._fix(entry, pfd, name, -1)
+                return _Outcome(entry.path, "fixed")
+        temp = fsio.temp_name()
+        try:
+            written = self._copy_from_snapshot(entry, snap_pfd, pfd, temp)
+            if have is not None and have.type == "d":
+                fsio.remove_at(pfd, name)
+            os.replace(temp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=pfd)
+            raise
+        return _done(entry, have, written, content=True)
+
+    def _restore_member(self, entry: ManifestEntry, vol_fd: int, vol: fsio.DirCursor) -> None:
+        assert entry.hardlink is not None
+        leader_parent, leader_name = _split(entry.hardlink)
+        lfd = fsio.open_dir_chain(vol_fd, leader_parent)
+        try:
+            st = os.stat(leader_name, dir_fd=lfd, follow_symlinks=False)
+        finally:
+            os.close(lfd)
+        parent, name = _split(entry.path)
+        pfd = vol.fd_for(parent)
+        have = fsio.observe_at(pfd, name)
+        if decide(entry, have, leader_inode=(st.st_dev, st.st_ino)) == "link":
+            self._link(entry, pfd, name, have, vol_fd)
+            self.counts.add(_done(entry, have))
 
     def _fix(self, entry: ManifestEntry, pfd: int, name: str, vol_fd: int) -> None:
         if entry.path == ROOT:
@@ -200,22 +293,19 @@ class VolumeRestore:
         else:
             fsio.set_symlink_metadata(pfd, name, entry, entry.mtime_ns)
 
-    def _write(self, entry: ManifestEntry, pfd: int, name: str, have: Observed | None,
-               snap: fsio.DirCursor) -> None:
+    def _write_dir_or_symlink(self, entry: ManifestEntry, pfd: int, name: str,
+                              have: Observed | None) -> None:
         if entry.type == "d":
             if have is not None:
                 fsio.remove_at(pfd, name)
             os.mkdir(name, 0o700, dir_fd=pfd)
             self._fix(entry, pfd, name, -1)
             return
+        assert entry.target is not None
         temp = fsio.temp_name()
         try:
-            if entry.type == "l":
-                assert entry.target is not None
-                os.symlink(entry.target, temp, dir_fd=pfd)
-                fsio.set_symlink_metadata(pfd, temp, entry, entry.mtime_ns)
-            else:
-                self._copy_from_snapshot(entry, pfd, temp, snap)
+            os.symlink(entry.target, temp, dir_fd=pfd)
+            fsio.set_symlink_metadata(pfd, temp, entry, entry.mtime_ns)
             if have is not None and have.type == "d":
                 fsio.remove_at(pfd, name)
             os.replace(temp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -224,17 +314,17 @@ class VolumeRestore:
                 os.unlink(temp, dir_fd=pfd)
             raise
 
-    def _copy_from_snapshot(self, entry: ManifestEntry, pfd: int, temp: str,
-                            snap: fsio.DirCursor) -> None:
-        parent, name = _split(entry.path)
+    @staticmethod
+    def _copy_from_snapshot(entry: ManifestEntry, snap_pfd: int, pfd: int, temp: str) -> int:
+        name = entry.path.rpartition("/")[2]
         try:
-            sfd = fsio.open_file_at(snap.fd_for(parent), name, entry.path)
+            sfd = fsio.open_file_at(snap_pfd, name, entry.path)
         except FileNotFoundError as exc:
             raise CheckFailed(f"snapshot file {entry.path} is missing; the snapshot is damaged") from exc
         try:
             dfd = os.open(temp, fsio.CREATE_FLAGS, 0o600, dir_fd=pfd)
             try:
-                sha, written = self.copier.copy(sfd, dfd, os.fstat(sfd))
+                sha, written = thread_copier().copy(sfd, dfd, os.fstat(sfd))
                 if sha != entry.sha256:
                     raise CheckFailed(
                         f"snapshot file {entry.path} does not match its manifest; "
@@ -245,8 +335,7 @@ class VolumeRestore:
                 os.close(dfd)
         finally:
             os.close(sfd)
-        self.counts.bytes_written += written
-        self.counts.written_files.add(entry.path)
+        return written
 
     def _link(self, entry: ManifestEntry, pfd: int, name: str, have: Observed | None,
               vol_fd: int) -> None:
@@ -319,12 +408,11 @@ def restore_snapshot(
         _match_volumes(snapshot, targets)
         # Dirty first: a restore killed halfway must not leave the volumes marked clean.
         write_state(where, clean=False, manifest_sha256=None)
-        copier = fsio.Copier()
         total = _Counts()
         written: dict[str, set[str]] = {}
         for name, volume in sorted(targets.items()):
             counts = VolumeRestore(snapshot.volume_dir(name), volume, snapshot.manifests[name],
-                                   paranoid=paranoid, copier=copier).run()
+                                   paranoid=paranoid).run()
             total.rewritten += counts.rewritten
             total.created += counts.created
             total.removed += counts.removed

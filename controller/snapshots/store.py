@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,13 +350,25 @@ def take_snapshot(
         # The new link is durable before the old generation goes: a crash leaves one of them.
         fsio.fsync_path(where)
         if previous is not None and previous != name:
+            clock = _Stopwatch()
             remove_tree(where / previous)
             fsio.fsync_path(where)
+            log.info("snapshot of %s: old generation removed in %.2fs", app, clock.lap())
         # The volumes were just copied whole, so they equal this snapshot.
         write_state(where, clean=True, manifest_sha256=info.manifest_sha256)
         log.info("snapshot of %s taken at %s (commit %s, %s)", app, name, commit[:12],
                  info.volumes)
         return info
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def lap(self) -> float:
+        now = time.monotonic()
+        elapsed, self._last = now - self._last, now
+        return elapsed
 
 
 def _write_generation(
@@ -366,6 +379,7 @@ def _write_generation(
     commit: str,
     run_id: str | None,
 ) -> SnapshotInfo:
+    clock = _Stopwatch()
     os.mkdir(generation, 0o700)
     os.mkdir(generation / VOLUMES_DIR, 0o700)
     manifests = {
@@ -374,14 +388,18 @@ def _write_generation(
     }
     manifest = render_manifest(manifests)
     fsio.write_durably(generation / MANIFEST_FILE, manifest)
+    copied = clock.lap()
     # One syncfs makes every copied file and directory durable before it is verified.
     fsio.sync_filesystem(generation)
+    synced = clock.lap()
     for name, entries in manifests.items():
         problems = compare_tree(
             generation / VOLUMES_DIR / name, entries, label=f"{name}: ", drop_cache=True
         )
         if problems:
             raise CheckFailed(f"the new snapshot of {app} does not verify: {problems[0]}")
+    log.info("snapshot of %s: copied in %.2fs, synced in %.2fs, verified in %.2fs",
+             app, copied, synced, clock.lap())
     info = SnapshotInfo(
         app=app,
         path=where / LAST_KNOWN_GOOD,

@@ -1,0 +1,1 @@
+"""Keycloak: per-run realm names and documents, and the one client that talks to Keycloak."""

@@ -1,0 +1,95 @@
+"""Canonical advancement and `ccci audit` on real git and real cold runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+from tests.helpers import STATIC_OPTIONS, RemoteRegistry, recipe_entry
+from tests.test_cold import run_request
+from testbed.fixtures import RecipeRepo, build_recipe
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def static_repo(tmp_path: Path) -> RecipeRepo:
+    return build_recipe("static", tmp_path / "recipes" / "static", versions=[1])
+
+
+@pytest.fixture
+def clone(git_remote: RemoteRegistry, static_repo: RecipeRepo, docker_host: str) -> Path:
+    git_remote.set_recipes(recipe_entry("static", static_repo.path, **STATIC_OPTIONS))
+    return git_remote.clone("controller")
+
+
+def known_good(clone: Path) -> str | None:
+    path = clone / "canonicals" / "static.yaml"
+    return helpers.read_yaml(path)["known_good"] if path.exists() else None
+
+
+def audit(clone: Path) -> tuple[int, str]:
+    proc = helpers.ccci("audit", "--registry", str(clone))
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_canonical_seeds_advances_and_ignores_unmerged_pr_heads(
+        clone: Path, state_dir: Path, static_repo: RecipeRepo, git_remote: RemoteRegistry) -> None:
+    v1 = static_repo.versions[1]
+    _run, first = run_request(clone, state_dir, "static", v1)
+    assert first["outcome"] == "pass"
+    assert first["canonical"] == {"before": None, "after": v1, "advanced": True}
+    assert known_good(clone) == v1
+    assert helpers.log_subjects(clone)[0].endswith("canonical advanced")
+
+    # A PR head that is never merged: green, but known-good stays.
+    pr_head = static_repo.branch_commit("pr-7", 2)
+    _run, pr = run_request(clone, state_dir, "static", pr_head)
+    assert pr["outcome"] == "pass"
+    assert pr["canonical"]["advanced"] is False
+    assert known_good(clone) == v1
+
+    # The same change merged to main: green, descends from known-good, so it advances.
+    v2 = static_repo.commit_version(2)
+    _run, merged = run_request(clone, state_dir, "static", v2)
+    assert merged["outcome"] == "pass"
+    assert merged["canonical"] == {"before": v1, "after": v2, "advanced": True}
+    assert known_good(clone) == v2
+
+    # An older main commit, green again, never moves known-good backwards.
+    _run, older = run_request(clone, state_dir, "static", v1)
+    assert older["outcome"] == "pass" and older["canonical"]["advanced"] is False
+    assert known_good(clone) == v2
+
+    code, text = audit(clone)
+    assert code == 0, text
+    assert "2 canonical changes" in text
+
+    # A human edits the canonical by hand: audit fails, naming that commit.
+    git_remote.edit({"canonicals/static.yaml": (clone / "canonicals" / "static.yaml").read_text()
+                     .replace(v2, pr_head)}, "pin static to the PR head")
+    helpers.git(clone, "pull", "-q", "--rebase")
+    bad_commit = helpers.git(clone, "rev-parse", "HEAD")
+    code, text = audit(clone)
+    assert code == 1, text
+    assert f"commit {bad_commit[:12]}: canonicals/static.yaml:" in text
+    assert "not the controller" in text
+
+
+def test_audit_catches_a_forged_controller_commit(
+        clone: Path, state_dir: Path, static_repo: RecipeRepo, git_remote: RemoteRegistry) -> None:
+    """Same author identity as the controller, but no green cold result of that commit."""
+    v1 = static_repo.versions[1]
+    _run, first = run_request(clone, state_dir, "static", v1)
+    assert first["outcome"] == "pass"
+    forged = (clone / "canonicals" / "static.yaml").read_text().replace(v1, "d" * 40)
+    (clone / "canonicals" / "static.yaml").write_text(forged)
+    as_controller = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                     for what, value in (("NAME", "ccci-test"), ("EMAIL", "ccci@test.invalid"))}
+    helpers.git(clone, "commit", "-qam", f"[cold] static@ddddddd pass (run {first['run']})",
+                env=as_controller)
+    code, text = audit(clone)
+    assert code == 1, text
+    assert "known_good dddddddddddd is not the commit the message names" in text or "its result tested" in text

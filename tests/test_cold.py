@@ -1,0 +1,110 @@
+"""Cold runs on the real swarm: verdicts, cause classes, sacred teardown, crash recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.flows.cold import cold_app_name
+from tests import helpers
+from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
+from testbed.fixtures import RecipeRepo, build_recipe
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def recipes(tmp_path: Path) -> dict[str, RecipeRepo]:
+    return {name: build_recipe(name, tmp_path / "recipes" / name) for name in ("notes", "static", "stuck")}
+
+
+@pytest.fixture
+def controller_clone(git_remote: RemoteRegistry, recipes: dict[str, RecipeRepo], docker_host: str) -> Path:
+    git_remote.set_recipes(
+        recipe_entry("notes", recipes["notes"].path, **NOTES_OPTIONS)
+        + recipe_entry("static", recipes["static"].path, **STATIC_OPTIONS)
+        + recipe_entry("stuck", recipes["stuck"].path, timeout_s=20, stability_s=1))
+    return git_remote.clone("controller")
+
+
+def run_request(clone: Path, state: Path, recipe: str, ref: str, mode: str = "cold") -> tuple[str, dict]:
+    run_id = helpers.ccci("--state-dir", str(state), "request", "--registry", str(clone), "--recipe",
+                          recipe, "--ref", ref, "--mode", mode, "--by", "alice", check=True).stdout.strip()
+    proc = helpers.ccci("--state-dir", str(state), "run", "--registry", str(clone), run_id)
+    results = helpers.results_in(clone)
+    assert run_id in results, proc.stderr
+    return run_id, results[run_id]
+
+
+def test_cold_notes_v1_passes_and_leaves_nothing(controller_clone: Path, state_dir: Path,
+                                                  recipes: dict[str, RecipeRepo]) -> None:
+    run_id, result = run_request(controller_clone, state_dir, "notes", recipes["notes"].versions[1])
+    assert result["outcome"] == "pass", result
+    assert (result["mode"], result["requested_mode"], result["gating"]) == ("cold", "cold", True)
+    names = {a["name"]: a["ok"] for a in result["asserts"]}
+    assert names == {"converged": True, "no-restart-loop": True, "healthchecks": True, "http": True,
+                     "commit": True, "custom:tests/ccci-assert": True}
+    assert [p["name"] for p in result["phases"]] == ["fetch", "deploy", "converge", "asserts", "teardown"]
+    assert helpers.objects_of_app(cold_app_name("notes", run_id)) == []
+    subjects = helpers.log_subjects(controller_clone)
+    assert subjects[0].startswith(f"[cold] notes@{recipes['notes'].versions[1][:7]} pass (run {run_id})")
+    assert subjects[1].startswith(f"[cold] notes@{recipes['notes'].versions[1][:7]} running (run {run_id})")
+
+
+def test_cold_notes_v3_fails_with_cause_recipe_and_leaves_nothing(
+        controller_clone: Path, state_dir: Path, recipes: dict[str, RecipeRepo]) -> None:
+    run_id, result = run_request(controller_clone, state_dir, "notes", recipes["notes"].versions[3])
+    assert result["outcome"] == "fail", result
+    assert result["cause"] == "recipe", result
+    assert result["canonical"]["advanced"] is False
+    assert helpers.objects_of_app(cold_app_name("notes", run_id)) == []
+    assert not (controller_clone / "canonicals" / "notes.yaml").exists()
+
+
+def test_recipe_that_never_converges_fails_with_cause_timeout_within_its_deadline(
+        controller_clone: Path, state_dir: Path, recipes: dict[str, RecipeRepo]) -> None:
+    started = time.monotonic()
+    run_id, result = run_request(controller_clone, state_dir, "stuck", recipes["stuck"].versions[1])
+    elapsed = time.monotonic() - started
+    assert result["outcome"] == "fail" and result["cause"] == "timeout", result
+    converge = next(p for p in result["phases"] if p["name"] == "converge")
+    assert converge["seconds"] <= 20 + 2, converge
+    assert elapsed < 20 + 60  # deadline plus teardown and process start-up
+    assert helpers.objects_of_app(cold_app_name("stuck", run_id)) == []
+
+
+def test_unknown_ref_is_rejected_after_claim(controller_clone: Path, state_dir: Path) -> None:
+    run_id, result = run_request(controller_clone, state_dir, "static", "c" * 40)
+    assert result["outcome"] == "rejected"
+    assert "has no commit" in result["error"]
+
+
+def test_sigkilled_cold_run_is_removed_by_next_serve_start(
+        controller_clone: Path, state_dir: Path, recipes: dict[str, RecipeRepo]) -> None:
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(controller_clone),
+                          "--recipe", "notes", "--ref", recipes["notes"].versions[1], "--by", "alice",
+                          check=True).stdout.strip()
+    app = cold_app_name("notes", run_id)
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
+                             "--registry", str(controller_clone), run_id],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
+    try:
+        wait_for(lambda: any(o.startswith("service") for o in helpers.objects_of_app(app)), 60,
+                 "the run's services to exist")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert helpers.objects_of_app(app), "the killed run should have left objects behind"
+    serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(controller_clone), "--once")
+    assert serve.returncode == 0, serve.stderr
+    assert helpers.objects_of_app(app) == []
+    result = helpers.results_in(controller_clone)[run_id]
+    assert result["outcome"] == "aborted", result
+    leaks = helpers.ccci("--state-dir", str(state_dir), "leaks")
+    assert app not in leaks.stdout

@@ -1,0 +1,180 @@
+"""SIGKILL at random moments of a take or a restore never costs the last-known-good."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.snapshots import (
+    mark_volumes_dirty,
+    restore_snapshot,
+    snapshot_manifest,
+    take_snapshot,
+    verify_snapshot,
+    verify_volumes,
+    volume_manifest,
+    volumes_clean,
+)
+from controller.snapshots.store import LAST_KNOWN_GOOD, META_FILE
+from tests.snapshot_helpers import (
+    APP,
+    COMMIT_A,
+    build_bulk_tree,
+    generation_dirs,
+    link_target,
+    mutate_bulk,
+    spawn,
+)
+
+TRIALS = int(os.environ.get("CCCI_SNAPSHOT_FAULT_TRIALS", "50"))
+
+TAKE = """
+import sys
+from pathlib import Path
+from controller.snapshots import take_snapshot
+print("go", flush=True)
+take_snapshot(Path(sys.argv[1]), sys.argv[2], {"data": Path(sys.argv[3])}, commit=sys.argv[4])
+"""
+
+RESTORE = """
+import sys
+from pathlib import Path
+from controller.snapshots import restore_snapshot
+print("go", flush=True)
+restore_snapshot(Path(sys.argv[1]), sys.argv[2], {"data": Path(sys.argv[3])})
+"""
+
+
+def run_child(code: str, args: list[str], kill_after: float | None) -> tuple[bool, float]:
+    """Run `code` in a child; SIGKILL it `kill_after` seconds after it is ready.
+
+    Returns (finished on its own, seconds from ready to exit).
+    """
+    child = spawn(code, *args)
+    assert child.stdout is not None and child.stderr is not None
+    try:
+        assert child.stdout.readline() == "go\n", child.stderr.read()
+        started = time.monotonic()
+        try:
+            child.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            return False, time.monotonic() - started
+        assert child.returncode == 0, child.stderr.read()
+        return True, time.monotonic() - started
+    finally:
+        child.stdout.close()
+        child.stderr.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def take_phase(store: Path) -> str:
+    """Where a killed take stopped, read from what it left (before anything cleans up)."""
+    app_dir = store / APP
+    current = link_target(store)
+    others = [g for g in generation_dirs(store) if g != current]
+    if any(n.startswith(".last-known-good.tmp-") for n in os.listdir(app_dir)):
+        return "temp link made, not swapped"
+    if not others:
+        return "nothing written or all done"
+    if any((app_dir / g / META_FILE).exists() for g in others):
+        newest = max(others)
+        return "swapped, old generation not yet removed" if newest < current else "verified, not swapped"
+    return "copy or verify in progress"
+
+
+@pytest.fixture
+def bulk(tmp_path: Path) -> tuple[Path, Path]:
+    store, source = tmp_path / "store", tmp_path / "volume"
+    build_bulk_tree(source, files=3000, large=2, large_bytes=4 << 20)
+    return store, source
+
+
+def test_take_killed_at_random_moments_leaves_one_verifiable_snapshot(bulk: tuple[Path, Path]) -> None:
+    store, source = bulk
+    rng = random.Random(20261129)
+    take_snapshot(store, APP, {"data": source}, commit=COMMIT_A)
+    duration = 0.0
+    for commit in ("c" * 40, "d" * 40):  # the slower of two sets the range of kill points
+        mutate_bulk(source, rng, fraction=0.01)
+        finished, took = run_child(TAKE, [str(store), APP, str(source), commit], None)
+        assert finished
+        duration = max(duration, took)
+    previous = verify_snapshot(store, APP)
+    outcomes: collections.Counter[str] = collections.Counter()
+    phases: collections.Counter[str] = collections.Counter()
+
+    for trial in range(TRIALS):
+        mutate_bulk(source, rng, fraction=0.01)  # every take has something new to copy
+        commit = f"{trial + 1:040x}"
+        finished, took = run_child(
+            TAKE, [str(store), APP, str(source), commit], rng.uniform(0, duration * 1.2)
+        )
+        phases["finished" if finished else take_phase(store)] += 1
+        if finished:  # a loaded machine slows takes down: keep the kill points spread
+            duration = max(duration, took)
+
+        info = verify_snapshot(store, APP)  # also removes what the killed take left
+
+        assert generation_dirs(store) == [link_target(store)]
+        assert [n for n in os.listdir(store / APP) if n.startswith(".")] == [".lock"]
+        if info.commit == commit:
+            outcomes["new"] += 1
+            assert snapshot_manifest(store, APP)["data"] == volume_manifest(source)
+        else:
+            outcomes["old"] += 1
+            assert info == previous
+        previous = info
+        if trial % 10 == 9:  # and the store still takes snapshots
+            previous = take_snapshot(store, APP, {"data": source}, commit=f"{trial:x}".rjust(40, "e"))
+            assert verify_snapshot(store, APP) == previous
+
+    print(f"\ntake: {duration:.2f}s per take; outcomes {dict(outcomes)}; kill points {dict(phases)}")
+    assert outcomes["new"] and outcomes["old"], (outcomes, phases)
+
+
+def test_restore_killed_at_random_moments_never_harms_the_snapshot(
+    bulk: tuple[Path, Path],
+) -> None:
+    store, volume = bulk
+    rng = random.Random(112926)
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    manifest = snapshot_manifest(store, APP)["data"]
+    generation = os.readlink(store / APP / LAST_KNOWN_GOOD)
+    mutate_bulk(volume, rng, fraction=0.2)
+    finished, duration = run_child(RESTORE, [str(store), APP, str(volume)], None)
+    assert finished and volume_manifest(volume) == manifest
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    for _ in range(TRIALS):
+        mark_volumes_dirty(store, APP)  # as the quick flow does before it upgrades
+        mutate_bulk(volume, rng, fraction=0.2)
+        finished, took = run_child(
+            RESTORE, [str(store), APP, str(volume)], rng.uniform(0, duration * 1.2)
+        )
+        if finished:
+            duration = max(duration, took)
+
+        assert verify_snapshot(store, APP) == info
+        assert link_target(store) == generation
+        if volumes_clean(store, APP):  # only a restore that verified may say so
+            outcomes["finished" if finished else "killed after marking clean"] += 1
+            assert verify_volumes(store, APP, {"data": volume}, paranoid=True) == []
+        else:
+            outcomes["killed"] += 1
+        report = restore_snapshot(store, APP, {"data": volume})
+        assert report.verified and volumes_clean(store, APP)
+        assert volume_manifest(volume) == manifest
+
+    print(f"\nrestore: {duration:.2f}s per restore; outcomes {dict(outcomes)}")
+    assert outcomes["killed"], outcomes
