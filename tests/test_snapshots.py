@@ -452,6 +452,25 @@ def test_disk_full_during_a_copy_discards_it(
     verify_snapshot(small_fs, APP)
 
 
+def test_restore_onto_a_full_disk_fails_clearly_and_stays_dirty(
+    small_fs: Path, store: Path
+) -> None:
+    volume = small_fs / "vol"
+    _random_files(volume, 8, 1 << 20)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    shutil.rmtree(volume)
+    volume.mkdir()
+    _random_files(small_fs / "filler", 15, 1 << 20)  # leaves ~5 MiB for 8 MiB of data
+
+    with pytest.raises(CheckFailed, match=r"restore of .* stay marked dirty: .*No space left"):
+        restore_snapshot(store, APP, {"data": volume})
+
+    assert not volumes_clean(store, APP)
+    shutil.rmtree(small_fs / "filler")
+    restore_snapshot(store, APP, {"data": volume})
+    assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+
+
 # -- leftovers, lock, clean state -------------------------------------------------------------
 
 

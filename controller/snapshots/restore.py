@@ -25,6 +25,7 @@ from controller.snapshots.store import (
     Snapshot,
     locked,
     open_snapshot,
+    os_errors_fail,
     remove_leftovers,
     resolve_volumes,
     write_state,
@@ -402,7 +403,8 @@ def restore_snapshot(
 ) -> RestoreReport:
     """Make each volume equal the last-known-good, rewriting only what differs; then verify."""
     targets = resolve_volumes(store_root, volumes, allowed_root)
-    with locked(store_root, app) as where:
+    failed = f"restore of {app} failed; its volumes stay marked dirty"
+    with locked(store_root, app) as where, os_errors_fail(failed):
         remove_leftovers(where)
         snapshot = open_snapshot(where, app)
         _match_volumes(snapshot, targets)
@@ -456,7 +458,7 @@ def verify_volumes(
     is hashed.
     """
     targets = resolve_volumes(store_root, volumes, None)
-    with locked(store_root, app) as where:
+    with locked(store_root, app) as where, os_errors_fail(f"comparing the volumes of {app} failed"):
         snapshot = open_snapshot(where, app)
         _match_volumes(snapshot, targets)
         problems: list[str] = []

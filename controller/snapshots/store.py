@@ -46,7 +46,7 @@ META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.jsonl"
 VOLUMES_DIR = "volumes"
 META_CAP = 1 << 20
-MANIFEST_CAP = 1 << 30
+MANIFEST_CAP = 256 << 20
 BLOCK = 4096
 
 
@@ -84,6 +84,17 @@ def locked(store_root: Path, app: str) -> Iterator[Path]:
     where.mkdir(parents=True, exist_ok=True)
     with exclusive(where / LOCK_FILE, what=f"snapshot store of {app}"):
         yield where
+
+
+@contextlib.contextmanager
+def os_errors_fail(what: str) -> Iterator[None]:
+    """An OSError (disk full, I/O error, a file vanishing) becomes a CheckFailed sentence."""
+    try:
+        yield
+    except CcciError:
+        raise
+    except OSError as exc:
+        raise CheckFailed(f"{what}: {exc}") from exc
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -430,7 +441,7 @@ def verify_snapshot(store_root: Path, app: str) -> SnapshotInfo:
     """Re-hash the stored copy against its manifest; CheckFailed names the first difference."""
     if not app_dir(store_root, app).is_dir():
         raise CheckFailed(f"{app} has no last-known-good snapshot")
-    with locked(store_root, app) as where:
+    with locked(store_root, app) as where, os_errors_fail(f"verify of the snapshot of {app} failed"):
         remove_leftovers(where)
         snapshot = open_snapshot(where, app)
         present = sorted(fsio.iter_dir_names(snapshot.generation / VOLUMES_DIR))
@@ -438,7 +449,10 @@ def verify_snapshot(store_root: Path, app: str) -> SnapshotInfo:
             raise CheckFailed(f"snapshot of {app}: holds volumes {present}, "
                               f"the manifest lists {sorted(snapshot.manifests)}")
         for name, entries in sorted(snapshot.manifests.items()):
-            problems = compare_tree(snapshot.volume_dir(name), entries, label=f"{name}: ")
+            # Dropping each file's cached pages first makes this a check of the disk.
+            problems = compare_tree(
+                snapshot.volume_dir(name), entries, label=f"{name}: ", drop_cache=True
+            )
             if problems:
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
                 raise CheckFailed(f"snapshot of {app} does not verify: {problems[0]}{more}")
