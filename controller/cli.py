@@ -20,7 +20,7 @@ from controller.util.paths import StateDir
 log = logging.getLogger(__name__)
 
 # One module per subcommand under controller/commands/; each has `register(subparsers)`.
-COMMANDS = ("init", "request", "trigger", "serve", "run", "status", "audit", "leaks")
+COMMANDS = ("init", "request", "trigger", "serve", "run", "status", "audit", "leaks", "warm")
 
 
 class _Parser(argparse.ArgumentParser):

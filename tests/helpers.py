@@ -122,7 +122,7 @@ def log_subjects(clone: Path, ref: str = "HEAD") -> list[str]:
 
 
 def request_doc(recipe: str, ref: str = HEX_A, mode: str = "cold", by: str = "alice") -> str:
-    return f"recipe: {recipe}\nref: {ref}\nmode: {mode}\nrequested_by: {by}\n"
+    return f"recipe: {recipe}\nref: '{ref}'\nmode: {mode}\nrequested_by: {by}\n"
 
 
 class ServeProcess:

@@ -33,9 +33,9 @@ def bad_input_corpus() -> dict[str, tuple[bytes, str]]:
         (_rid("static", 6), good.replace(b"mode: cold", b"mode: warm"), "at 'mode': 'warm' is not one of"),
         (_rid("static", 7), good.replace(b"recipe: static", b"recipe: ../etc"), "at 'recipe'"),
         (_rid("static", 8), good.replace(b"recipe: static", b"recipe: a/b"), "at 'recipe'"),
-        (_rid("static", 9), good.replace(b"ref: " + HEX_A.encode(), b"ref: main"), "at 'ref'"),
-        (_rid("static", 10), good.replace(b"ref: " + HEX_A.encode(), b"ref: abc123"), "at 'ref'"),
-        (_rid("static", 11), good.replace(b"ref: " + HEX_A.encode() + b"\n", b""), "at 'ref': is missing"),
+        (_rid("static", 9), good.replace(b"ref: '" + HEX_A.encode() + b"'", b"ref: main"), "at 'ref'"),
+        (_rid("static", 10), good.replace(b"ref: '" + HEX_A.encode() + b"'", b"ref: abc123"), "at 'ref'"),
+        (_rid("static", 11), good.replace(b"ref: '" + HEX_A.encode() + b"'\n", b""), "at 'ref': is missing"),
         (_rid("static", 12), good.replace(b"requested_by: alice\n", b""), "at 'requested_by': is missing"),
         (_rid("static", 13), good + b"mode: quick\n", "duplicate key"),
         (_rid("static", 14), request_doc("static", by="mallory").encode(), "authority.cold"),
@@ -50,6 +50,8 @@ def bad_input_corpus() -> dict[str, tuple[bytes, str]]:
         (_rid("static", 21), good + b"---\n" + good, "exactly one YAML document"),
         (_rid("static", 22), good.replace(b"alice", b"al ice; rm -rf /"), "at 'requested_by'"),
         (_rid("other", 23), good, "does not match the run id's recipe"),
+        (_rid("static", 24), request_doc("static").encode().replace(b"'" + HEX_A.encode() + b"'", b"1" * 40),
+         "at 'ref'"),
     ]
     return {f"{name}.yaml": (raw, expected) for name, raw, expected in cases}
 

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 def stale_cold_apps(ctx: Context) -> dict[str, str]:
     """{app: run} for labelled cold apps whose run no live process holds."""
     live = inflight.in_flight_runs(ctx.state)
-    return {app: facts.get("run", "") for app, facts in stack.labelled_apps("cold").items()
+    owned = stack.labelled_apps("cold", owner=ctx.state.owner_id)
+    return {app: facts.get("run", "") for app, facts in owned.items()
             if facts.get("run", "") not in live}
 
 

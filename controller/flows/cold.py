@@ -34,7 +34,7 @@ def run_cold(ctx: Context, request: Request, result: RunResult) -> None:
             commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "recipe")
         dep = Deployment(recipe=recipe, app=app, mode="cold", run=request.run_id, commit=commit,
                          domain=ctx.settings.domain(app), host_port=probe.free_port(),
-                         checkout=work / "recipe")
+                         checkout=work / "recipe", owner=ctx.state.owner_id)
         if recipe.sso:
             with phase(ctx, result, "sso"):
                 realm = sso_setup.prepare_realm(ctx, result, request.recipe, request.run_id, app)

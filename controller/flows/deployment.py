@@ -34,6 +34,7 @@ class Deployment:
     checkout: Path
     layout: RecipeLayout | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
 
     @property
     def url(self) -> str:
@@ -42,7 +43,7 @@ class Deployment:
     def spec(self) -> DeploySpec:
         http = self.recipe.http
         return DeploySpec(
-            identity=AppIdentity(self.app, self.mode, self.run, self.commit),
+            identity=AppIdentity(self.app, self.mode, self.run, self.commit, self.owner),
             domain=self.domain,
             http_service=http.service if http.enabled else None,
             http_port=http.port,

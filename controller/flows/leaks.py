@@ -22,9 +22,13 @@ class Leak:
                 f"mode {labels.get('ccci.mode', '?')}): {self.reason}")
 
 
-def classify(obj: LabelledObject, live_runs: set[str], busy_warm_apps: set[str]) -> str | None:
-    """Pure: why `obj` is a leak, or None when something legitimately owns it."""
+def classify(obj: LabelledObject, live_runs: set[str], busy_warm_apps: set[str],
+             owner: str | None = None) -> str | None:
+    """Pure: why `obj` is a leak, or None when something legitimately owns it. Objects of
+    another controller's state dir are that controller's to judge."""
     labels = obj.labels
+    if owner and labels.get("ccci.owner") != owner:
+        return None
     if labels.get("ccci.infra") == "true" or labels.get("ccci.mode") == "infra":
         return None
     mode = labels.get("ccci.mode")
@@ -46,7 +50,7 @@ def find_leaks(state: StateDir) -> list[Leak]:
     busy = {app for app in warm_apps if app and is_held_elsewhere(state.app_lock(app))}
     leaks = []
     for obj in objects:
-        reason = classify(obj, live_runs, busy)
+        reason = classify(obj, live_runs, busy, state.owner_id)
         if reason:
             leaks.append(Leak(obj, reason))
     return leaks

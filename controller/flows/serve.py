@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -61,6 +62,8 @@ class Server:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            # `kill -USR1 <pid>` prints every thread's stack: what is the daemon doing?
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         recover.recover_at_start(self.ctx)
         self.watcher.start()
         try:

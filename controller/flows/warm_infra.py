@@ -210,10 +210,9 @@ def notes_in_range(names: list[str], current: Version | None, target: Version | 
     chosen = []
     for name in names:
         version = parse_version(name)
-        if name == "next":
-            chosen.append(name)
-        elif version is not None and target is not None and version <= target and (
-                version > current if current is not None else version == target):
+        in_step = version is not None and target is not None and version <= target and (
+            version > current if current is not None else version == target)
+        if name == "next" or in_step:
             chosen.append(name)
     return sorted(chosen)
 
@@ -346,7 +345,8 @@ class _Reconciler:
     def realms_in_use(self) -> list[str]:
         live = inflight.in_flight_runs(self.ctx.state)
         owner = realm_owner(self.ctx.state)
-        return sorted(r.name for r in self.endpoint.client().realms() if is_ours(r, owner) and in_use(r, live))
+        realms = self.endpoint.client().realms()
+        return sorted(r.name for r in realms if is_ours(r, owner) and in_use(r, live))
 
     def run(self, approve: str | None) -> ReconcileReport:
         state = self.ctx.state

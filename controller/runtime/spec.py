@@ -19,6 +19,7 @@ class AppIdentity:
     mode: str  # cold | warm | infra
     run: str | None
     commit: str
+    owner: str | None = None  # the controller state dir that judges this app's life
 
     def labels(self) -> dict[str, str]:
         labels = {
@@ -27,6 +28,8 @@ class AppIdentity:
             "ccci.mode": self.mode,
             "ccci.commit": self.commit,
         }
+        if self.owner:
+            labels["ccci.owner"] = self.owner
         if self.run:
             labels["ccci.run"] = self.run
         return labels

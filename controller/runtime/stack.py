@@ -372,8 +372,9 @@ def labelled_objects() -> list[LabelledObject]:
     return out
 
 
-def labelled_apps(mode: str | None = None) -> dict[str, dict[str, str]]:
-    """Every app the controller's labels name on this engine: {app: {mode, run}}."""
+def labelled_apps(mode: str | None = None, owner: str | None = None) -> dict[str, dict[str, str]]:
+    """Apps the controller's labels name on this engine: {app: {mode, run, owner}}. With
+    `owner`, only that owner's apps."""
     apps: dict[str, dict[str, str]] = {}
     for obj in labelled_objects():
         app = obj.labels.get("ccci.app")
@@ -381,5 +382,8 @@ def labelled_apps(mode: str | None = None) -> dict[str, dict[str, str]]:
             continue
         if mode and obj.labels.get("ccci.mode") != mode:
             continue
-        apps.setdefault(app, {"mode": obj.labels.get("ccci.mode", ""), "run": obj.labels.get("ccci.run", "")})
+        if owner and obj.labels.get("ccci.owner") != owner:
+            continue
+        apps.setdefault(app, {"mode": obj.labels.get("ccci.mode", ""), "run": obj.labels.get("ccci.run", ""),
+                              "owner": obj.labels.get("ccci.owner", "")})
     return apps

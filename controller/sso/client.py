@@ -131,7 +131,7 @@ def probe_ready(url: str, *, timeout: float = 5.0) -> str | None:
     """None when Keycloak answers `/realms/master` with 200; else why not (one sentence)."""
     target = f"{url.rstrip('/')}/realms/{ADMIN_REALM}"
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as response:  # noqa: S310 - operator's URL
+        with urllib.request.urlopen(target, timeout=timeout) as response:
             if response.status == 200:
                 return None
             return f"{target} answered {response.status}"

@@ -65,6 +65,15 @@ class StateDir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def owner_id(self) -> str:
+        """Names this controller's objects (label `ccci.owner`): start-up teardown and the
+        leak check only judge objects whose in-flight markers live in this state dir."""
+        import hashlib
+        import socket
+
+        return hashlib.sha256(f"{socket.gethostname()}:{self.root.resolve()}".encode()).hexdigest()[:12]
+
     def app_lock(self, app: str) -> Path:
         return self.locks / f"app-{check_app_name(app)}.lock"
 

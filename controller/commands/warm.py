@@ -1,0 +1,53 @@
+"""`ccci warm reconcile | reap`: converge the live-warm Keycloak; delete realms of dead runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from controller.cli import registry_arg
+from controller.commands import entry
+from controller.flows import sso_setup, warm_infra
+from controller.flows.context import Context
+from controller.registry.store import Registry
+from controller.util.paths import StateDir
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("warm", help="the live-warm infra: reconcile the Keycloak, reap realms")
+    actions = parser.add_subparsers(dest="warm_action", required=True, parser_class=type(parser))
+    reconcile = actions.add_parser(
+        "reconcile", help="deploy the warm Keycloak and move it to its recipe's newest version, gated")
+    registry_arg(reconcile)
+    reconcile.add_argument("--approve", metavar="COMMIT",
+                           help="apply this held upgrade (after its manual steps); the health gate "
+                                "still applies")
+    reconcile.set_defaults(handler=execute_reconcile)
+    reap = actions.add_parser("reap", help="delete per-run realms whose run is no longer in flight")
+    registry_arg(reap)
+    reap.set_defaults(handler=execute_reap)
+
+
+def _context(args: argparse.Namespace) -> Context:
+    registry = Registry(args.registry)
+    ctx = Context.open(registry, StateDir.from_env(args.state_dir))
+    registry.sync()
+    ctx.refresh_settings()
+    return ctx
+
+
+def execute_reconcile(args: argparse.Namespace) -> int:
+    report = warm_infra.reconcile(_context(args), approve=args.approve)
+    print(f"{report.outcome}: {report.message}", file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+def execute_reap(args: argparse.Namespace) -> int:
+    deleted = sso_setup.reap_stale_realms(_context(args))
+    for name in deleted:
+        print(f"deleted realm {name}")
+    print(f"reaped {len(deleted)} realm(s)")
+    return 0
+
+
+main = entry("warm")
