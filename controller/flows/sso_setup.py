@@ -18,7 +18,6 @@ from controller.flows.warm_infra import (
     deploy_keycloak,
     endpoint_problem,
     keycloak_recipe,
-    realm_owner,
     service_url,
     wait_keycloak,
     warm_endpoint,
@@ -129,7 +128,8 @@ def co_deploy_keycloak(ctx: Context, result: RunResult, run_id: str, app: str) -
                             f"commit and no tracked line {recipe.track!r}", cause="infra")
         recipes.export_commit(ctx.state, recipe, commit, work)
     dep = Deployment(recipe=recipe, app=kc_app, mode="cold", run=run_id, commit=commit,
-                     domain=ctx.settings.domain(kc_app), host_port=probe.free_port(), checkout=work)
+                     domain=ctx.settings.domain(kc_app), host_port=probe.free_port(), checkout=work,
+                     owner=ctx.state.owner_id)
     endpoint = KeycloakEndpoint(dep.url, service_url(kc_app, recipe), ctx.settings.keycloak.admin_user,
                                 password, "co-deployed", kc_app)
     try:
@@ -164,7 +164,7 @@ def prepare_realm(ctx: Context, result: RunResult, recipe: str, run_id: str, app
         fallback = why
         endpoint = co_deploy_keycloak(ctx, result, run_id, app)
     domain = ctx.settings.domain(app)
-    req = new_realm_request(recipe, run_id, owner=realm_owner(ctx.state), frontend_url=endpoint.url,
+    req = new_realm_request(recipe, run_id, owner=ctx.state.owner_id, frontend_url=endpoint.url,
                             domain=domain, redirect_uris=(f"https://{domain}/*", "http://127.0.0.1:*"))
     register_secret(req.client_secret)
     register_secret(req.password)
@@ -207,7 +207,7 @@ def reap_stale_realms(ctx: Context) -> list[str]:
     realms = client.realms()
     live = inflight.in_flight_runs(ctx.state)
     deleted = []
-    for name in stale_realms(realms, live, realm_owner(ctx.state)):
+    for name in stale_realms(realms, live, ctx.state.owner_id):
         if client.delete_realm(name):
             deleted.append(name)
             log.warning("reaped realm %s: its run is no longer in flight", name)

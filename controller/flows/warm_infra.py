@@ -334,7 +334,8 @@ class _Reconciler:
         try:
             recipes.export_commit(self.ctx.state, self.recipe, commit, work)
             dep = Deployment(recipe=self.recipe, app=self.app, mode="infra", run=None, commit=commit,
-                             domain=self.ctx.settings.domain(self.app), host_port=kc.port, checkout=work)
+                             domain=self.ctx.settings.domain(self.app), host_port=kc.port, checkout=work,
+                             owner=self.ctx.state.owner_id)
             deploy_keycloak(self.ctx, self.result, dep, self.endpoint.admin_password, name=f"deploy {step}")
             wait_keycloak(self.ctx, self.result, dep, self.endpoint, Deadline(self.recipe.timeout_s),
                           name=f"health {step}", baseline=baseline)
@@ -344,7 +345,7 @@ class _Reconciler:
 
     def realms_in_use(self) -> list[str]:
         live = inflight.in_flight_runs(self.ctx.state)
-        owner = realm_owner(self.ctx.state)
+        owner = self.ctx.state.owner_id
         realms = self.endpoint.client().realms()
         return sorted(r.name for r in realms if is_ours(r, owner) and in_use(r, live))
 
@@ -425,12 +426,6 @@ class _Reconciler:
         return self.report("rolled-back", f"upgrade of {self.app} {step} failed ({cause.message}); rolled "
                                           f"back to {self.label(current)} with its data restored from "
                                           "the snapshot", current)
-
-
-def realm_owner(state: StateDir) -> str:
-    """Marks the realms this controller (this host, this state dir) creates: the reaper of
-    another controller sharing the Keycloak leaves them alone."""
-    return f"{os.uname().nodename}:{state.root}"
 
 
 def reconcile(ctx: Context, *, approve: str | None = None) -> ReconcileReport:
