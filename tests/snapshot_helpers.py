@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from controller.snapshots import volume_manifest
+from controller.snapshots.layout import LAST_KNOWN_GOOD, MANIFEST_FILE, META_FILE
 from controller.snapshots.manifest import digest, render_manifest
-from controller.snapshots.store import LAST_KNOWN_GOOD, MANIFEST_FILE, META_FILE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMIT_A = "a" * 40

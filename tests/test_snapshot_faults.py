@@ -22,7 +22,7 @@ from controller.snapshots import (
     volume_manifest,
     volumes_clean,
 )
-from controller.snapshots.store import LAST_KNOWN_GOOD, META_FILE
+from controller.snapshots.layout import LAST_KNOWN_GOOD, META_FILE
 from tests.snapshot_helpers import (
     APP,
     COMMIT_A,

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from controller.snapshots import (
     volume_manifest,
     volumes_clean,
 )
-from controller.snapshots import store as snapshot_store
+from controller.snapshots import space as snapshot_space
+from controller.snapshots.jobs import WORKERS, Jobs
 from controller.snapshots.manifest import (
     Observed,
     check_entries,
@@ -380,7 +382,7 @@ def test_low_disk_refuses_before_writing(
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
     before = _generation_identity(store)
     listing = sorted(os.listdir(store / APP))
-    monkeypatch.setattr(snapshot_store, "_free_bytes", lambda path: 1 << 20)
+    monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 1 << 20)
     write(volume / "added", b"x")
 
     with pytest.raises(CheckFailed, match=r"a copy needs [\d.]+ MiB.*only 1.0 MiB is free"):
@@ -392,7 +394,7 @@ def test_low_disk_refuses_before_writing(
 
 
 def test_min_free_bytes_is_kept_free(store: Path, volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snapshot_store, "_free_bytes", lambda path: 90 << 20)
+    monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 90 << 20)
     with pytest.raises(CheckFailed, match=r"plus 95\.4 MiB that must stay free"):
         take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, min_free_bytes=100_000_000)
     assert generation_dirs(store) == []
@@ -410,7 +412,13 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=True)
+        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
+            pytest.fail(f"{mount} was still busy: a descriptor into it leaked")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def _random_files(root: Path, count: int, size: int) -> None:
@@ -442,10 +450,13 @@ def test_disk_full_during_a_copy_discards_it(
     take_snapshot(small_fs, APP, {"data": volume}, commit=COMMIT_A)
     before = _generation_identity(small_fs)
     _random_files(volume, 16, 1 << 20)  # 16 MiB no longer fits beside the 8 MiB snapshot
-    monkeypatch.setattr(snapshot_store, "_free_bytes", lambda path: 1 << 40)  # the guard is fooled
+    monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 1 << 40)  # the guard is fooled
+    fds = open_fds()
 
     with pytest.raises(CheckFailed, match=r"failed and was discarded.*No space left"):
         take_snapshot(small_fs, APP, {"data": volume}, commit=COMMIT_B)
+
+    assert open_fds() == fds
 
     assert _generation_identity(small_fs) == before
     assert generation_dirs(small_fs) == [before[0]]
@@ -461,10 +472,12 @@ def test_restore_onto_a_full_disk_fails_clearly_and_stays_dirty(
     shutil.rmtree(volume)
     volume.mkdir()
     _random_files(small_fs / "filler", 15, 1 << 20)  # leaves ~5 MiB for 8 MiB of data
+    fds = open_fds()
 
     with pytest.raises(CheckFailed, match=r"restore of .* stay marked dirty: .*No space left"):
         restore_snapshot(store, APP, {"data": volume})
 
+    assert open_fds() == fds  # also for the jobs cancelled after the first failure
     assert not volumes_clean(store, APP)
     shutil.rmtree(small_fs / "filler")
     restore_snapshot(store, APP, {"data": volume})
@@ -608,6 +621,43 @@ def test_parse_manifest_refuses_malformed_lines() -> None:
         parse_manifest(b"{nope\n", "m")
     with pytest.raises(CheckFailed, match="mode '0999'"):
         parse_manifest(b'{"volume":"v","path":".","type":"d","mode":"0999"}\n', "m")
+
+
+def test_jobs_close_the_descriptors_of_jobs_cancelled_after_a_failure() -> None:
+    baseline = open_fds()
+    gate = threading.Event()
+    ran: list[int] = []
+    jobs: Jobs[None] = Jobs()
+
+    def fail() -> list[None]:
+        raise OSError("disk full")
+
+    def block() -> list[None]:
+        gate.wait(timeout=30)
+        return []
+
+    jobs.submit(fail, (os.open("/", os.O_RDONLY),))
+    for _ in range(WORKERS):  # every worker busy, so what follows stays queued
+        jobs.submit(block, (os.open("/", os.O_RDONLY),))
+    for i in range(5):
+        jobs.submit(lambda i=i: ran.append(i) or [], (os.open("/", os.O_RDONLY),))
+    failure: list[BaseException] = []
+
+    def collect() -> None:
+        try:
+            jobs.results()
+        except OSError as exc:
+            failure.append(exc)
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    deadline = time.monotonic() + 30
+    while open_fds() > baseline + WORKERS and time.monotonic() < deadline:
+        collector.join(timeout=0.01)  # the queued jobs get cancelled; then release the workers
+    gate.set()
+    collector.join(timeout=30)
+    assert [str(e) for e in failure] == ["disk full"] and ran == []
+    assert open_fds() == baseline
 
 
 def test_sockets_are_skipped(store: Path, volume: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from controller.snapshots import fsio
-from controller.snapshots.jobs import BATCH, WORKERS, Jobs, thread_copier
+from controller.snapshots.jobs import BATCH, WORKERS, Jobs, dup_all, thread_copier
 from controller.snapshots.manifest import (
     ROOT,
     ManifestEntry,
@@ -109,22 +109,12 @@ class TreeCopy:
     @staticmethod
     def _submit(jobs: Jobs[ManifestEntry], src_fd: int, dst_fd: int, rel: str,
                 batch: list[tuple[str, os.stat_result]]) -> None:
-        src_dup = os.dup(src_fd)
-        dst_dup = os.dup(dst_fd)
+        src_dup, dst_dup = dup_all(src_fd, dst_fd)
 
         def job() -> list[ManifestEntry]:
-            try:
-                return [_copy_one(src_dup, dst_dup, rel, name, st) for name, st in batch]
-            finally:
-                os.close(src_dup)
-                os.close(dst_dup)
+            return [_copy_one(src_dup, dst_dup, rel, name, st) for name, st in batch]
 
-        try:
-            jobs.submit(job)
-        except BaseException:
-            os.close(src_dup)
-            os.close(dst_dup)
-            raise
+        jobs.submit(job, (src_dup, dst_dup))
 
     def _make_links(self, dst_fd: int) -> None:
         sha = {e.path: e.sha256 for e in self.entries if e.path in self.inodes}
@@ -200,21 +190,14 @@ def _unlink_below(dir_fd: int, rel: str, dirs: list[str], jobs: Jobs[None]) -> N
     names = [name for name, is_dir in entries if not is_dir]
     for i in range(0, len(names), BATCH):
         batch = names[i : i + BATCH]
-        fd = os.dup(dir_fd)
+        (fd,) = dup_all(dir_fd)
 
         def job(fd: int = fd, batch: list[str] = batch) -> list[None]:
-            try:
-                for name in batch:
-                    os.unlink(name, dir_fd=fd)
-            finally:
-                os.close(fd)
+            for name in batch:
+                os.unlink(name, dir_fd=fd)
             return []
 
-        try:
-            jobs.submit(job)
-        except BaseException:
-            os.close(fd)
-            raise
+        jobs.submit(job, (fd,))
     for name, is_dir in entries:
         if is_dir:
             path = join(rel, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,23 @@ def thread_copier() -> fsio.Copier:
     return copier
 
 
+def dup_all(*fds: int) -> tuple[int, ...]:
+    """Duplicates of `fds`, for a job to own; none leak when one dup fails."""
+    out: list[int] = []
+    try:
+        for fd in fds:
+            out.append(os.dup(fd))
+    except BaseException:
+        _close(tuple(out))
+        raise
+    return tuple(out)
+
+
+def _close(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 class Jobs(Generic[T]):
     """Submit jobs returning lists; `results()` waits for all and raises the first failure.
 
@@ -37,14 +55,33 @@ class Jobs(Generic[T]):
         self._slots = threading.BoundedSemaphore(WORKERS * 4)
         self._futures: list[Future[list[T]]] = []
 
-    def submit(self, job: Callable[[], list[T]]) -> None:
-        self._slots.acquire()
+    def submit(self, job: Callable[[], list[T]], fds: tuple[int, ...] = ()) -> None:
+        """Queue `job`; the descriptors `fds` now belong to it: closed after it runs, or
+        when it is cancelled or cannot be queued."""
+
+        def run() -> list[T]:
+            try:
+                return job()
+            finally:
+                _close(fds)
+
+        def done(future: Future[list[T]]) -> None:
+            self._slots.release()
+            if future.cancelled():  # it never ran, so its descriptors are still open
+                _close(fds)
+
         try:
-            future = self._pool.submit(job)
+            self._slots.acquire()
+        except BaseException:
+            _close(fds)
+            raise
+        try:
+            future = self._pool.submit(run)
         except BaseException:
             self._slots.release()
+            _close(fds)
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(done)
         self._futures.append(future)
 
     def results(self) -> list[T]:

@@ -11,7 +11,15 @@ from typing import Literal
 
 from controller.snapshots import fsio
 from controller.snapshots.check import HashPolicy, compare_tree, hash_all, hash_none
-from controller.snapshots.jobs import Jobs, thread_copier
+from controller.snapshots.jobs import Jobs, dup_all, thread_copier
+from controller.snapshots.layout import (
+    Snapshot,
+    locked,
+    open_snapshot,
+    os_errors_fail,
+    remove_leftovers,
+    resolve_volumes,
+)
 from controller.snapshots.manifest import (
     ROOT,
     ManifestEntry,
@@ -21,15 +29,7 @@ from controller.snapshots.manifest import (
     parent_of,
     sort_key,
 )
-from controller.snapshots.store import (
-    Snapshot,
-    locked,
-    open_snapshot,
-    os_errors_fail,
-    remove_leftovers,
-    resolve_volumes,
-    write_state,
-)
+from controller.snapshots.state import write_state
 from controller.util.errors import BadInput, CheckFailed
 
 log = logging.getLogger(__name__)
@@ -211,26 +211,12 @@ class VolumeRestore:
     def _submit_file(self, entry: ManifestEntry, have: Observed | None, action: Action,
                      pfd: int, name: str, snap: fsio.DirCursor, jobs: Jobs[_Outcome]) -> None:
         parent, _ = _split(entry.path)
-        vol_dup = os.dup(pfd)
-        try:
-            snap_dup = os.dup(snap.fd_for(parent))
-        except BaseException:
-            os.close(vol_dup)
-            raise
+        vol_dup, snap_dup = dup_all(pfd, snap.fd_for(parent))
 
         def job() -> list[_Outcome]:
-            try:
-                return [self._file_job(entry, have, action, vol_dup, name, snap_dup)]
-            finally:
-                os.close(vol_dup)
-                os.close(snap_dup)
+            return [self._file_job(entry, have, action, vol_dup, name, snap_dup)]
 
-        try:
-            jobs.submit(job)
-        except BaseException:
-            os.close(vol_dup)
-            os.close(snap_dup)
-            raise
+        jobs.submit(job, (vol_dup, snap_dup))
 
     def _file_job(self, entry: ManifestEntry, have: Observed | None, action: Action,
                   pfd: int, name: str, snap_pfd: int) -> _Outcome:
