@@ -146,11 +146,16 @@ def endpoint_problem(endpoint: KeycloakEndpoint) -> str | None:
 def _secret_key(state: StateDir) -> bytes:
     """A random local key: secret versions derive from it, so they reveal nothing."""
     path = state.root / "infra" / "secret.key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".secret.key.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(32))
+        # link() creates the name only if absent, and only with the whole key in it.
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
     return path.read_text().strip().encode()
 
 
@@ -417,15 +422,17 @@ class _Reconciler:
         try:
             with phase(self.ctx, self.result, "restore"):
                 stack.undeploy(self.app, remove_volumes=False)
-                snapshots.restore_snapshot(state.snapshots, self.app, stack.volume_paths(self.app),
-                                           allowed_root=Path(engine.data_root()))
+                restored = snapshots.restore_snapshot(
+                    state.snapshots, self.app, stack.volume_paths(self.app),
+                    allowed_root=Path(engine.data_root()))
             self.deploy_and_check(current, "rollback")
         except CcciError as exc:
             return self.report("failed", f"upgrade of {self.app} {step} failed ({cause.message}), and so "
                                          f"did the rollback: {exc.message}", None)
+        changed = restored.created + restored.rewritten + restored.removed
         return self.report("rolled-back", f"upgrade of {self.app} {step} failed ({cause.message}); rolled "
                                           f"back to {self.label(current)} with its data restored from "
-                                          "the snapshot", current)
+                                          f"the snapshot ({changed} files put back)", current)
 
 
 def reconcile(ctx: Context, *, approve: str | None = None) -> ReconcileReport:
