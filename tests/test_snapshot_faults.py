@@ -68,6 +68,8 @@ def run_child(code: str, args: list[str], kill_after: float | None) -> tuple[boo
             child.send_signal(signal.SIGKILL)
             child.wait()
             return False, time.monotonic() - started
+        if child.returncode == -signal.SIGKILL:  # it killed itself at an exact point
+            return False, time.monotonic() - started
         assert child.returncode == 0, child.stderr.read()
         return True, time.monotonic() - started
     finally:
@@ -180,3 +182,100 @@ def test_restore_killed_at_random_moments_never_harms_the_snapshot(
 
     print(f"\nrestore: {duration:.2f}s per restore; outcomes {dict(outcomes)}")
     assert outcomes["killed"], outcomes
+
+
+# -- exact kill points ------------------------------------------------------------------------
+# Random kills rarely land in the short windows around the swap; these kill the child at
+# each step by wrapping the function that starts it (in the child only).
+
+KILL_AT = """
+import os, signal, sys
+from pathlib import Path
+from controller.snapshots import fsio, restore, store
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+point = sys.argv[4]
+real_replace, real_write_state = os.replace, restore.write_state
+if point == "take: copied, before syncfs":
+    fsio.sync_filesystem = die
+elif point == "take: verified, before the swap":
+    store.swap_link = die
+elif point == "take: temp link made, before the rename":
+    os.replace = lambda src, dst, *a, **k: (
+        die() if str(dst).endswith("last-known-good") else real_replace(src, dst, *a, **k))
+elif point == "take: swapped, before removing the old generation":
+    store.remove_tree = die
+elif point == "take: old generation half removed":
+    os.rmdir = die
+elif point == "take: before marking the volumes clean":
+    store.write_state = die
+elif point == "restore: marked dirty, before the first write":
+    restore.VolumeRestore.run = die
+elif point == "restore: verified, before marking clean":
+    restore.write_state = lambda where, *, clean, manifest_sha256: (
+        die() if clean else real_write_state(where, clean=clean, manifest_sha256=manifest_sha256))
+print("go", flush=True)
+if point.startswith("take"):
+    store.take_snapshot(Path(sys.argv[1]), sys.argv[2], {"data": Path(sys.argv[3])},
+                        commit="f" * 40)
+else:
+    restore.restore_snapshot(Path(sys.argv[1]), sys.argv[2], {"data": Path(sys.argv[3])})
+"""
+
+TAKE_POINTS = {  # kill point -> which snapshot must survive it
+    "take: copied, before syncfs": "old",
+    "take: verified, before the swap": "old",
+    "take: temp link made, before the rename": "old",
+    "take: swapped, before removing the old generation": "new",
+    "take: old generation half removed": "new",
+    "take: before marking the volumes clean": "new",
+}
+
+
+@pytest.mark.parametrize("point", list(TAKE_POINTS))
+def test_take_killed_at_each_step_keeps_exactly_one_snapshot(
+    tmp_path: Path, point: str
+) -> None:
+    store, source = tmp_path / "store", tmp_path / "volume"
+    build_bulk_tree(source, files=200, large=1, large_bytes=1 << 20)
+    old = take_snapshot(store, APP, {"data": source}, commit=COMMIT_A)
+    mark_volumes_dirty(store, APP)  # as a rewarm does before it deploys the new version
+    mutate_bulk(source, random.Random(3), fraction=0.1)
+
+    finished, _ = run_child(KILL_AT, [str(store), APP, str(source), point], 60)
+
+    assert not finished
+    leftovers = [g for g in generation_dirs(store) if g != link_target(store)]
+    info = verify_snapshot(store, APP)
+    assert generation_dirs(store) == [link_target(store)]
+    assert [n for n in os.listdir(store / APP) if n.startswith(".")] == [".lock"]
+    if TAKE_POINTS[point] == "old":
+        assert info == old
+    else:
+        assert info.commit == "f" * 40
+        assert snapshot_manifest(store, APP)["data"] == volume_manifest(source)
+        assert leftovers or point == "take: before marking the volumes clean"
+    assert not volumes_clean(store, APP)
+    assert take_snapshot(store, APP, {"data": source}, commit=COMMIT_A).commit == COMMIT_A
+
+
+@pytest.mark.parametrize(
+    "point", ["restore: marked dirty, before the first write", "restore: verified, before marking clean"]
+)
+def test_restore_killed_at_each_step_leaves_the_volumes_dirty(tmp_path: Path, point: str) -> None:
+    store, volume = tmp_path / "store", tmp_path / "volume"
+    build_bulk_tree(volume, files=200, large=1, large_bytes=1 << 20)
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    mark_volumes_dirty(store, APP)
+    mutate_bulk(volume, random.Random(4), fraction=0.2)
+
+    finished, _ = run_child(KILL_AT, [str(store), APP, str(volume), point], 60)
+
+    assert not finished
+    assert not volumes_clean(store, APP)
+    assert verify_snapshot(store, APP) == info
+    restore_snapshot(store, APP, {"data": volume})
+    assert volumes_clean(store, APP)
+    assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
