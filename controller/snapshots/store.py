@@ -71,13 +71,19 @@ def take_snapshot(
             raise
         # The new link is durable before the old generation goes: a crash leaves one of them.
         fsio.fsync_path(where)
-        if previous is not None and previous != name:
-            clock = _Stopwatch()
-            remove_tree(where / previous)
-            fsio.fsync_path(where)
-            log.info("snapshot of %s: old generation removed in %.2fs", app, clock.lap())
-        # The volumes were just copied whole, so they equal this snapshot.
-        write_state(where, clean=True, manifest_sha256=info.manifest_sha256)
+        # From here on the take has succeeded; what fails now is tidying up, which the
+        # next call redoes (an unlinked generation is a leftover).
+        try:
+            if previous is not None and previous != name:
+                clock = _Stopwatch()
+                remove_tree(where / previous)
+                fsio.fsync_path(where)
+                log.info("snapshot of %s: old generation removed in %.2fs", app, clock.lap())
+            # The volumes were just copied whole, so they equal this snapshot.
+            write_state(where, clean=True, manifest_sha256=info.manifest_sha256)
+        except OSError as exc:
+            log.warning("snapshot of %s taken, but tidying up failed (retried next time): %s",
+                        app, exc)
         log.info("snapshot of %s taken at %s (commit %s, %s)", app, name, commit[:12],
                  info.volumes)
         return info
