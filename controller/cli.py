@@ -20,7 +20,10 @@ from controller.util.paths import StateDir
 log = logging.getLogger(__name__)
 
 # One module per subcommand under controller/commands/; each has `register(subparsers)`.
-COMMANDS = ("init", "request", "trigger", "serve", "run", "status", "audit", "leaks", "warm")
+COMMANDS = (
+    "init", "request", "trigger", "serve", "run", "status", "snapshot", "canonical", "warm",
+    "leaks", "audit",
+)
 
 
 class _Parser(argparse.ArgumentParser):

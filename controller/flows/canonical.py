@@ -9,8 +9,8 @@ from controller.flows.context import Context
 from controller.registry import documents, recipes
 from controller.registry.documents import Canonical, Request
 from controller.registry.results import RunResult, commit_message
-from controller.registry.store import updated_text
 from controller.registry.settings import RecipeSettings
+from controller.registry.store import updated_text
 from controller.registry.yamlio import dump_document
 from controller.util.errors import CcciError
 from controller.util.timeutil import now_iso

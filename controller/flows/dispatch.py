@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from controller.flows import cold, quick
 from controller.flows.context import Context
 from controller.registry import documents
 from controller.registry.documents import Request
@@ -27,8 +28,6 @@ class Decision:
 
 
 def _runners() -> dict[str, Runner]:
-    from controller.flows import cold, quick
-
     return {"cold": cold.run_cold, "quick": quick.run_quick}
 
 
@@ -48,9 +47,9 @@ def decide(ctx: Context, request: Request) -> Decision:
         )
     if request.mode == "quick":
         canonical = ctx.registry.canonical(request.recipe)
-        index = ctx.registry.snapshot_index(f"warm-{request.recipe}")
-        if canonical is None or index is None:
-            missing = "canonical" if canonical is None else "snapshot"
+        has_snapshot = quick.snapshot_matches_index(ctx, request.recipe)
+        if canonical is None or not has_snapshot:
+            missing = "canonical" if canonical is None else "last-known-good snapshot on this host"
             if settings.quick_no_canonical == "reject":
                 raise BadInput(
                     f"{request.rel_path}: at 'mode': quick needs a {missing} for "

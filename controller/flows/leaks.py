@@ -36,8 +36,8 @@ def classify(obj: LabelledObject, live_runs: set[str], busy_warm_apps: set[str],
         run = labels.get("ccci.run", "")
         return None if run in live_runs else f"its run {run or '?'} is not in flight"
     if mode == "warm":
-        if obj.kind == "volume":
-            return None  # warm data: kept between runs on purpose
+        if obj.kind == "volume" or labels.get("ccci.generated") == "true":
+            return None  # warm data (volumes, and the secrets they were made with): kept on purpose
         app = labels.get("ccci.app", "")
         return None if app in busy_warm_apps else "the warm app is deployed but no run holds its lock"
     return f"unknown ccci.mode {mode!r}"

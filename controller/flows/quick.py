@@ -1,12 +1,120 @@
-"""The quick flow (DESIGN §4): not built yet in this controller."""
+"""The quick flow (DESIGN §4): upgrade the data-warm canonical app to the PR head; on failure
+restore the last-known-good bytes. Never promotes, never gates."""
 
 from __future__ import annotations
 
-from controller.flows.context import Context
+import contextlib
+import logging
+from pathlib import Path
+
+from controller import snapshots
+from controller.flows import deployment, sso_setup
+from controller.flows.context import Context, phase
+from controller.flows.deployment import Deployment
+from controller.flows.warm import app_lock, restore_app, warm_app_name, write_warm_state
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
+from controller.runtime import probe, stack
 from controller.util.errors import CcciError
+from controller.util.timeutil import Deadline
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_matches_index(ctx: Context, recipe: str) -> bool:
+    """The registry's index and this host's last-known-good describe the same bytes."""
+    app = warm_app_name(recipe)
+    index = ctx.registry.snapshot_index(app)
+    info = snapshots.current_snapshot(ctx.state.snapshots, app)
+    return index is not None and info is not None and info.manifest_sha256 == index.manifest_sha256
 
 
 def run_quick(ctx: Context, request: Request, result: RunResult) -> None:
-    raise CcciError("quick mode has no runner in this controller yet", cause="infra")
+    recipe = ctx.settings.recipe(request.recipe)
+    app = warm_app_name(request.recipe)
+    result.app = app
+    result.gating = False
+    with contextlib.ExitStack() as held:
+        with phase(ctx, result, "lock"):  # waits while another warm run has the app
+            held.enter_context(app_lock(ctx, app))
+        _quick_locked(ctx, request, result, recipe.timeout_s)
+
+
+def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: int) -> None:
+    recipe = ctx.settings.recipe(request.recipe)
+    app = warm_app_name(request.recipe)
+    index = ctx.registry.snapshot_index(app)
+    info = snapshots.current_snapshot(ctx.state.snapshots, app)
+    if index is None or info is None or info.manifest_sha256 != index.manifest_sha256:
+        raise CcciError(f"{app}: the snapshot in snapshots-index/ is not on this host; run "
+                        f"`ccci canonical rewarm {request.recipe}`", cause="infra")
+    deadline = Deadline(timeout_s)
+    stack.undeploy(app, remove_volumes=False)  # a crashed run's deploy must not hold the volumes
+    # Hermetic: every quick run starts from the last-known-good bytes.
+    with phase(ctx, result, "restore"):
+        if not snapshots.volumes_clean(ctx.state.snapshots, app):
+            report = restore_app(ctx.state, app)
+            result.snapshot = {"restored": True, "verified": report.verified}
+    snapshots.mark_volumes_dirty(ctx.state.snapshots, app)
+    work = deployment.workdir(ctx, request.run_id)
+    realm = None
+    passed = False
+    port = probe.free_port()
+    try:
+        with phase(ctx, result, "fetch"):
+            base_commit = deployment.checkout_commit(ctx, recipe, index.commit, work / "base")
+            commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
+        sso_env: dict[str, str] = {}
+        if recipe.sso:
+            with phase(ctx, result, "sso"):
+                realm = sso_setup.prepare_realm(ctx, result, request.recipe, request.run_id, app)
+                sso_env = realm.env()
+        base = Deployment(recipe=recipe, app=app, mode="warm", run=None, commit=base_commit,
+                          domain=ctx.settings.domain(app), host_port=port, checkout=work / "base",
+                          extra_env=dict(sso_env), owner=ctx.state.owner_id)
+        deployment.deploy_app(ctx, result, base, name="reattach")
+        with phase(ctx, result, "converge (reattach)"):
+            before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
+                                          expected_commit=base_commit)
+        head = Deployment(recipe=recipe, app=app, mode="warm", run=None, commit=commit,
+                          domain=base.domain, host_port=port, checkout=work / "head",
+                          extra_env=dict(sso_env), owner=ctx.state.owner_id)
+        deployment.deploy_app(ctx, result, head, name="upgrade")
+        passed = deployment.converge_and_assert(ctx, result, head, deadline, baseline=before)
+        result.outcome = "pass" if passed else "fail"
+        if not passed:
+            result.cause = "recipe"
+            result.error = "asserts failed after the upgrade: " + ", ".join(
+                a.name for a in result.asserts if not a.ok)
+    except CcciError as exc:
+        result.outcome = "fail" if exc.cause in ("recipe", "timeout") else "error"
+        result.cause = exc.cause or "infra"
+        result.error = exc.message
+    finally:
+        _finish(ctx, result, app, passed, realm, work)
+
+
+def _finish(ctx: Context, result: RunResult, app: str, passed: bool,
+            realm: sso_setup.RealmGrant | None, work: Path) -> None:
+    """PASS: undeploy, keep the (dirty) volume. FAIL: undeploy, restore, verify, mark clean."""
+    try:
+        deployment.undeploy_app(ctx, result, app, remove_volumes=False)
+        if passed:
+            write_warm_state(ctx.state, app, data_commit=result.ref)
+        else:
+            with phase(ctx, result, "rollback"):
+                report = restore_app(ctx.state, app)
+            result.snapshot = {"restored": True, "verified": report.verified}
+    except CcciError as exc:
+        log.error("cleanup of %s failed: %s", app, exc.message)
+        result.outcome = "error" if result.outcome in ("pass", "running") else result.outcome
+        result.cause = result.cause or "infra"
+        result.error = (result.error + "; " if result.error else "") + f"cleanup failed: {exc.message}"
+        result.snapshot = {**result.snapshot, "verified": False}
+    finally:
+        if realm is not None:
+            try:
+                sso_setup.release_realm(ctx, result, realm)
+            except CcciError as exc:
+                log.error("realm cleanup failed: %s", exc.message)
+        deployment.remove_workdir(work)

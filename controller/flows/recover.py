@@ -8,6 +8,7 @@ from pathlib import Path
 from controller.flows import cleanup
 from controller.flows.context import Context
 from controller.registry.results import RunResult
+from controller.runtime import stack
 from controller.util import inflight
 from controller.util.alerts import raise_alert as _raise_alert
 from controller.util.errors import CcciError
@@ -65,6 +66,8 @@ def abort_orphaned_runs(ctx: Context) -> list[str]:
             except CcciError as exc:
                 log.warning("cannot read the result of orphaned run %s: %s", run_id, exc.message)
                 existing = None
+            if marker.data.get("mode") in ("quick", "rewarm") and marker.data.get("recipe"):
+                _undeploy_warm(f"warm-{marker.data['recipe']}")
             if existing is not None and existing.get("outcome") == "running":
                 result = abort_result(ctx, run_id, existing)
                 ctx.registry.write_result(result)
@@ -72,6 +75,15 @@ def abort_orphaned_runs(ctx: Context) -> list[str]:
                 log.warning("aborted orphaned run %s", run_id)
             inflight.forget(ctx.state, marker)
     return aborted
+
+
+def _undeploy_warm(app: str) -> None:
+    """A warm run died mid-way: take its app down; the volume stays dirty, so the next warm
+    run restores the last-known-good first."""
+    try:
+        stack.undeploy(app, remove_volumes=False)
+    except CcciError as exc:
+        log.error("could not undeploy %s left by a dead run: %s", app, exc.message)
 
 
 def recover_at_start(ctx: Context) -> None:
@@ -88,8 +100,24 @@ def _teardown_leftovers(ctx: Context) -> None:
         log.error("start-up teardown skipped: %s", exc.message)
 
 
+def _queue_dir(ctx: Context) -> Path:
+    return ctx.state.root / "queue"
+
+
 def queue_rewarm(ctx: Context, recipe: str) -> None:
     """Ask for a rewarm of `warm-<recipe>`; the serve loop runs queued rewarms."""
-    queue = ctx.state.root / "queue"
+    queue = _queue_dir(ctx)
     queue.mkdir(parents=True, exist_ok=True)
     (queue / f"rewarm-{recipe}").write_text(now_iso())
+
+
+def queued_rewarms(ctx: Context) -> list[str]:
+    queue = _queue_dir(ctx)
+    if not queue.is_dir():
+        return []
+    return sorted(p.name.removeprefix("rewarm-") for p in queue.glob("rewarm-*")
+                  if p.name.removeprefix("rewarm-") in ctx.settings.recipes)
+
+
+def dequeue_rewarm(ctx: Context, recipe: str) -> None:
+    (_queue_dir(ctx) / f"rewarm-{recipe}").unlink(missing_ok=True)

@@ -11,15 +11,15 @@ import threading
 from dataclasses import dataclass, field
 from types import FrameType
 
-from controller.flows import dispatch, recover
+from controller.flows import dispatch, recover, rewarm
 from controller.flows.canonical import finish_run
 from controller.flows.context import Context
 from controller.registry import git as gitmod
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.registry.watch import ChangeWatcher
-from controller.util.errors import BadInput, CcciError
 from controller.util import inflight
+from controller.util.errors import BadInput, CcciError
 from controller.util.log import run_context
 from controller.util.timeutil import now_iso
 
@@ -128,6 +128,7 @@ class Server:
                 recover.raise_alert(self.ctx.state, "settings", exc.message)
                 log.error("not dispatching: %s", exc.message)
                 return 1
+            pending_count += self._start_queued_rewarms()
             for name in self.ctx.registry.pending_request_names():
                 with self.active_lock:
                     if name in self.active:
@@ -143,6 +144,31 @@ class Server:
         finally:
             self._write_heartbeat()
         return pending_count
+
+    def _start_queued_rewarms(self) -> int:
+        """Start a thread per queued rewarm (a file survives a crash: the next start redoes it)."""
+        queued = recover.queued_rewarms(self.ctx)
+        for recipe in queued:
+            key = f"rewarm:{recipe}"
+            with self.active_lock:
+                if key in self.active or self.stopping:
+                    continue
+                thread = threading.Thread(target=self._rewarm, args=(key, recipe), name=key, daemon=True)
+                self.active[key] = thread
+            thread.start()
+        return len(queued)
+
+    def _rewarm(self, key: str, recipe: str) -> None:
+        try:
+            result = rewarm.rewarm(self.ctx, recipe)
+            log.info("rewarm of %s: %s", recipe, result.outcome)
+        except CcciError as exc:
+            log.error("rewarm of %s could not run: %s", recipe, exc.message)
+        finally:
+            recover.dequeue_rewarm(self.ctx, recipe)
+            with self.active_lock:
+                self.active.pop(key, None)
+            self.watcher.poke()
 
     def _dispatch(self, name: str) -> bool:
         """Handle one pending request; False when it must wait for a later pass."""

@@ -21,12 +21,11 @@ def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
             latest[recipe] = doc
     recipes = []
     for name in sorted(settings.recipes):
+        canonical_error: str | None = None
         try:
             canonical = registry.canonical(name)
         except CcciError as exc:
             canonical, canonical_error = None, exc.message
-        else:
-            canonical_error = None
         try:
             index = registry.snapshot_index(f"warm-{name}")
         except CcciError:

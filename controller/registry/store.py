@@ -50,7 +50,7 @@ class Registry:
         self.identity = identity or Identity()
         self._lock_path = self.root / ".git" / "ccci.lock"
         self._branch: str | None = None
-        self._remote: str | None | bool = False
+        self._remote: str | bool | None = False
 
     # -- facts about the clone -------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class Registry:
         return documents.read_result(path, rel)
 
     def all_results(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         results_dir = self.root / "results"
         if not results_dir.is_dir():
             return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets as pysecrets
@@ -57,14 +58,16 @@ def ensure_external_objects(layout: RecipeLayout, spec: DeploySpec) -> None:
                 f"the recipe needs the external secret {name!r}, which is not scoped to the app "
                 "and does not exist", cause="recipe")
         value = pysecrets.token_hex(secret_length(layout, key))[: secret_length(layout, key)]
-        engine.call(f"create secret {name}",
-                    lambda n=name, v=value: c.secrets.create(name=n, data=v.encode(), labels=labels))
+        # Generated secrets are app data (the database was initialised with them): they
+        # outlive an undeploy that keeps the volumes.
+        engine.call(f"create secret {name}", functools.partial(
+            c.secrets.create, name=name, data=value.encode(), labels={**labels, "ccci.generated": "true"}))
     existing_networks = {n.name for n in engine.call("list networks", lambda: c.networks.list()) or []}
     for name in layout.external_networks.values():
         if name in existing_networks:
             continue
-        engine.call(f"create network {name}", lambda n=name: c.networks.create(
-            n, driver="overlay", attachable=True, scope="swarm",
+        engine.call(f"create network {name}", functools.partial(
+            c.networks.create, name, driver="overlay", attachable=True, scope="swarm",
             labels={"ccci.managed": "true", "ccci.infra": "true"}))
 
 
@@ -168,7 +171,7 @@ def inspect_app(app: str) -> AppState:
         mode = spec.get("Mode") or {}
         replicas = (mode.get("Replicated") or {}).get("Replicas", 1) if "Replicated" in mode else ready_nodes
         update = svc.get("UpdateStatus") or {}
-        tasks = engine.call("list tasks", lambda sid=svc["ID"]: c.api.tasks(filters={"service": sid})) or []
+        tasks = engine.call("list tasks", functools.partial(c.api.tasks, filters={"service": svc["ID"]})) or []
         full_name = spec.get("Name", "")
         out.append(ServiceState(
             name=full_name[len(app) + 1:] if full_name.startswith(app + "_") else full_name,
@@ -287,7 +290,8 @@ def containers_of(app: str) -> list[dict[str, Any]]:
 
 def undeploy(app: str, *, remove_volumes: bool, timeout: float = 180) -> None:
     """Remove the app's services and wait until their tasks and containers are really gone
-    (swarm returns long before), then its networks, configs, secrets — and volumes if asked."""
+    (swarm returns long before), then its networks, configs, secrets — and, if asked, its
+    volumes and the secrets the controller generated for it (which belong with the data)."""
     deadline = Deadline(timeout)
     labels = (f"{NAMESPACE}={app}", f"ccci.app={app}")
     for label in labels:
@@ -305,6 +309,9 @@ def undeploy(app: str, *, remove_volumes: bool, timeout: float = 180) -> None:
     for kind in ("configs", "secrets", "networks"):
         for label in labels:
             for obj in _objects(kind, label):
+                generated = (obj.attrs.get("Spec", {}).get("Labels") or {}).get("ccci.generated") == "true"
+                if generated and not remove_volumes:
+                    continue
                 _remove_with_retry(f"remove {kind[:-1]} {obj.name}", obj.remove, deadline)
     if remove_volumes:
         for volume in volumes_of(app):
@@ -342,6 +349,27 @@ def volume_paths(app: str) -> dict[str, Path]:
         if mountpoint:
             out[name] = Path(mountpoint)
     return out
+
+
+def ensure_volumes(app: str, names: list[str], labels: dict[str, str]) -> dict[str, Path]:
+    """Create any of the app's volumes `<app>_<name>` that do not exist (a restore onto an app
+    whose volumes were deleted); stack deploy then adopts them by name."""
+    c = engine.client()
+    existing = volume_paths(app)
+    for name in names:
+        if name in existing:
+            continue
+        full = f"{app}_{name}"
+        volume = engine.call(f"create volume {full}", functools.partial(
+            c.volumes.create, name=full, driver="local", labels={**labels, NAMESPACE: app}))
+        if volume is not None and volume.attrs.get("Mountpoint"):
+            existing[name] = Path(volume.attrs["Mountpoint"])
+    return existing
+
+
+def volumes_root() -> Path:
+    """Where the engine keeps local volumes: snapshot paths must stay inside it."""
+    return Path(engine.data_root()) / "volumes"
 
 
 def live_tasks(app: str) -> list[str]:

@@ -35,7 +35,7 @@ def clear_alert(state: StateDir, key: str) -> None:
 
 
 def list_alerts(state: StateDir) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     if not state.alerts.is_dir():
         return out
     for path in sorted(state.alerts.glob("*.json")):

@@ -115,7 +115,7 @@ def in_flight_runs(state: StateDir) -> set[str]:
 
 def orphaned_markers(state: StateDir) -> list[Marker]:
     """Markers of runs whose process is gone (nobody holds the lock)."""
-    out = []
+    out: list[Marker] = []
     if not state.runs.is_dir():
         return out
     for path in sorted(state.runs.glob("*.json")):

@@ -1,0 +1,133 @@
+"""Data-warm canonical apps: naming, per-app locks, snapshot take/restore with runtime checks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from controller import snapshots
+from controller.flows.context import Context
+from controller.registry.documents import SnapshotIndex, snapshot_index_document
+from controller.runtime import stack
+from controller.util.errors import CheckFailed
+from controller.util.locks import exclusive
+from controller.util.paths import StateDir
+from controller.util.timeutil import now_iso
+
+log = logging.getLogger(__name__)
+
+
+def warm_app_name(recipe: str) -> str:
+    return f"warm-{recipe}"
+
+
+def recipe_of_warm_app(app: str) -> str:
+    return app.removeprefix("warm-")
+
+
+@contextlib.contextmanager
+def app_lock_state(state: StateDir, app: str) -> Iterator[None]:
+    """Serialise warm work on one app across threads and processes; the kernel releases the
+    lock when its holder dies, so a killed run never blocks the next."""
+    with exclusive(state.app_lock(app), what=f"warm app {app}"):
+        yield
+
+
+def app_lock(ctx: Context, app: str) -> contextlib.AbstractContextManager[None]:
+    return app_lock_state(ctx.state, app)
+
+
+def _warm_state_path(state: StateDir, app: str) -> Path:
+    return state.root / "warm" / f"{app}.json"
+
+
+def read_warm_state(state: StateDir, app: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(_warm_state_path(state, app).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_warm_state(state: StateDir, app: str, **fields: Any) -> None:
+    """What commit's data the live volumes hold (for `ccci snapshot take` without --commit)."""
+    path = _warm_state_path(state, app)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {**read_warm_state(state, app), **fields, "updated_at": now_iso()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def refuse_if_live(app: str, action: str) -> None:
+    live = stack.live_tasks(app)
+    if live:
+        raise CheckFailed(f"cannot {action} {app} while it is deployed: live tasks {', '.join(live)}")
+
+
+def min_free_bytes(gigabytes: float) -> int:
+    return int(gigabytes * 1024**3)
+
+
+def take_app_snapshot(state: StateDir, app: str, commit: str, run_id: str | None, *,
+                      min_free_gb: float) -> snapshots.SnapshotInfo:
+    """Snapshot the undeployed app's volumes; the old last-known-good stays until the new one
+    verifies (the library swaps atomically)."""
+    refuse_if_live(app, "snapshot")
+    volumes = stack.volume_paths(app)
+    if not volumes:
+        raise CheckFailed(f"{app} has no volumes to snapshot")
+    info = snapshots.take_snapshot(state.snapshots, app, volumes, commit=commit, run_id=run_id,
+                                   min_free_bytes=min_free_bytes(min_free_gb),
+                                   allowed_root=stack.volumes_root())
+    write_warm_state(state, app, data_commit=commit)
+    return info
+
+
+def restore_app(state: StateDir, app: str, *, paranoid: bool = False) -> snapshots.RestoreReport:
+    """Make the undeployed app's volumes equal to its last-known-good (creating missing ones)."""
+    refuse_if_live(app, "restore")
+    info = snapshots.current_snapshot(state.snapshots, app)
+    if info is None:
+        raise CheckFailed(f"{app} has no last-known-good snapshot to restore")
+    labels = {"ccci.managed": "true", "ccci.app": app, "ccci.mode": "warm", "ccci.owner": state.owner_id}
+    volumes = stack.ensure_volumes(app, sorted(info.volumes), labels)
+    volumes = {name: path for name, path in volumes.items() if name in info.volumes}
+    report = snapshots.restore_snapshot(state.snapshots, app, volumes, paranoid=paranoid,
+                                        allowed_root=stack.volumes_root())
+    write_warm_state(state, app, data_commit=info.commit)
+    return report
+
+
+def index_from_info(info: snapshots.SnapshotInfo) -> SnapshotIndex:
+    return SnapshotIndex(app=info.app, commit=info.commit, path=str(info.path), volumes=info.volumes,
+                         manifest_sha256=info.manifest_sha256, taken_at=info.taken_at,
+                         taken_by_run=info.taken_by_run)
+
+
+def index_rel(app: str) -> str:
+    return f"snapshots-index/{app}.yaml"
+
+
+def index_text(ctx: Context, info: snapshots.SnapshotInfo) -> str:
+    from controller.registry.store import updated_text
+
+    return updated_text(ctx.registry.root, index_rel(info.app), snapshot_index_document(index_from_info(info)))
+
+
+def commit_index(ctx: Context, info: snapshots.SnapshotInfo, label: str = "snapshot") -> str | None:
+    """Commit `snapshots-index/<app>.yaml` for a snapshot taken outside a run."""
+    rel = index_rel(info.app)
+
+    def write(root: Path) -> list[str] | None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(index_text(ctx, info))
+        return [rel]
+
+    message = f"[{label}] {info.app}@{info.commit[:7]} taken (run {info.taken_by_run or '-'})"
+    return ctx.registry.transact(write, message)
