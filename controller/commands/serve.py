@@ -18,12 +18,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
     parser.add_argument("--poll-interval", type=float, default=None,
                         help="seconds between fetches of the remote (default serve.poll_interval_s)")
+    parser.add_argument("--no-watch", action="store_true",
+                        help="do not watch the clone for changes; only poll (benchmarks compare both)")
     parser.set_defaults(handler=execute)
 
 
 def execute(args: argparse.Namespace) -> int:
     ctx = Context.open(Registry(args.registry), StateDir.from_env(args.state_dir))
-    return Server(ctx, once=args.once, poll_interval=args.poll_interval).serve()
+    return Server(ctx, once=args.once, poll_interval=args.poll_interval, watch=not args.no_watch).serve()
 
 
 main = entry("serve")

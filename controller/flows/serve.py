@@ -36,12 +36,14 @@ class ServeStats:
 
 
 class Server:
-    def __init__(self, ctx: Context, *, once: bool = False, poll_interval: float | None = None) -> None:
+    def __init__(self, ctx: Context, *, once: bool = False, poll_interval: float | None = None,
+                 watch: bool = True) -> None:
         self.ctx = ctx
         self.once = once
         self.poll_interval = poll_interval or ctx.settings.poll_interval_s
         self.stats = ServeStats()
         self.watcher = ChangeWatcher(ctx.registry.root)
+        self.watch = watch
         self.cold_slots = threading.BoundedSemaphore(ctx.settings.max_parallel_cold)
         self.active: dict[str, threading.Thread] = {}
         self.active_lock = threading.Lock()
@@ -65,7 +67,8 @@ class Server:
             # `kill -USR1 <pid>` prints every thread's stack: what is the daemon doing?
             faulthandler.register(signal.SIGUSR1, all_threads=True)
         recover.recover_at_start(self.ctx)
-        self.watcher.start()
+        if self.watch:
+            self.watcher.start()
         try:
             while True:
                 pending = self._pass()
