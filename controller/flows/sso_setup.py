@@ -25,7 +25,7 @@ from controller.flows.warm_infra import (
 from controller.registry import recipes
 from controller.registry.results import RunResult
 from controller.runtime import probe
-from controller.sso.naming import stale_realms
+from controller.sso.naming import realm_name, stale_realms
 from controller.sso.realms import RealmRequest, new_realm_request, realm_representation
 from controller.util import inflight
 from controller.util.alerts import clear_alert, raise_alert
@@ -108,14 +108,15 @@ def usable_warm_endpoint(ctx: Context) -> tuple[KeycloakEndpoint | None, str]:
     return endpoint, ""
 
 
-def co_deploy_keycloak(ctx: Context, result: RunResult, run_id: str, app: str) -> KeycloakEndpoint:
-    """A cold Keycloak for this run only: labelled cold with the run id, so the run's teardown
-    and the start-up cleanup of dead runs remove it like any cold app."""
+def co_deploy_keycloak(ctx: Context, result: RunResult, recipe_name: str, run_id: str) -> KeycloakEndpoint:
+    """A cold Keycloak for this run only, `<recipe>-<hex>-kc` (even for a quick run, whose own
+    app is warm-*): labelled cold with the run id, so the run's teardown and the start-up
+    cleanup of dead runs remove it like any cold app."""
     try:
         recipe = keycloak_recipe(ctx)
     except BadInput as exc:
         raise CcciError(f"cannot co-deploy a Keycloak: {exc.message}", cause="infra") from exc
-    kc_app = f"{app}-kc"
+    kc_app = f"{realm_name(recipe_name, run_id)}-kc"
     work = deployment.workdir(ctx, run_id) / "keycloak"
     password = secrets.token_urlsafe(24)
     register_secret(password)
@@ -139,6 +140,8 @@ def co_deploy_keycloak(ctx: Context, result: RunResult, run_id: str, app: str) -
     except BaseException:
         _undeploy_co_deployed(ctx, result, kc_app)
         raise
+    finally:
+        deployment.remove_workdir(work)  # the deployed stack no longer needs its checkout
     log.info("co-deployed Keycloak %s for run %s at %s", kc_app, run_id, endpoint.url)
     return endpoint
 
@@ -162,7 +165,7 @@ def prepare_realm(ctx: Context, result: RunResult, recipe: str, run_id: str, app
                             f"{kc.fallback})", cause="infra")
         log.warning("%s: co-deploying a Keycloak for run %s", why, run_id)
         fallback = why
-        endpoint = co_deploy_keycloak(ctx, result, run_id, app)
+        endpoint = co_deploy_keycloak(ctx, result, recipe, run_id)
     domain = ctx.settings.domain(app)
     req = new_realm_request(recipe, run_id, owner=ctx.state.owner_id, frontend_url=endpoint.url,
                             domain=domain, redirect_uris=(f"https://{domain}/*", "http://127.0.0.1:*"))

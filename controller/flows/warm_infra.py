@@ -406,10 +406,20 @@ class _Reconciler:
         if busy:
             return self.report("deferred", f"upgrade of {self.app} {step} deferred: runs in flight use "
                                            f"realms {', '.join(busy)}", current)
-        with phase(self.ctx, self.result, "snapshot"):
-            stack.undeploy(self.app, remove_volumes=False)
-            snapshots.take_snapshot(state.snapshots, self.app, stack.volume_paths(self.app),
-                                    commit=current, allowed_root=Path(engine.data_root()))
+        try:
+            with phase(self.ctx, self.result, "snapshot"):
+                stack.undeploy(self.app, remove_volumes=False)
+                snapshots.take_snapshot(state.snapshots, self.app, stack.volume_paths(self.app),
+                                        commit=current, allowed_root=Path(engine.data_root()))
+        except CcciError as exc:
+            # No snapshot, no upgrade: bring the untouched current version back.
+            why = exc.message
+            try:
+                self.deploy_and_check(current, "resume")
+            except CcciError as again:
+                why += f"; redeploying {self.label(current)} failed too: {again.message}"
+            return self.report("failed", f"upgrade of {self.app} {step} not attempted: the snapshot "
+                                         f"failed: {why}", current)
         try:
             self.deploy_and_check(head, "upgrade")
         except CcciError as exc:
