@@ -231,6 +231,24 @@ def test_a_user_of_one_realm_cannot_get_a_token_from_another(ctx: Context) -> No
 
 
 @pytest.mark.keycloak
+def test_a_refused_admin_password_fails_the_run_instead_of_falling_back(
+        git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path, keycloak_admin: dict[str, str]) -> None:
+    wrong = tmp_path / "wrong-admin"
+    wrong.write_text("not-the-admin-password")
+    git_remote.edit({"ccci.yaml": settings_text(
+        keycloak=external_keycloak(keycloak_admin["url"], str(wrong)),
+        recipes="  iso: {source: /nonexistent, sso: keycloak}\n")}, "settings")
+    context = Context.open(Registry(git_remote.clone("controller")), StateDir(state_dir))
+    run_id = new_run_id("iso")
+    result = blank_result(run_id)
+    with pytest.raises(ExternalError, match="admin credentials were refused") as refused:
+        sso_setup.prepare_realm(context, result, "iso", run_id, cold_app_name("iso", run_id))
+    assert refused.value.cause == "infra"
+    assert not any(p.name.startswith("sso-keycloak") for p in result.phases), "it co-deployed"
+    assert "not-the-admin-password" not in refused.value.message
+
+
+@pytest.mark.keycloak
 def test_reaper_deletes_only_this_controllers_realms_of_runs_no_longer_in_flight(
         ctx: Context, keycloak_admin: dict[str, str]) -> None:
     client = admin_client(keycloak_admin)

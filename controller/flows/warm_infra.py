@@ -29,7 +29,7 @@ from controller.sso.client import KeycloakAdminClient
 from controller.sso.naming import in_use, is_ours
 from controller.util import inflight
 from controller.util.alerts import clear_alert, raise_alert
-from controller.util.errors import BadInput, CcciError
+from controller.util.errors import BadInput, CcciError, ExternalError
 from controller.util.locks import exclusive
 from controller.util.log import register_secret
 from controller.util.paths import StateDir, check_app_name
@@ -127,15 +127,15 @@ def keycloak_recipe(ctx: Context) -> RecipeSettings:
 
 
 def endpoint_problem(endpoint: KeycloakEndpoint) -> str | None:
-    """None when it answers and takes the admin credentials; else why not. Refused
-    credentials raise: a wrong password is a configuration error, not an outage."""
+    """None when it answers and takes the admin credentials; else why not. A permanent
+    refusal (wrong password) raises: that is a configuration error, not an outage."""
     problem = sso_client.probe_ready(endpoint.url)
     if problem is not None:
         return problem
     try:
         endpoint.client().check_login()
-    except CcciError as exc:
-        if "credentials were refused" in exc.message:
+    except ExternalError as exc:
+        if not exc.temporary:
             raise
         return exc.message
     return None
