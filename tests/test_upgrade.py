@@ -18,7 +18,8 @@ from testbed.fixtures import RecipeRepo, build_recipe
 pytestmark = pytest.mark.docker
 
 
-def deploy_commit(repo: RecipeRepo, commit: str, app: str, port: int, workdir: Path) -> None:
+def deploy_commit(repo: RecipeRepo, commit: str, app: str, port: int, workdir: Path,
+                  http_port: int | None = None, owner: str | None = None) -> None:
     """Deploy `commit` of the recipe as `app`, as the flows do (CLI deploy + overlay)."""
     checkout = workdir / commit[:12]
     checkout.mkdir(parents=True)
@@ -29,8 +30,10 @@ def deploy_commit(repo: RecipeRepo, commit: str, app: str, port: int, workdir: P
     with tarfile.open(workdir / "tree.tar") as archive:
         archive.extractall(checkout, filter="data")
     layout = read_layout(checkout, {"STACK_NAME": app, "DOMAIN": f"{app}.ci.test"})
-    spec = DeploySpec(AppIdentity(app, "cold", "20261129T120000-static-abcdef", commit),
-                      f"{app}.ci.test", "app", 80, port)
+    if http_port is None:
+        http_port = 8080 if repo.name == "notes" else 80
+    mode, run = ("warm", None) if app.startswith("warm-") else ("cold", "20261129T120000-static-abcdef")
+    spec = DeploySpec(AppIdentity(app, mode, run, commit, owner), f"{app}.ci.test", "app", http_port, port)
     stack.deploy(checkout, layout, spec, {})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from controller import snapshots
 from controller.commands import entry
@@ -54,7 +55,7 @@ def execute(args: argparse.Namespace) -> int:
                   f"{report.removed} removed, {report.metadata_fixed} metadata fixed); "
                   f"verified={report.verified}")
             return 0 if report.verified else 1
-        registry = Registry(args.registry) if args.registry else None
+        registry = Registry(Path(args.registry)) if args.registry else None
         settings = registry.settings() if registry else None
         commit = args.commit or read_warm_state(state, app).get("data_commit")
         if not commit:

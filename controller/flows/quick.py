@@ -16,7 +16,7 @@ from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.runtime import probe, stack
 from controller.util.errors import CcciError
-from controller.util.timeutil import Deadline
+from controller.util.timeutil import Deadline, now_iso_ms
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,11 @@ def run_quick(ctx: Context, request: Request, result: RunResult) -> None:
     with contextlib.ExitStack() as held:
         with phase(ctx, result, "lock"):  # waits while another warm run has the app
             held.enter_context(app_lock(ctx, app))
-        _quick_locked(ctx, request, result, recipe.timeout_s)
+        result.lock = {"app": app, "acquired_at": now_iso_ms()}
+        try:
+            _quick_locked(ctx, request, result, recipe.timeout_s)
+        finally:
+            result.lock["released_at"] = now_iso_ms()
 
 
 def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: int) -> None:

@@ -48,6 +48,7 @@ class RunResult:
     )
     snapshot: dict[str, Any] = field(default_factory=lambda: {"restored": False, "verified": None})
     sso: dict[str, Any] | None = None
+    lock: dict[str, Any] | None = None  # warm runs: when the app lock was taken and given back
     # Not written: set by a green cold run whose commit may become known-good.
     promote: bool = False
 
@@ -79,6 +80,8 @@ class RunResult:
         }
         if self.sso is not None:
             doc["sso"] = dict(self.sso)
+        if self.lock is not None:
+            doc["lock"] = dict(self.lock)
         return doc
 
 

@@ -24,6 +24,12 @@ def now_iso() -> str:
     return iso(utcnow())
 
 
+def now_iso_ms() -> str:
+    """Millisecond precision, for ordering events within one second (lock hand-overs)."""
+    moment = dt.datetime.now(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def parse_iso(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 

@@ -1,0 +1,232 @@
+"""Warm canonicals on the real swarm: the rollback proof, no-canonical policies, per-app
+serialisation of quick runs, and re-warming from scratch."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from controller import snapshots
+from controller.runtime import stack
+from controller.util.paths import StateDir
+from tests import helpers
+from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry
+from tests.test_cold import run_request
+from tests.test_upgrade import deploy_commit, upgrade_moved
+from testbed.fixtures import RecipeRepo, build_recipe
+
+pytestmark = pytest.mark.docker
+
+
+def rewarm(clone: Path, state: Path, recipe: str) -> subprocess.CompletedProcess[str]:
+    return helpers.ccci("--state-dir", str(state), "canonical", "rewarm", recipe, "--registry", str(clone))
+
+
+def remove_warm_app(app: str) -> None:
+    """Warm data outlives runs by design; tests clean up after themselves."""
+    stack.undeploy(app, remove_volumes=True)
+
+
+def tracked(clone: Path, *paths: str) -> dict[str, str]:
+    return {p: (clone / p).read_text() if (clone / p).exists() else "" for p in paths} | {
+        "log": helpers.git(clone, "log", "--format=%H", "--", *paths)}
+
+
+def manifests_equal_snapshot(state: Path, app: str) -> None:
+    """The live volumes equal the last-known-good entry for entry (path, type, mode, owner,
+    size, mtime, sha256, link target)."""
+    store = state / "snapshots"
+    saved = snapshots.snapshot_manifest(store, app)
+    live = stack.volume_paths(app)
+    assert set(saved) <= set(live)
+    for name, entries in saved.items():
+        assert snapshots.volume_manifest(live[name]) == entries, f"volume {name} differs"
+
+
+@pytest.fixture
+def notes_repo(tmp_path: Path, docker_host: str) -> RecipeRepo:
+    return build_recipe("notes", tmp_path / "recipes" / "notes")
+
+
+def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: RecipeRepo,
+                                       state_dir: Path) -> None:
+    """docs/warm.md 'The rollback proof', step by step."""
+    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS))
+    clone = git_remote.clone("controller")
+    app = "warm-notes"
+    v1, v2, v3 = (notes_repo.versions[n] for n in (1, 2, 3))
+    try:
+        # Seed: a green cold of v1 makes the canonical; the rewarm makes the snapshot.
+        _run, cold = run_request(clone, state_dir, "notes", v1)
+        assert cold["outcome"] == "pass" and cold["canonical"]["advanced"]
+        warmed = rewarm(clone, state_dir, "notes")
+        assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+        index = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
+        assert index["commit"] == v1
+        assert helpers.log_subjects(clone)[0].startswith(f"[rewarm] notes@{v1[:7]} pass")
+        before = tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml")
+        digest = snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256  # type: ignore[union-attr]
+
+        # Quick of v2 passes: upgrade on real data; canonical and snapshot untouched.
+        _run, quick2 = run_request(clone, state_dir, "notes", v2, mode="quick")
+        assert quick2["outcome"] == "pass", quick2
+        assert (quick2["mode"], quick2["gating"]) == ("quick", False)
+        assert {a["name"] for a in quick2["asserts"] if a["ok"]} >= {"commit", "custom:tests/ccci-assert"}
+        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml") == before
+        assert snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256 == digest  # type: ignore[union-attr]
+        assert not snapshots.volumes_clean(state_dir / "snapshots", app)  # v2 migrated the data
+
+        # Quick of broken v3 fails; the volume comes back byte for byte.
+        _run, quick3 = run_request(clone, state_dir, "notes", v3, mode="quick")
+        assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", quick3
+        assert quick3["snapshot"] == {"restored": True, "verified": True}
+        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml") == before
+        manifests_equal_snapshot(state_dir, app)
+        verify = helpers.ccci("--state-dir", str(state_dir), "snapshot", "verify", app, "--paranoid")
+        assert "live volumes equal the snapshot" in verify.stdout, verify.stdout + verify.stderr
+
+        # The app deploys healthy on the restored data.
+        port = helpers_free_port()
+        deploy_commit(notes_repo, v1, app, port, state_dir.parent / "redeploy",
+                      owner=StateDir(state_dir).owner_id)
+        assert upgrade_moved(app, v1, timeout=120) == []
+        stats = __import__("json").loads(__import__("urllib.request").request.urlopen(
+            f"http://127.0.0.1:{port}/stats", timeout=10).read())
+        assert stats["schema"] == 1 and stats["attachments"] == 300
+        assert helpers.ccci("--state-dir", str(state_dir), "leaks").returncode == 1  # deployed, no lock
+        stack.undeploy(app, remove_volumes=False)
+        assert helpers.ccci("--state-dir", str(state_dir), "leaks").returncode == 0
+        assert helpers.ccci("audit", "--registry", str(clone)).returncode == 0
+    finally:
+        remove_warm_app(app)
+
+
+def helpers_free_port() -> int:
+    from controller.runtime.probe import free_port
+
+    return free_port()
+
+
+def test_snapshot_round_trip_on_real_volumes_after_broken_v3(
+        git_remote: RemoteRegistry, notes_repo: RecipeRepo, state_dir: Path) -> None:
+    """Take; let broken v3 add, delete, modify and chmod files; restore; equal byte for byte."""
+    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS))
+    clone = git_remote.clone("controller")
+    app = "warm-notes"
+    v1, v2, v3 = (notes_repo.versions[n] for n in (1, 2, 3))
+    try:
+        port = helpers_free_port()
+        deploy_commit(notes_repo, v1, app, port, state_dir.parent / "w1")
+        assert upgrade_moved(app, v1, timeout=180) == []
+        refused = helpers.ccci("--state-dir", str(state_dir), "snapshot", "take", app, "--commit", v1)
+        assert refused.returncode == 1 and "live tasks" in refused.stderr
+        stack.undeploy(app, remove_volumes=False)
+        taken = helpers.ccci("--state-dir", str(state_dir), "snapshot", "take", app, "--commit", v1,
+                             "--registry", str(clone))
+        assert taken.returncode == 0, taken.stderr
+        assert helpers.log_subjects(clone)[0].startswith(f"[snapshot] {app}@{v1[:7]} taken")
+        # v2 then broken v3 on the same volumes (v3 fails its healthcheck after damaging data).
+        deploy_commit(notes_repo, v2, app, port, state_dir.parent / "w2")
+        assert upgrade_moved(app, v2, timeout=180) == []
+        deploy_commit(notes_repo, v3, app, port, state_dir.parent / "w3")
+        assert upgrade_moved(app, v3, timeout=40)  # never healthy
+        stack.undeploy(app, remove_volumes=False)
+        live = stack.volume_paths(app)
+        damaged = {e.path: e for e in snapshots.volume_manifest(live["data"])}
+        saved = {e.path: e for e in snapshots.snapshot_manifest(state_dir / "snapshots", app)["data"]}
+        assert set(damaged) - set(saved), "v3 adds files"
+        assert set(saved) - set(damaged), "v3 deletes files"
+        assert any(damaged[p].sha256 != saved[p].sha256 for p in set(saved) & set(damaged)), "modifies"
+        assert any(damaged[p].mode != saved[p].mode for p in set(saved) & set(damaged)), "chmods"
+        restored = helpers.ccci("--state-dir", str(state_dir), "snapshot", "restore", app)
+        assert restored.returncode == 0, restored.stderr
+        manifests_equal_snapshot(state_dir, app)
+        deploy_commit(notes_repo, v1, app, port, state_dir.parent / "w4")
+        assert upgrade_moved(app, v1, timeout=120) == []
+        stack.undeploy(app, remove_volumes=False)
+    finally:
+        remove_warm_app(app)
+
+
+@pytest.fixture
+def two_static_recipes(git_remote: RemoteRegistry, tmp_path: Path, docker_host: str) -> tuple[Path, RecipeRepo]:
+    repo = build_recipe("static", tmp_path / "recipes" / "static")
+    git_remote.set_recipes(recipe_entry("static-a", repo.path, **STATIC_OPTIONS)
+                           + recipe_entry("static-b", repo.path, **STATIC_OPTIONS))
+    return git_remote.clone("controller"), repo
+
+
+@pytest.mark.parametrize("policy", ["fallback-cold", "reject"])
+def test_quick_without_canonical_follows_policy(git_remote: RemoteRegistry, tmp_path: Path,
+                                                state_dir: Path, docker_host: str, policy: str) -> None:
+    repo = build_recipe("static", tmp_path / "recipes" / "static", versions=[1])
+    git_remote.set_recipes(recipe_entry("static", repo.path, **STATIC_OPTIONS),
+                           extra=f"quick: {{no_canonical: {policy}}}\n")
+    clone = git_remote.clone("controller")
+    _run, result = run_request(clone, state_dir, "static", repo.versions[1], mode="quick")
+    if policy == "fallback-cold":
+        assert result["outcome"] == "pass", result
+        assert (result["mode"], result["requested_mode"], result["fallback"]) == ("cold", "quick", "no-canonical")
+        assert helpers.log_subjects(clone)[0].startswith("[cold] static@")
+    else:
+        assert result["outcome"] == "rejected"
+        assert "quick.no_canonical is reject" in result["error"]
+        assert helpers.log_subjects(clone)[0].startswith("[reject] static@")
+
+
+def test_quick_runs_serialise_per_app_and_overlap_across_apps(
+        two_static_recipes: tuple[Path, RecipeRepo], state_dir: Path, git_remote: RemoteRegistry) -> None:
+    clone, repo = two_static_recipes
+    v1, v2 = repo.versions[1], repo.versions[2]
+    try:
+        for recipe in ("static-a", "static-b"):
+            _run, cold = run_request(clone, state_dir, recipe, v1)
+            assert cold["outcome"] == "pass"
+            assert rewarm(clone, state_dir, recipe).returncode == 0
+        run_ids = []
+        for recipe in ("static-a", "static-a", "static-b"):
+            run_ids.append(helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone),
+                                        "--recipe", recipe, "--ref", v2, "--mode", "quick", "--by", "alice",
+                                        check=True).stdout.strip())
+        # Three quick runs at once, in three processes.
+        threads = [threading.Thread(target=helpers.ccci, args=("--state-dir", str(state_dir), "run",
+                                                               "--registry", str(clone), r)) for r in run_ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        results = helpers.results_in(clone)
+        docs = [results[r] for r in run_ids]
+        assert [d["outcome"] for d in docs] == ["pass", "pass", "pass"], docs
+        a1, a2, b = (d["lock"] for d in docs)
+        first, second = sorted((a1, a2), key=lambda lock: lock["acquired_at"])
+        assert first["released_at"] <= second["acquired_at"], (first, second)  # one after the other
+        assert b["acquired_at"] < second["released_at"] and first["acquired_at"] < b["released_at"], (a1, a2, b)
+    finally:
+        remove_warm_app("warm-static-a")
+        remove_warm_app("warm-static-b")
+
+
+def test_rewarm_from_scratch_after_losing_volumes_and_snapshot(
+        two_static_recipes: tuple[Path, RecipeRepo], state_dir: Path) -> None:
+    clone, repo = two_static_recipes
+    app = "warm-static-a"
+    try:
+        _run, cold = run_request(clone, state_dir, "static-a", repo.versions[1])
+        assert cold["outcome"] == "pass"
+        assert rewarm(clone, state_dir, "static-a").returncode == 0
+        first = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
+        remove_warm_app(app)
+        import shutil
+
+        shutil.rmtree(state_dir / "snapshots" / app)
+        again = rewarm(clone, state_dir, "static-a")
+        assert again.returncode == 0, again.stdout + again.stderr
+        second = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
+        assert second["commit"] == first["commit"] and second["taken_by_run"] != first["taken_by_run"]
+        assert snapshots.verify_snapshot(state_dir / "snapshots", app).commit == repo.versions[1]
+    finally:
+        remove_warm_app(app)
