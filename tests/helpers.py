@@ -62,6 +62,7 @@ authority:
   cold: ['*']
   quick: ['*']
 limits: {max_parallel_cold: 2, disk_min_free_gb: 0}
+sweep: {max_tests: 0}
 """
 
 

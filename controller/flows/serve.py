@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from types import FrameType
 
-from controller.flows import dispatch, recover, rewarm
+from controller.flows import dispatch, recover, rewarm, sweep
 from controller.flows.canonical import finish_run
 from controller.flows.context import Context
 from controller.registry import git as gitmod
@@ -21,7 +21,7 @@ from controller.registry.watch import ChangeWatcher
 from controller.util import inflight
 from controller.util.errors import BadInput, CcciError
 from controller.util.log import run_context
-from controller.util.timeutil import now_iso
+from controller.util.timeutil import now_iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class Server:
                 recover.raise_alert(self.ctx.state, "settings", exc.message)
                 log.error("not dispatching: %s", exc.message)
                 return 1
+            self._start_sweep_if_due()
             pending_count += self._start_queued_rewarms()
             for name in self.ctx.registry.pending_request_names():
                 with self.active_lock:
@@ -147,6 +148,30 @@ class Server:
         finally:
             self._write_heartbeat()
         return pending_count
+
+    def _start_sweep_if_due(self) -> None:
+        settings = self.ctx.settings
+        if self.once or self.stopping:
+            return  # --once drains the queue; it does not start the nightly sweep
+        with self.active_lock:
+            if "sweep" in self.active:
+                return
+            if not sweep.sweep_due(utcnow(), sweep.last_sweep(self.ctx), settings.sweep_at,
+                                   settings.sweep_timezone):
+                return
+            thread = threading.Thread(target=self._sweep, name="sweep", daemon=True)
+            self.active["sweep"] = thread
+        thread.start()
+
+    def _sweep(self) -> None:
+        try:
+            sweep.run_sweep(self.ctx)
+        except CcciError as exc:
+            log.error("sweep failed: %s", exc.message)
+        finally:
+            with self.active_lock:
+                self.active.pop("sweep", None)
+            self.watcher.poke()
 
     def _start_queued_rewarms(self) -> int:
         """Start a thread per queued rewarm (a file survives a crash: the next start redoes it)."""

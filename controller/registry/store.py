@@ -232,7 +232,7 @@ class Registry:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def file_request(self, request: Request) -> str | None:
+    def file_request(self, request: Request, *, label: str | None = None) -> str | None:
         rel = request.rel_path
 
         def write(root: Path) -> list[str] | None:
@@ -243,7 +243,7 @@ class Registry:
             path.write_text(dump_document(request.to_document()))
             return [rel]
 
-        label = request.mode
+        label = label or request.mode
         message = f"[{label}] {request.recipe}@{request.ref[:7]} requested by {request.requested_by} (run {request.run_id})"
         return self.transact(write, message)
 
