@@ -68,7 +68,7 @@ def docker_host() -> str:
         client = docker.from_env(timeout=10)
         info = client.info()
         client.close()
-    except Exception as exc:  # noqa: BLE001 - any failure means: no engine
+    except Exception as exc:
         _need("Docker", f"{host}: {exc}")
         raise
     if info.get("Swarm", {}).get("LocalNodeState") != "active":
@@ -92,7 +92,7 @@ def keycloak_admin() -> dict[str, str]:
     try:
         with urllib.request.urlopen(f"{url}/realms/master", timeout=10) as response:
             assert response.status == 200
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _need("Keycloak", f"{url}: {exc}")
     return {"url": url, "user": user, "secret_file": secret_file}
 

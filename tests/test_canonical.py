@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
 from tests.helpers import STATIC_OPTIONS, RemoteRegistry, recipe_entry
 from tests.test_cold import run_request
-from testbed.fixtures import RecipeRepo, build_recipe
 
 pytestmark = pytest.mark.docker
 

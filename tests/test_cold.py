@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from controller.flows.cold import cold_app_name
+from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
 from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
-from testbed.fixtures import RecipeRepo, build_recipe
 
 pytestmark = pytest.mark.docker
 
@@ -80,7 +80,7 @@ def test_recipe_that_never_converges_fails_with_cause_timeout_within_its_deadlin
 
 
 def test_unknown_ref_is_rejected_after_claim(controller_clone: Path, state_dir: Path) -> None:
-    run_id, result = run_request(controller_clone, state_dir, "static", "c" * 40)
+    _run_id, result = run_request(controller_clone, state_dir, "static", "c" * 40)
     assert result["outcome"] == "rejected"
     assert "has no commit" in result["error"]
 

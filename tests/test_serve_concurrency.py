@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed.fixtures import build_recipe
 from tests import helpers
 from tests.helpers import STATIC_OPTIONS, RemoteRegistry, recipe_entry, request_doc, results_in, wait_for
-from testbed.fixtures import build_recipe
 
 pytestmark = pytest.mark.docker
 

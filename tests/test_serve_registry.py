@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed.fixtures import build_recipe
 from tests import helpers
 from tests.helpers import HEX_A, RemoteRegistry, request_doc, results_in, wait_for
-from testbed.fixtures import build_recipe
 
 STAMP = "20261129T120000"
 
@@ -174,7 +174,7 @@ def test_broken_settings_hold_the_queue_and_raise_an_alert(
     from controller.registry.store import Registry
     from controller.util.errors import BadInput
 
-    with pytest.raises(BadInput, match="ccci.yaml: at 'base_domain'"):
+    with pytest.raises(BadInput, match=r"ccci\.yaml: at 'base_domain'"):
         Context.open(Registry(clone), __import__("controller.util.paths").util.paths.StateDir(state_dir))
     proc = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
     assert proc.returncode == 2

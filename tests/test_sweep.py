@@ -7,9 +7,9 @@ from pathlib import Path
 
 from controller.flows.sweep import last_scheduled, plan, sweep_due
 from controller.registry.settings import RecipeSettings, Settings
+from testbed.fixtures import build_recipe
 from tests import helpers
 from tests.helpers import SETTINGS_HEAD, RemoteRegistry, recipe_entry
-from testbed.fixtures import build_recipe
 
 UTC = dt.UTC
 

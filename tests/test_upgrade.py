@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.registry.settings import RecipeSettings
 from controller.runtime import probe, stack
 from controller.runtime.compose import read_layout
 from controller.runtime.spec import AppIdentity, DeploySpec
 from controller.util.errors import CcciError
 from controller.util.timeutil import Deadline
-from tests import helpers
 from testbed.fixtures import RecipeRepo, build_recipe
+from tests import helpers
 
 pytestmark = pytest.mark.docker
 

@@ -12,11 +12,11 @@ import pytest
 from controller import snapshots
 from controller.runtime import stack
 from controller.util.paths import StateDir
+from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
 from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry
 from tests.test_cold import run_request
 from tests.test_upgrade import deploy_commit, upgrade_moved
-from testbed.fixtures import RecipeRepo, build_recipe
 
 pytestmark = pytest.mark.docker
 

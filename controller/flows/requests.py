@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from controller.registry.documents import Request, parse_request
@@ -47,9 +48,8 @@ def file_request(
     except BadInput as exc:
         raise BadInput(exc.message.replace(f"requests/{request.run_id}.yaml", "request")) from exc
     registry = Registry(registry_path)
-    try:
+    # A request can be filed even while ccci.yaml is broken; serve will say why.
+    with contextlib.suppress(BadInput):
         registry.identity = registry.identity.of(registry.settings())
-    except BadInput:
-        pass  # a request can be filed even while ccci.yaml is broken; serve will say why
     registry.file_request(request)
     return request.run_id

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def rewarm(ctx: Context, recipe_name: str) -> RunResult:
     """Deploy the known-good on the warm app's data, assert, undeploy, snapshot, commit.
     On failure the old snapshot and its index stay; the result says why."""
-    recipe = ctx.settings.recipe(recipe_name)
+    ctx.settings.recipe(recipe_name)  # BadInput for a recipe ccci.yaml does not know
     app = warm_app_name(recipe_name)
     run_id = new_run_id(recipe_name)
     canonical = ctx.registry.canonical(recipe_name)

@@ -36,7 +36,10 @@ def canonical_changes(registry: Registry) -> Iterator[tuple[Commit, str, str]]:
             yield commit, status, path.split("\t")[-1]
 
 
-def file_at(registry: Registry, commit: str, rel: str, *, max_bytes: int = max(DOC_MAX_BYTES, RESULT_MAX_BYTES)) -> bytes | None:
+MAX_HISTORY_BYTES = max(DOC_MAX_BYTES, RESULT_MAX_BYTES)
+
+
+def file_at(registry: Registry, commit: str, rel: str, *, max_bytes: int = MAX_HISTORY_BYTES) -> bytes | None:
     """The bytes of `rel` at `commit` (None when absent or over the cap)."""
     try:
         size = int(git(registry.root, "cat-file", "-s", f"{commit}:{rel}"))

@@ -244,7 +244,8 @@ class Registry:
             return [rel]
 
         label = label or request.mode
-        message = f"[{label}] {request.recipe}@{request.ref[:7]} requested by {request.requested_by} (run {request.run_id})"
+        message = (f"[{label}] {request.recipe}@{request.ref[:7]} requested by {request.requested_by} "
+                   f"(run {request.run_id})")
         return self.transact(write, message)
 
     def claim(self, result: RunResult) -> bool:

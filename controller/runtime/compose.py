@@ -89,9 +89,7 @@ def load_compose(path: Path) -> dict[str, Any]:
         raise BadInput(f"{where}: the compose file is over {MAX_COMPOSE_BYTES} bytes")
     text = raw.decode("utf-8", errors="replace")
     try:
-        events = 0
-        for _ in YAML(typ="safe", pure=True).parse(io.StringIO(text)):
-            events += 1
+        for events, _ in enumerate(YAML(typ="safe", pure=True).parse(io.StringIO(text)), start=1):
             if events > MAX_COMPOSE_EVENTS:
                 raise BadInput(f"{where}: the compose file is too complex to read safely")
         doc = YAML(typ="safe", pure=True).load(text)
