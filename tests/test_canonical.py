@@ -66,6 +66,12 @@ def test_canonical_seeds_advances_and_ignores_unmerged_pr_heads(
     code, text = audit(clone)
     assert code == 0, text
     assert "2 canonical changes" in text
+    status = __import__("json").loads(helpers.ccci("--state-dir", str(state_dir), "status", "--registry",
+                                                   str(clone), "--json", check=True).stdout)
+    row = next(r for r in status["recipes"] if r["recipe"] == "static")
+    assert (row["known_good"], row["last_mode"], row["last_outcome"]) == (v2, "cold", "pass")
+    table = helpers.ccci("--state-dir", str(state_dir), "status", "--registry", str(clone), check=True).stdout
+    assert "static" in table and v2[:12] in table
 
     # A human edits the canonical by hand: audit fails, naming that commit.
     git_remote.edit({"canonicals/static.yaml": (clone / "canonicals" / "static.yaml").read_text()

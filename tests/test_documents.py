@@ -119,3 +119,13 @@ def test_settings_template_is_valid() -> None:
     settings = settings_from_document(doc)
     assert settings.base_domain == "ci.example.org"
     assert settings.quick_no_canonical == "fallback-cold"
+
+
+def test_project_examples_are_valid_documents() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    canonical = documents.parse_canonical((root / "canonicals" / "example.yaml").read_bytes(), "example")
+    assert canonical.recipe == "notes"
+    index = documents.parse_snapshot_index((root / "snapshots-index" / "example.yaml").read_bytes(), "example")
+    assert index.app == "warm-notes"
