@@ -8,8 +8,6 @@ from typing import Any
 
 from controller.runtime.compose import RecipeLayout
 
-OVERLAY_VERSION = "3.8"
-
 
 @dataclass(frozen=True)
 class AppIdentity:
@@ -90,7 +88,9 @@ def overlay_document(layout: RecipeLayout, spec: DeploySpec) -> dict[str, Any]:
             }]
             service["deploy"]["update_config"] = {"order": "stop-first"}
         services[name] = service
-    doc: dict[str, Any] = {"version": OVERLAY_VERSION, "services": services}
+    # The CLI refuses to merge files of different versions: speak the recipe's (none = latest).
+    doc: dict[str, Any] = {"version": layout.version} if layout.version else {}
+    doc["services"] = services
 
     def labelled(kind: str, keys: list[str]) -> dict[str, Any]:
         out = {}

@@ -1,0 +1,147 @@
+"""Reading a Co-op Cloud style recipe and building the controller's overlay (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.runtime.compose import interpolate, parse_env_file, read_layout
+from controller.runtime.spec import AppIdentity, DeploySpec, overlay_document, secret_length, stack_env
+from controller.util.errors import BadInput
+
+COMPOSE = """\
+---
+version: "3.8"
+
+x-env: &env
+  - DB_HOST=db
+
+services:
+  app:
+    image: git.coopcloud.tech/coop-cloud/example:1.2.3
+    environment: *env
+    networks: [proxy, internal]
+    secrets: [db_password]
+    configs:
+      - source: nginx_conf
+        target: /etc/nginx/nginx.conf
+    healthcheck:
+      test: ["CMD", "curl", "-f", "http://localhost"]
+    deploy:
+      labels:
+        - "traefik.enable=true"
+        - "traefik.http.routers.${STACK_NAME}.rule=Host(`${DOMAIN}`)"
+  db:
+    image: postgres:15
+    volumes: [postgres:/var/lib/postgresql/data]
+    networks: [internal]
+    secrets: [db_password]
+
+volumes:
+  postgres:
+    driver_opts: {type: none}
+
+networks:
+  proxy:
+    external: true
+  internal:
+
+configs:
+  nginx_conf:
+    name: ${STACK_NAME}_nginx_conf_${NGINX_CONF_VERSION}
+    file: nginx.conf.tmpl
+    template_driver: golang
+
+secrets:
+  db_password:
+    external: true
+    name: ${STACK_NAME}_db_password_${SECRET_DB_PASSWORD_VERSION}
+"""
+
+ENV_SAMPLE = """\
+TYPE=example
+DOMAIN=example.example.com
+## Domain aliases
+#EXTRA_DOMAINS=', `www.example.com`'
+LETS_ENCRYPT_ENV=production
+NGINX_CONF_VERSION=v2
+SECRET_DB_PASSWORD_VERSION=v1 # length=48
+export QUOTED="a b # not a comment"
+COMPOSE_FILE="compose.yml:compose.smtp.yml"
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    (tmp_path / "compose.yml").write_text(COMPOSE)
+    (tmp_path / "compose.smtp.yml").write_text(
+        'version: "3.8"\nservices:\n  app:\n    environment:\n      - SMTP=1\n')
+    (tmp_path / ".env.sample").write_text(ENV_SAMPLE)
+    (tmp_path / "nginx.conf.tmpl").write_text("events {}\n")
+    return tmp_path
+
+
+def spec(app: str = "example-abc123") -> DeploySpec:
+    return DeploySpec(AppIdentity(app, "cold", "20261129T120000-example-abc123", "f" * 40, "owner1"),
+                      f"{app}.ci.test", "app", 80, 24000)
+
+
+def test_env_sample_is_read_as_abra_does() -> None:
+    env = parse_env_file(ENV_SAMPLE)
+    assert env["SECRET_DB_PASSWORD_VERSION"] == "v1"
+    assert env["QUOTED"] == "a b # not a comment"
+    assert "EXTRA_DOMAINS" not in env
+    assert interpolate("${STACK_NAME}_x_${V:-v9}_$$", {"STACK_NAME": "s"}) == "s_x_v9_$"
+
+
+def test_layout_follows_compose_file_and_names_external_objects(recipe: Path) -> None:
+    layout = read_layout(recipe, {"STACK_NAME": "example-abc123", "DOMAIN": "d"})
+    assert layout.compose_files == ["compose.yml", "compose.smtp.yml"]
+    assert layout.services == ["app", "db"]
+    assert layout.external_secrets == {"db_password": "example-abc123_db_password_v1"}
+    assert layout.external_networks == {"proxy": "proxy"}
+    assert layout.healthchecked == ["app"]
+    assert secret_length(layout, "db_password") == 48
+
+
+def test_overlay_labels_everything_and_publishes_the_http_service(recipe: Path) -> None:
+    layout = read_layout(recipe, {"STACK_NAME": "example-abc123", "DOMAIN": "d"})
+    doc = overlay_document(layout, spec())
+    assert doc["version"] == "3.8"
+    app = doc["services"]["app"]
+    for labels in (app["labels"], app["deploy"]["labels"], doc["services"]["db"]["deploy"]["labels"]):
+        assert labels["ccci.app"] == "example-abc123" and labels["ccci.commit"] == "f" * 40
+        assert labels["ccci.owner"] == "owner1" and labels["ccci.run"].endswith("abc123")
+    assert app["ports"] == [{"target": 80, "published": 24000, "protocol": "tcp", "mode": "host"}]
+    assert app["deploy"]["update_config"] == {"order": "stop-first"}
+    assert "ports" not in doc["services"]["db"]
+    # The CLI replaces top-level entries: the overlay restates each with labels added.
+    assert doc["volumes"]["postgres"]["driver_opts"] == {"type": "none"}
+    assert doc["configs"]["nginx_conf"]["file"] == "nginx.conf.tmpl"
+    assert doc["configs"]["nginx_conf"]["template_driver"] == "golang"
+    assert "ccci.commit" not in doc["volumes"]["postgres"]["labels"]
+    assert "proxy" not in doc["networks"] and "secrets" not in doc  # external: not ours to label
+    env = stack_env(layout, spec(), {})
+    assert (env["STACK_NAME"], env["DOMAIN"]) == ("example-abc123", "example-abc123.ci.test")
+    assert "COMPOSE_FILE" not in env and env["LETS_ENCRYPT_ENV"] == "production"
+
+
+def test_overlay_speaks_the_recipes_compose_version(recipe: Path) -> None:
+    (recipe / "compose.yml").write_text(COMPOSE.replace('version: "3.8"\n', ""))
+    (recipe / ".env.sample").write_text("TYPE=x\n")
+    layout = read_layout(recipe, {})
+    assert "version" not in overlay_document(layout, spec())
+
+
+def test_unknown_http_service_is_the_recipes_fault(recipe: Path) -> None:
+    layout = read_layout(recipe, {})
+    bad = DeploySpec(spec().identity, "d", "web", 80, 1)
+    with pytest.raises(ValueError, match="'web' is not in the recipe"):
+        overlay_document(layout, bad)
+
+
+def test_compose_file_outside_the_recipe_is_refused(recipe: Path) -> None:
+    (recipe / ".env.sample").write_text("COMPOSE_FILE=compose.yml:../../etc/passwd\n")
+    with pytest.raises(BadInput, match="outside the recipe"):
+        read_layout(recipe, {})
