@@ -180,3 +180,34 @@ def test_broken_settings_hold_the_queue_and_raise_an_alert(
     assert proc.returncode == 2
     assert "ccci.yaml: at 'base_domain'" in proc.stderr
     assert results_in(clone) == {}
+
+
+def test_a_controller_bug_costs_one_request_not_the_daemon(
+    static_registry: tuple[RemoteRegistry, Path], state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection at one exact point: `decide` blows up for one request only."""
+    from controller.flows import dispatch
+    from controller.flows.context import Context
+    from controller.flows.serve import run_until_idle
+    from controller.registry.store import Registry
+    from controller.util.paths import StateDir
+
+    remote, _recipe = static_registry
+    poisoned, fine = f"{STAMP}-static-0000b1", f"{STAMP}-static-0000b2"
+    remote.edit({f"requests/{poisoned}.yaml": request_doc("static", ref="e" * 40),
+                 f"requests/{fine}.yaml": request_doc("static", ref="f" * 40)})
+    clone = remote.clone("controller")
+    real_decide = dispatch.decide
+
+    def decide(ctx: Context, request: object) -> dispatch.Decision:
+        if getattr(request, "run_id", "") == poisoned:
+            raise RuntimeError("injected bug")
+        return real_decide(ctx, request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatch, "decide", decide)
+    run_until_idle(Context.open(Registry(clone), StateDir(state_dir)), poll_interval=0.2)
+    results = results_in(clone)
+    assert results[poisoned]["outcome"] == "error"
+    assert "unexpected error in the controller while dispatching: RuntimeError: injected bug" in \
+        results[poisoned]["error"]
+    assert results[fine]["outcome"] == "rejected" and "has no commit" in results[fine]["error"]

@@ -76,7 +76,8 @@ def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
     )
 
 
-def rejection(ctx: Context, file_name: str, error: CcciError, request: Request | None) -> RunResult:
+def rejection(ctx: Context, file_name: str, error: CcciError, request: Request | None,
+              outcome: str = "rejected") -> RunResult:
     """The result for a request that never runs."""
     run_id = documents.result_id_for(file_name)
     now = now_iso()
@@ -86,7 +87,8 @@ def rejection(ctx: Context, file_name: str, error: CcciError, request: Request |
         ref=request.ref if request else None,
         mode=None,
         requested_mode=request.mode if request else None,
-        outcome="rejected",
+        outcome=outcome,
+        cause=None if outcome == "rejected" else "infra",
         gating=bool(request and request.mode == "cold"),
         started_at=now,
         finished_at=now,
@@ -97,9 +99,10 @@ def rejection(ctx: Context, file_name: str, error: CcciError, request: Request |
     )
 
 
-def reject(ctx: Context, file_name: str, error: CcciError, request: Request | None = None) -> bool:
+def reject(ctx: Context, file_name: str, error: CcciError, request: Request | None = None,
+           *, outcome: str = "rejected") -> bool:
     """Commit a rejection unless someone else already answered this request."""
-    result = rejection(ctx, file_name, error, request)
+    result = rejection(ctx, file_name, error, request, outcome)
     with run_context(result.run):
         log.info("rejected %s: %s", file_name, error.message)
         return ctx.registry.write_result(result, only_if_unclaimed=True) is not None

@@ -68,6 +68,11 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
         with phase(ctx, result, "fetch"):
             base_commit = deployment.checkout_commit(ctx, recipe, index.commit, work / "base")
             commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
+        result.upgrade = {"from": base_commit, "to": commit}
+        if base_commit == commit:
+            # DESIGN §10: an upgrade test needs a real "from" version; say so, do not hide it.
+            log.warning("quick run of %s: the PR head is the snapshot's commit; no upgrade to test",
+                        request.recipe)
         sso_env: dict[str, str] = {}
         if recipe.sso:
             with phase(ctx, result, "sso"):

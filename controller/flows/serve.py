@@ -19,6 +19,7 @@ from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.registry.watch import ChangeWatcher
 from controller.util import inflight
+from controller.util.alerts import clear_alert
 from controller.util.errors import BadInput, CcciError
 from controller.util.log import run_context
 from controller.util.timeutil import now_iso, utcnow
@@ -131,6 +132,7 @@ class Server:
                 recover.raise_alert(self.ctx.state, "settings", exc.message)
                 log.error("not dispatching: %s", exc.message)
                 return 1
+            clear_alert(self.ctx.state, "settings")
             self._start_sweep_if_due()
             pending_count += self._start_queued_rewarms()
             for name in self.ctx.registry.pending_request_names():
@@ -140,10 +142,21 @@ class Server:
                 if self.stopping:
                     pending_count += 1
                     continue
-                if not self._dispatch(name):
-                    pending_count += 1
+                try:
+                    if not self._dispatch(name):
+                        pending_count += 1
+                except CcciError:
+                    raise
+                except Exception as exc:  # a bug must cost one request, never the daemon
+                    log.exception("unexpected error dispatching %s", name)
+                    dispatch.reject(self.ctx, name, CcciError(
+                        f"requests/{name}: unexpected error in the controller while dispatching: "
+                        f"{type(exc).__name__}: {exc}"), outcome="error")
         except CcciError as exc:
             log.warning("registry pass failed (will retry): %s", exc.message)
+            pending_count += 1
+        except Exception:
+            log.exception("registry pass failed unexpectedly (will retry)")
             pending_count += 1
         finally:
             self._write_heartbeat()

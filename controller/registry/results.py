@@ -49,6 +49,7 @@ class RunResult:
     snapshot: dict[str, Any] = field(default_factory=lambda: {"restored": False, "verified": None})
     sso: dict[str, Any] | None = None
     lock: dict[str, Any] | None = None  # warm runs: when the app lock was taken and given back
+    upgrade: dict[str, Any] | None = None  # quick runs: the commits upgraded from and to
     # Not written: set by a green cold run whose commit may become known-good.
     promote: bool = False
 
@@ -82,6 +83,8 @@ class RunResult:
             doc["sso"] = dict(self.sso)
         if self.lock is not None:
             doc["lock"] = dict(self.lock)
+        if self.upgrade is not None:
+            doc["upgrade"] = dict(self.upgrade)
         return doc
 
 
