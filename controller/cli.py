@@ -6,8 +6,10 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +59,10 @@ def _log_file(state_dir: str | None) -> Path:
         return Path(tempfile.gettempdir()) / "ccci.log"
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -65,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     log_file = _log_file(args.state_dir)
     setup_logging(level=args.log_level, json_lines=args.log_json, log_file=log_file)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so a foreground run's `finally` tears its app down.
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.handler(args))
     except CcciError as exc:

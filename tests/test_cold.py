@@ -108,3 +108,22 @@ def test_sigkilled_cold_run_is_removed_by_next_serve_start(
     assert result["outcome"] == "aborted", result
     leaks = helpers.ccci("--state-dir", str(state_dir), "leaks")
     assert app not in leaks.stdout
+
+
+def test_sigterm_to_a_foreground_run_tears_its_app_down(
+        controller_clone: Path, state_dir: Path, recipes: dict[str, RecipeRepo]) -> None:
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(controller_clone),
+                          "--recipe", "static", "--ref", recipes["static"].versions[1], "--by", "alice",
+                          check=True).stdout.strip()
+    app = cold_app_name("static", run_id)
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
+                             "--registry", str(controller_clone), run_id],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
+    wait_for(lambda: any(o.startswith("service") for o in helpers.objects_of_app(app)), 60,
+             "the run's services to exist")
+    proc.terminate()
+    assert proc.wait(timeout=120) == 130
+    assert helpers.objects_of_app(app) == []
+    serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(controller_clone), "--once")
+    assert serve.returncode == 0, serve.stderr
+    assert helpers.results_in(controller_clone)[run_id]["outcome"] == "aborted"
