@@ -51,6 +51,8 @@ def test_cold_notes_v1_passes_and_leaves_nothing(controller_clone: Path, state_d
     assert names == {"converged": True, "no-restart-loop": True, "healthchecks": True, "http": True,
                      "commit": True, "custom:tests/ccci-assert": True}
     assert [p["name"] for p in result["phases"]] == ["fetch", "deploy", "converge", "asserts", "teardown"]
+    custom = next(a for a in result["asserts"] if a["name"] == "custom:tests/ccci-assert")
+    assert f"{helpers.NOTES_SEED_ROWS} notes" in custom["detail"]  # ccci.yaml env reached the stack
     assert helpers.objects_of_app(cold_app_name("notes", run_id)) == []
     subjects = helpers.log_subjects(controller_clone)
     assert subjects[0].startswith(f"[cold] notes@{recipes['notes'].versions[1][:7]} pass (run {run_id})")

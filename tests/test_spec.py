@@ -122,8 +122,12 @@ def test_overlay_labels_everything_and_publishes_the_http_service(recipe: Path) 
     assert doc["configs"]["nginx_conf"]["template_driver"] == "golang"
     assert "ccci.commit" not in doc["volumes"]["postgres"]["labels"]
     assert "proxy" not in doc["networks"] and "secrets" not in doc  # external: not ours to label
-    env = stack_env(layout, spec(), {})
+    with_settings = DeploySpec(spec().identity, "example-abc123.ci.test", "app", 80, 24000,
+                               env={"LETS_ENCRYPT_ENV": "staging", "STACK_NAME": "nope"})
+    env = stack_env(layout, with_settings, {"CCCI_SSO_REALM": "example-abc123"})
     assert (env["STACK_NAME"], env["DOMAIN"]) == ("example-abc123", "example-abc123.ci.test")
+    assert env["LETS_ENCRYPT_ENV"] == "staging" and env["CCCI_SSO_REALM"] == "example-abc123"
+    env = stack_env(layout, spec(), {})
     assert "COMPOSE_FILE" not in env and env["LETS_ENCRYPT_ENV"] == "production"
 
 
@@ -145,3 +149,29 @@ def test_compose_file_outside_the_recipe_is_refused(recipe: Path) -> None:
     (recipe / ".env.sample").write_text("COMPOSE_FILE=compose.yml:../../etc/passwd\n")
     with pytest.raises(BadInput, match="outside the recipe"):
         read_layout(recipe, {})
+
+
+def test_convergence_verdicts() -> None:
+    from controller.runtime.stack import AppState, ServiceState, TaskState, convergence_problem
+
+    def task(state: str, desired: str = "running", commit: str = "c1", err: str = "",
+             code: int | None = None) -> TaskState:
+        return TaskState(id="t", state=state, desired=desired, error=err, commit=commit, exit_code=code, created="")
+
+    def app(*tasks: TaskState, update: str | None = None) -> AppState:
+        return AppState("a", [ServiceState("app", "a_app", 1, update, "", "c1", list(tasks))])
+
+    assert convergence_problem(app(task("running")), expected_commit="c1", known_failures={}) == (None, None)
+    fatal, _ = convergence_problem(app(*[task("failed", "shutdown", err="boom", code=1)] * 3, task("starting")),
+                                   expected_commit=None, known_failures={})
+    assert fatal and "restart loop" in fatal and "boom" in fatal
+    # Killed as unhealthy, exited 0, restart policy on-failure: nothing will ever run again.
+    fatal, _ = convergence_problem(app(task("complete", "shutdown", code=0)), expected_commit=None, known_failures={})
+    assert fatal and "no task running or scheduled" in fatal
+    _, waiting = convergence_problem(app(task("running", commit="c0")), expected_commit="c1", known_failures={})
+    assert waiting and "still runs commit c0" in waiting
+    fatal, _ = convergence_problem(app(task("running"), update="rollback_completed"), expected_commit=None,
+                                   known_failures={})
+    assert fatal and "rollback_completed" in fatal
+    _, waiting = convergence_problem(app(task("starting")), expected_commit=None, known_failures={})
+    assert waiting == "service app has 0/1 tasks running"

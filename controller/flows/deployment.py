@@ -48,6 +48,7 @@ class Deployment:
             http_service=http.service if http.enabled else None,
             http_port=http.port,
             host_port=self.host_port if http.enabled else None,
+            env=dict(self.recipe.env),
         )
 
     def assert_env(self) -> dict[str, str]:

@@ -10,6 +10,8 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+_CHANGES = frozenset({"created", "deleted", "modified", "moved", "closed"})
+
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, root: Path, wake: Any) -> None:
@@ -18,6 +20,8 @@ class _Handler(FileSystemEventHandler):
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _CHANGES:
+            return  # opened / closed-without-write: our own reads must not wake the loop
         paths = [str(event.src_path)]
         if getattr(event, "dest_path", ""):
             paths.append(str(event.dest_path))

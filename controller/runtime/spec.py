@@ -50,16 +50,17 @@ class DeploySpec:
 
 
 def stack_env(layout: RecipeLayout, spec: DeploySpec, extra: dict[str, str]) -> dict[str, str]:
-    """The stack's env as abra builds it: .env.sample, then the run's own values."""
+    """The stack's env as abra builds it: `.env.sample`, then the operator's per-recipe `env`
+    from ccci.yaml, then the run's own values (names, domain, realm details) which always win."""
     env = dict(layout.env_sample)
-    env.update(extra)
+    env.update(spec.env)
     env.update({
         "STACK_NAME": spec.identity.app,
         "DOMAIN": spec.domain,
         "CCCI_APP": spec.identity.app,
         "CCCI_COMMIT": spec.identity.commit,
     })
-    env.update(spec.env)
+    env.update(extra)
     env.pop("COMPOSE_FILE", None)
     return env
 

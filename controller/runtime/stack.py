@@ -123,8 +123,16 @@ class ServiceState:
 
     @property
     def failures(self) -> list[TaskState]:
-        return [t for t in self.tasks if t.state in FAILED_STATES
+        """Tasks that ended without being asked to: failed, rejected, or exited on their own
+        (`complete` — e.g. an app that exits 0 when swarm kills it as unhealthy)."""
+        return [t for t in self.tasks if t.state in FAILED_STATES or t.state == "complete"
                 or (t.desired == "shutdown" and t.exit_code not in (None, 0) and t.state != "shutdown")]
+
+    @property
+    def scheduled(self) -> list[TaskState]:
+        """Tasks swarm still means to run (running, starting, or waiting to start)."""
+        return [t for t in self.tasks if t.desired in ("running", "ready", "accepted")
+                and t.state not in (*FAILED_STATES, "complete", "shutdown", "orphaned", "remove")]
 
 
 @dataclass
@@ -201,6 +209,10 @@ def convergence_problem(state: AppState, *, expected_commit: str | None,
         rejected = [t for t in svc.tasks if t.state == "rejected" and t.desired == "running"]
         if rejected:
             return f"service {svc.name}: task rejected: {rejected[-1].error}", None
+        if svc.tasks and svc.replicas > 0 and not svc.scheduled and svc.failures:
+            last = svc.failures[-1]
+            why = last.error or f"{last.state}, exit {last.exit_code}"
+            return f"service {svc.name} has no task running or scheduled (restart policy gave up): {why}", None
         if svc.update_state in ("updating", "rollback_started"):
             waiting = waiting or f"service {svc.name} is updating"
             continue
