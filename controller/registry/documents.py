@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.registry import schemas
-from controller.registry.yamlio import load_untrusted, read_untrusted
+from controller.registry.yamlio import load_untrusted, read_capped, read_untrusted
 from controller.util.errors import BadInput
 from controller.util.paths import RUN_ID_RE
 
@@ -116,17 +116,7 @@ def parse_request(raw: bytes, file_name: str) -> Request:
 
 
 def read_request(path: Path) -> Request:
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(REQUEST_MAX_BYTES + 1)
-    except OSError as exc:
-        raise BadInput(f"requests/{path.name}: cannot read the file: {exc.strerror}") from exc
-    if len(raw) > REQUEST_MAX_BYTES:
-        raise BadInput(
-            f"requests/{path.name}: the file is {path.stat().st_size} bytes, "
-            f"over the {REQUEST_MAX_BYTES}-byte limit"
-        )
-    return parse_request(raw, path.name)
+    return parse_request(read_capped(path, f"requests/{path.name}", REQUEST_MAX_BYTES), path.name)
 
 
 def parse_canonical(raw: bytes, where: str) -> Canonical:

@@ -210,8 +210,8 @@ def convergence_problem(state: AppState, *, expected_commit: str | None,
         if rejected:
             return f"service {svc.name}: task rejected: {rejected[-1].error}", None
         if svc.tasks and svc.replicas > 0 and not svc.scheduled and svc.failures:
-            last = svc.failures[-1]
-            why = last.error or f"{last.state}, exit {last.exit_code}"
+            ended = svc.failures[-1]
+            why = ended.error or f"{ended.state}, exit {ended.exit_code}"
             return f"service {svc.name} has no task running or scheduled (restart policy gave up): {why}", None
         if svc.update_state in ("updating", "rollback_started"):
             waiting = waiting or f"service {svc.name} is updating"
