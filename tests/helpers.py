@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+        threading.Event().wait(interval)  # the poll's pause, bounded by the deadline above
 
 
 def ccci(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
