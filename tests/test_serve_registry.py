@@ -211,3 +211,23 @@ def test_a_controller_bug_costs_one_request_not_the_daemon(
     assert "unexpected error in the controller while dispatching: RuntimeError: injected bug" in \
         results[poisoned]["error"]
     assert results[fine]["outcome"] == "rejected" and "has no commit" in results[fine]["error"]
+
+
+def test_uncommitted_leftovers_of_a_crash_do_not_pass_for_a_claim(
+    static_registry: tuple[RemoteRegistry, Path], state_dir: Path
+) -> None:
+    """A controller killed between writing a result file and committing it left the file:
+    the next pass must not take it for a claim."""
+    remote, _recipe = static_registry
+    name = f"{STAMP}-static-0000c1"
+    remote.edit({f"requests/{name}.yaml": request_doc("static", ref="e" * 40)})
+    clone = remote.clone("controller")
+    leftover = clone / "results" / "2026-11" / f"{name}.yaml"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("run: x\noutcome: running\nmode: cold\n")
+    proc = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert "discarding uncommitted registry changes" in proc.stderr
+    result = results_in(clone)[name]
+    assert result["outcome"] == "rejected" and "has no commit" in result["error"]
+    assert helpers.git(clone, "status", "--porcelain") == ""

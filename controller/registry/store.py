@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 12
 LAYOUT_DIRS = ("canonicals", "snapshots-index", "requests", "results")
+# What the controller (and `ccci request`) write, always under the clone lock, always committed.
+CONTROLLER_DIRS = LAYOUT_DIRS
 
 # A mutation writes files under the registry root and returns the paths it touched
 # (relative), or None when, on a fresh look at the registry, there is nothing to do.
@@ -93,11 +95,23 @@ class Registry:
             return None
         return ref
 
+    def discard_uncommitted(self) -> None:
+        """Only commits count: a file the controller wrote but never committed (it crashed in
+        between) would otherwise pass for a claim or a verdict. Undo such leftovers."""
+        dirty = self.git("status", "--porcelain", "--untracked-files=all", "--", *CONTROLLER_DIRS)
+        if not dirty:
+            return
+        log.warning("discarding uncommitted registry changes (a crash left them): %s",
+                    ", ".join(line[3:] for line in dirty.splitlines()[:10]))
+        self.git("checkout", "--quiet", "HEAD", "--", *[d for d in CONTROLLER_DIRS if (self.root / d).exists()])
+        self.git("clean", "--quiet", "-fd", "--", *CONTROLLER_DIRS)
+
     def sync(self) -> None:
         """Fetch, then put local commits on top of the remote; push what is still unpushed."""
-        if not self.remote:
-            return
         with self.locked():
+            self.discard_uncommitted()
+            if not self.remote:
+                return
             self.git("fetch", "--quiet", self.remote)
             upstream = self._upstream()
             if upstream is None:
