@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"controller.commands.{name}")
         module.register(subparsers)
+    # The global options work after the subcommand too (`ccci status --state-dir …`).
+    for sub in subparsers.choices.values():
+        sub.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

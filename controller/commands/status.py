@@ -29,16 +29,20 @@ def execute(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     table = Table(title=f"ccci registry {status['registry']}")
-    for column in ("recipe", "known-good", "snapshot", "last run", "mode", "outcome"):
+    for column in ("recipe", "known-good", "snapshot", "last cold", "last quick", "last run"):
         table.add_column(column)
+
+    def brief(run: dict[str, str] | None) -> str:
+        return f"{run['outcome']} @{(run['ref'] or '?')[:7]}" if run else "-"
+
     for row in status["recipes"]:
         table.add_row(
             row["recipe"],
             (row["known_good"] or "-")[:12],
             (row["snapshot_commit"] or "-")[:12],
-            row["last_run"] or "-",
-            row["last_mode"] or "-",
-            row["last_outcome"] or "-",
+            brief(row["last_cold"]),
+            brief(row["last_quick"]),
+            f"{row['last_run'] or '-'} {row['last_outcome'] or ''}",
         )
     console.print(table)
     if status["running"]:

@@ -11,14 +11,24 @@ from controller.util.errors import CcciError
 from controller.util.paths import StateDir
 
 
+def _brief(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    return {"run": doc.get("run"), "ref": doc.get("ref"), "outcome": doc.get("outcome"),
+            "finished_at": doc.get("finished_at")}
+
+
 def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
     settings = registry.settings()
     results = registry.all_results()
     latest: dict[str, dict[str, Any]] = {}
+    latest_by_mode: dict[tuple[str, str], dict[str, Any]] = {}
     for doc in sorted(results, key=lambda d: str(d.get("started_at") or "")):
         recipe = doc.get("recipe")
         if isinstance(recipe, str):
             latest[recipe] = doc
+            if doc.get("mode") in ("cold", "quick", "rewarm"):
+                latest_by_mode[(recipe, str(doc["mode"]))] = doc
     recipes = []
     for name in sorted(settings.recipes):
         canonical_error: str | None = None
@@ -42,6 +52,7 @@ def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
             "last_mode": last.get("mode") if last else None,
             "last_outcome": last.get("outcome") if last else None,
             "last_finished_at": last.get("finished_at") if last else None,
+            **{f"last_{mode}": _brief(latest_by_mode.get((name, mode))) for mode in ("cold", "quick", "rewarm")},
         })
     daemons = []
     serve_dir = state.root / "serve"
