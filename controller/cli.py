@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ccci: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `ccci status --json | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:
         log.error("unexpected error:\n%s", traceback.format_exc())
         print(f"ccci: unexpected error; details in {log_file}", file=sys.stderr)
