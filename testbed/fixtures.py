@@ -43,7 +43,7 @@ class RecipeRepo:
         start = base or "main"
         _git(self.path, "checkout", "-q", "-B", branch, start)
         _replace_tree(self.path, RECIPES / self.name / str(version))
-        _git(self.path, "add", "-A")
+        _stage_all(self.path)
         _git(self.path, "commit", "-q", "--allow-empty", "-m", message or f"{branch}: version {version}")
         sha = _git(self.path, "rev-parse", "HEAD")
         _git(self.path, "checkout", "-q", "main")
@@ -57,7 +57,7 @@ class RecipeRepo:
             target = self.path / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
-        _git(self.path, "add", "-A")
+        _stage_all(self.path)
         _git(self.path, "commit", "-q", "-m", message)
         sha = _git(self.path, "rev-parse", "HEAD")
         _git(self.path, "checkout", "-q", "main")
@@ -71,13 +71,21 @@ class RecipeRepo:
         if self.versions:
             _git(self.path, "checkout", "-q", "main")
         _replace_tree(self.path, RECIPES / self.name / str(version))
-        _git(self.path, "add", "-A")
+        _stage_all(self.path)
         _git(self.path, "commit", "-q", "--allow-empty", "-m", message or f"version {version}")
         sha = _git(self.path, "rev-parse", "HEAD")
         if tag:
             _git(self.path, "tag", "-f", f"{version}.0.0")
         self.versions[version] = sha
         return sha
+
+
+def _stage_all(repo: Path) -> None:
+    """Stage the work tree exactly. Versions of a file often have equal sizes, and copies keep
+    mtimes (a fresh clone gives every file the same one), so git's stat cache would take a
+    changed file for unchanged: empty the index and hash everything."""
+    _git(repo, "read-tree", "--empty")
+    _git(repo, "add", "-A")
 
 
 def _replace_tree(repo: Path, source: Path) -> None:

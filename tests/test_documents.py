@@ -129,3 +129,4 @@ def test_project_examples_are_valid_documents() -> None:
     assert canonical.recipe == "notes"
     index = documents.parse_snapshot_index((root / "snapshots-index" / "example.yaml").read_bytes(), "example")
     assert index.app == "warm-notes"
+

@@ -230,3 +230,35 @@ def test_rewarm_from_scratch_after_losing_volumes_and_snapshot(
         assert snapshots.verify_snapshot(state_dir / "snapshots", app).commit == repo.versions[1]
     finally:
         remove_warm_app(app)
+
+
+def test_stateless_recipe_gets_an_empty_snapshot_and_quick_runs(
+        git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path, docker_host: str) -> None:
+    """A recipe without volumes still has a warm app: its snapshot is empty, quick still tests
+    the upgrade (and the rollback has nothing to restore)."""
+    repo = build_recipe("static", tmp_path / "recipes" / "static", versions=[1])
+    stateless = {}
+    for version in (1, 2):
+        compose = repo.read(repo.versions[1], "compose.yml").replace(
+            'command: ["sh", "-c", "date >> /data/starts.log && exec httpd -f -v -p 80 -h /www"]',
+            'command: ["httpd", "-f", "-v", "-p", "80", "-h", "/www"]').replace(
+            "    volumes:\n      - data:/data\n", "").replace("volumes:\n  data:\n\n", "")
+        assert "volumes" not in compose
+        stateless[version] = repo.commit_files("main", {
+            "compose.yml": compose, "index.html": f"<h1>static fixture v{version}</h1>\n",
+            # Configs are immutable in swarm: a changed file needs a new version in its name.
+            ".env.sample": repo.read(repo.versions[1], ".env.sample").replace(
+                "INDEX_VERSION=v1", f"INDEX_VERSION=v{version}"),
+            "tests/ccci-assert": repo.read(repo.versions[1], "tests/ccci-assert").replace(
+                "static fixture v1", f"static fixture v{version}")}, message=f"stateless v{version}")
+    git_remote.set_recipes(recipe_entry("static", repo.path, **STATIC_OPTIONS))
+    clone = git_remote.clone("controller")
+    try:
+        _run, cold = run_request(clone, state_dir, "static", stateless[1])
+        assert cold["outcome"] == "pass" and cold["canonical"]["advanced"], cold
+        assert rewarm(clone, state_dir, "static").returncode == 0
+        assert helpers.read_yaml(clone / "snapshots-index" / "warm-static.yaml")["volumes"] == {}
+        _run, quick = run_request(clone, state_dir, "static", stateless[2], mode="quick")
+        assert quick["outcome"] == "pass" and quick["mode"] == "quick", quick
+    finally:
+        remove_warm_app("warm-static")

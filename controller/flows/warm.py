@@ -78,9 +78,7 @@ def take_app_snapshot(state: StateDir, app: str, commit: str, run_id: str | None
     """Snapshot the undeployed app's volumes; the old last-known-good stays until the new one
     verifies (the library swaps atomically)."""
     refuse_if_live(app, "snapshot")
-    volumes = stack.volume_paths(app)
-    if not volumes:
-        raise CheckFailed(f"{app} has no volumes to snapshot")
+    volumes = stack.volume_paths(app)  # none (a stateless recipe): an empty, valid snapshot
     info = snapshots.take_snapshot(state.snapshots, app, volumes, commit=commit, run_id=run_id,
                                    min_free_bytes=min_free_bytes(min_free_gb),
                                    allowed_root=stack.volumes_root())

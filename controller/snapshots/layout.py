@@ -98,8 +98,7 @@ def resolve_volumes(
     store_root: Path, volumes: dict[str, Path], allowed_root: Path | None
 ) -> dict[str, Path]:
     """Check names and paths; return real, existing directories, none overlapping the store."""
-    if not volumes:
-        raise BadInput("no volumes given")
+    # No volumes is a valid, empty snapshot: a stateless recipe's warm app has nothing to keep.
     store = store_root.absolute().resolve()
     allowed = allowed_root.resolve() if allowed_root is not None else None
     resolved: dict[str, Path] = {}
