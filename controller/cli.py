@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # One module per subcommand under controller/commands/; each has `register(subparsers)`.
 COMMANDS = (
     "init", "request", "trigger", "serve", "run", "status", "sweep", "snapshot", "canonical", "warm",
-    "leaks", "audit",
+    "leaks", "audit", "prune",
 )
 
 

@@ -133,7 +133,7 @@ def test_reconcile_applies_a_healthy_upgrade_and_rolls_back_a_broken_one_with_da
     assert labels["mode"] == "infra" and not labels["run"], labels
     # The cold clean-up and the leak check leave the live infra alone.
     ctx = Context.open(Registry(managed.clone), StateDir(managed.state))
-    assert managed.app not in cleanup.stale_cold_apps(ctx)
+    assert managed.app not in cleanup.stale_cold_apps(ctx.state)
     leaks = helpers.ccci("--state-dir", str(managed.state), "leaks")
     assert managed.app not in leaks.stdout + leaks.stderr
 

@@ -100,7 +100,7 @@ def recover_at_start(ctx: Context) -> None:
 
 def _teardown_leftovers(ctx: Context) -> None:
     try:
-        cleanup.teardown_cold_leftovers(ctx)
+        cleanup.teardown_cold_leftovers(ctx.state)
     except CcciError as exc:
         # No engine reachable: serve still answers requests (rejections, errors) and retries.
         log.error("start-up teardown skipped: %s", exc.message)

@@ -16,11 +16,12 @@ from controller.flows.warm import (
     restore_app,
     take_app_snapshot,
     warm_app_name,
+    write_warm_state,
 )
 from controller.registry import documents
 from controller.registry.results import RunResult, commit_message
 from controller.registry.yamlio import dump_document
-from controller.runtime import probe, stack
+from controller.runtime import images, probe, stack
 from controller.util import inflight
 from controller.util.errors import CcciError, CheckFailed
 from controller.util.log import run_context
@@ -88,6 +89,8 @@ def _rewarm_locked(ctx: Context, result: RunResult, recipe_name: str, app: str) 
                 dep.extra_env.update(realm.env())
         deployment.deploy_app(ctx, result, dep)
         passed = deployment.converge_and_assert(ctx, result, dep, deadline)
+        if passed:  # prune keeps what the snapshot's commit needs to reattach
+            write_warm_state(ctx.state, app, images=sorted(images.service_image_refs(app)))
     finally:
         try:
             deployment.undeploy_app(ctx, result, app, remove_volumes=False)

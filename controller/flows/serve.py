@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from controller.flows import dispatch, recover, rewarm, sweep
+from controller.flows import dispatch, prune, recover, rewarm, sweep
 from controller.flows.canonical import finish_run
 from controller.flows.context import Context
 from controller.registry import git as gitmod
@@ -50,6 +51,7 @@ class Server:
         self.active_lock = threading.Lock()
         self.stopping = False
         self._heartbeat = ctx.state.root / "serve" / f"{os.getpid()}.json"
+        self._last_prune: float | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class Server:
                 return 1
             clear_alert(self.ctx.state, "settings")
             self._start_sweep_if_due()
+            self._prune_if_due()
             pending_count += self._start_queued_rewarms()
             for name in self.ctx.registry.pending_request_names():
                 with self.active_lock:
@@ -161,6 +164,24 @@ class Server:
         finally:
             self._write_heartbeat()
         return pending_count
+
+    def _prune_if_due(self) -> None:
+        """Every `limits.prune_interval_s` (not with --once), and whenever the disk is low
+        (at most once a minute): prune what no run, warm app or live infra needs."""
+        settings = self.ctx.settings
+        now = time.monotonic()
+        since = now - self._last_prune if self._last_prune is not None else None
+        if since is not None and since < 60:
+            return
+        due = not self.once and (since is None or since >= settings.prune_interval_s)
+        policy = prune.PrunePolicy(images=settings.prune_images, keep_images=settings.prune_keep_images,
+                                   min_free_gb=settings.disk_min_free_gb)
+        try:
+            if prune.prune_for_serve(self.ctx.state, policy, force=due) is not None or due:
+                self._last_prune = now
+        except CcciError as exc:
+            log.warning("prune failed (will retry): %s", exc.message)
+            self._last_prune = now
 
     def _start_sweep_if_due(self) -> None:
         settings = self.ctx.settings

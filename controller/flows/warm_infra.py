@@ -23,14 +23,14 @@ from controller.flows.deployment import Deployment
 from controller.registry import recipes
 from controller.registry.results import Phase, RunResult
 from controller.registry.settings import KeycloakSettings, RecipeSettings
-from controller.runtime import engine, stack
+from controller.runtime import engine, images, stack
 from controller.sso import client as sso_client
 from controller.sso.client import KeycloakAdminClient
 from controller.sso.naming import in_use, is_ours
 from controller.util import inflight
 from controller.util.alerts import clear_alert, raise_alert
 from controller.util.errors import BadInput, CcciError, ExternalError
-from controller.util.locks import exclusive
+from controller.util.locks import exclusive, shared
 from controller.util.log import register_secret
 from controller.util.paths import StateDir, check_app_name
 from controller.util.timeutil import Deadline, now_iso
@@ -296,6 +296,7 @@ def _write_deployed(state: StateDir, app: str, commit: str, version: Version | N
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"app": app, "commit": commit, "version": show(version) if version else None,
+                               "images": sorted(images.service_image_refs(app)),  # kept by prune
                                "deployed_at": now_iso()}, sort_keys=True))
     os.replace(tmp, path)
 
@@ -463,5 +464,6 @@ def reconcile(ctx: Context, *, approve: str | None = None) -> ReconcileReport:
         clear_alert(ctx.state, WARM_DOWN_ALERT)
         return ReconcileReport("healthy", f"the external Keycloak at {endpoint.url} is healthy")
     reconciler = _Reconciler(ctx, endpoint, keycloak_recipe(ctx))
-    with exclusive(ctx.state.app_lock(reconciler.app), timeout=0, what=f"the live Keycloak {reconciler.app}"):
+    with (exclusive(ctx.state.app_lock(reconciler.app), timeout=0, what=f"the live Keycloak {reconciler.app}"),
+          shared(ctx.state.prune_gate)):
         return reconciler.run(approve)

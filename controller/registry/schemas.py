@@ -131,6 +131,10 @@ SETTINGS: dict[str, Any] = {
             "properties": {
                 "max_parallel_cold": {"type": "integer", "minimum": 1, "maximum": 64},
                 "disk_min_free_gb": {"type": "number", "minimum": 0},
+                "prune_images": {"enum": ["dangling", "unused", "none"]},
+                "prune_keep_images": {"type": "array", "items": {"type": "string", "minLength": 1,
+                                                                 "maxLength": 256}},
+                "prune_interval_s": {"type": "number", "minimum": 60},
             },
         },
         "serve": {

@@ -73,6 +73,11 @@ class Settings:
     keycloak: KeycloakSettings = field(default_factory=KeycloakSettings)
     max_parallel_cold: int = 2
     disk_min_free_gb: float = 10.0
+    # What prune may remove of images: dangling (untagged, no container), unused (also tagged
+    # images nothing live or warm needs; for hosts that can pull again), none.
+    prune_images: str = "dangling"
+    prune_keep_images: tuple[str, ...] = ()  # fnmatch patterns of image names prune never removes
+    prune_interval_s: float = 3600.0
     identity_name: str = "ccci"
     identity_email: str = "ccci@localhost"
     poll_interval_s: float = 30.0
@@ -132,6 +137,9 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
         keycloak=keycloak,
         max_parallel_cold=limits.get("max_parallel_cold", 2),
         disk_min_free_gb=float(limits.get("disk_min_free_gb", 10.0)),
+        prune_images=limits.get("prune_images", "dangling"),
+        prune_keep_images=tuple(limits.get("prune_keep_images", ())),
+        prune_interval_s=float(limits.get("prune_interval_s", 3600.0)),
         identity_name=os.environ.get("CCCI_GIT_NAME") or identity.get("name", "ccci"),
         identity_email=os.environ.get("CCCI_GIT_EMAIL") or identity.get("email", "ccci@localhost"),
         poll_interval_s=float((doc.get("serve") or {}).get("poll_interval_s", 30.0)),
@@ -187,5 +195,10 @@ sweep: {at: "02:00", timezone: UTC, max_tests: 10, order: stalest-first}
 warm:
   keycloak: {mode: off}
 
-limits: {max_parallel_cold: 2, disk_min_free_gb: 10}
+# Host safety. A take needs a full copy plus disk_min_free_gb free. Prune (`ccci prune`, and
+# `serve` every prune_interval_s or when free space drops below disk_min_free_gb) removes cold
+# leftovers, dead runs' work dirs and images: prune_images dangling (default), unused (also
+# tagged images no container, live service, warm app or live infra needs: for hosts that can
+# pull again) or none. prune_keep_images: name patterns prune never removes.
+limits: {max_parallel_cold: 2, disk_min_free_gb: 10, prune_images: dangling, prune_keep_images: []}
 """

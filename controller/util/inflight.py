@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.util import locks
 from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso
 
@@ -27,6 +28,7 @@ class Marker:
     data: dict[str, Any]
     lock_fd: int | None = None
     lock_path: Path | None = None
+    gate_fd: int | None = None  # the prune gate, held shared while the run is in flight
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
@@ -38,9 +40,10 @@ class Marker:
             self.path.unlink(missing_ok=True)
             if self.lock_path is not None:
                 self.lock_path.unlink(missing_ok=True)
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+        for fd in (self.lock_fd, self.gate_fd):
+            if fd is not None:
+                os.close(fd)
+        self.lock_fd = self.gate_fd = None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -59,8 +62,13 @@ def _lock_path(state: StateDir, run_id: str) -> Path:
 def begin(state: StateDir, run_id: str, **fields: Any) -> Marker:
     """Mark `run_id` in flight until `Marker.end()`; the marker survives a crash, the lock not."""
     state.runs.mkdir(parents=True, exist_ok=True)
+    gate_fd = locks.hold_shared(state.prune_gate)
     lock_path = _lock_path(state, run_id)
-    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except BaseException:
+        os.close(gate_fd)
+        raise
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         marker = Marker(
@@ -70,10 +78,12 @@ def begin(state: StateDir, run_id: str, **fields: Any) -> Marker:
              "started_at": now_iso(), **fields},
             lock_fd,
             lock_path,
+            gate_fd,
         )
         _write_json(marker.path, marker.data)
     except BaseException:
         os.close(lock_fd)
+        os.close(gate_fd)
         raise
     return marker
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +55,43 @@ def is_held_elsewhere(path: Path) -> bool:
         return True
     probe.release()
     return False
+
+
+# -- the prune gate: runs hold it shared, prune takes it exclusive only when nobody holds it ------
+
+def hold_shared(path: Path) -> int:
+    """Take a shared flock on `path` (waits only while a prune holds it); returns the fd to
+    close to release. Each call opens its own descriptor, so threads hold it independently."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def shared(path: Path) -> Iterator[None]:
+    fd = hold_shared(path)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_if_free(path: Path) -> Iterator[bool]:
+    """Yield True holding an exclusive flock on `path`, or False at once when anyone holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

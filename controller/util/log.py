@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import logging.handlers
 import sys
 import threading
 import time
@@ -90,7 +91,9 @@ def setup_logging(*, level: str = "INFO", json_lines: bool = False, log_file: Pa
     root.addHandler(stream)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file)
+        # Several ccci processes append to one file; an operator's logrotate moves it away and
+        # each of them reopens it on its next line.
+        file_handler = logging.handlers.WatchedFileHandler(log_file)
         file_handler.setFormatter(
             _JsonFormatter() if json_lines else _MaskingFormatter(
                 "%(asctime)s %(levelname)s [%(run)s] %(name)s: %(message)s"

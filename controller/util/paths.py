@@ -74,6 +74,11 @@ class StateDir:
 
         return hashlib.sha256(f"{socket.gethostname()}:{self.root.resolve()}".encode()).hexdigest()[:12]
 
+    @property
+    def prune_gate(self) -> Path:
+        """Held shared by every run, exclusive by a prune of what runs may need (images)."""
+        return self.locks / "prune.gate"
+
     def app_lock(self, app: str) -> Path:
         return self.locks / f"app-{check_app_name(app)}.lock"
 
