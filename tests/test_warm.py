@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller import snapshots
+from controller.flows.prune import warm_image_refs
 from controller.runtime import stack
 from controller.util.paths import StateDir
 from testbed.fixtures import RecipeRepo, build_recipe
@@ -67,6 +68,9 @@ def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: R
         index = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
         assert index["commit"] == v1
         assert helpers.log_subjects(clone)[0].startswith(f"[rewarm] notes@{v1[:7]} pass")
+        # Prune must keep what reattaching the snapshot's commit needs.
+        assert warm_image_refs(StateDir(state_dir))[0] == {
+            "ccci-test/python:bookworm": app, "ccci-test/postgres:15": app}
         before = tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml")
         digest = snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256  # type: ignore[union-attr]
 
