@@ -95,6 +95,20 @@ def test_env_sample_is_read_as_abra_does() -> None:
     assert interpolate("${STACK_NAME}_x_${V:-v9}_$$", {"STACK_NAME": "s"}) == "s_x_v9_$"
 
 
+def test_abra_sh_exports_override_env_sample_and_are_never_run(recipe: Path) -> None:
+    (recipe / "abra.sh").write_text(
+        "export NGINX_CONF_VERSION=v3\n"
+        "export APP_ENTRYPOINT_VERSION='v1'  # a comment\n"
+        "abra_backup_app() {\n  export NGINX_CONF_VERSION=from-a-function\n  touch /tmp/ran\n}\n"
+        "NOT_EXPORTED=x\n")
+    layout = read_layout(recipe, {"STACK_NAME": "example-abc123", "DOMAIN": "d"})
+    assert layout.env_sample["NGINX_CONF_VERSION"] == "v3"
+    assert layout.env_sample["APP_ENTRYPOINT_VERSION"] == "v1"
+    assert "NOT_EXPORTED" not in layout.env_sample
+    env = stack_env(layout, spec(), {})
+    assert interpolate("${STACK_NAME}_nginx_conf_${NGINX_CONF_VERSION}", env) == "example-abc123_nginx_conf_v3"
+
+
 def test_layout_follows_compose_file_and_names_external_objects(recipe: Path) -> None:
     layout = read_layout(recipe, {"STACK_NAME": "example-abc123", "DOMAIN": "d"})
     assert layout.compose_files == ["compose.yml", "compose.smtp.yml"]

@@ -251,8 +251,8 @@ def test_stateless_recipe_gets_an_empty_snapshot_and_quick_runs(
         stateless[version] = repo.commit_files("main", {
             "compose.yml": compose, "index.html": f"<h1>static fixture v{version}</h1>\n",
             # Configs are immutable in swarm: a changed file needs a new version in its name.
-            ".env.sample": repo.read(repo.versions[1], ".env.sample").replace(
-                "INDEX_VERSION=v1", f"INDEX_VERSION=v{version}"),
+            "abra.sh": repo.read(repo.versions[1], "abra.sh").replace(
+                "export INDEX_VERSION=v1", f"export INDEX_VERSION=v{version}"),
             "tests/ccci-assert": repo.read(repo.versions[1], "tests/ccci-assert").replace(
                 "static fixture v1", f"static fixture v{version}")}, message=f"stateless v{version}")
     git_remote.set_recipes(recipe_entry("static", repo.path, **STATIC_OPTIONS))

@@ -42,6 +42,13 @@ def parse_env_file(text: str) -> dict[str, str]:
     return env
 
 
+def abra_sh_exports(text: str) -> dict[str, str]:
+    """The top-level `export NAME=value` lines of a recipe's `abra.sh`, read as abra does, never
+    run (a PR head's shell is untrusted): recipes keep their config versions there."""
+    top_level = [line for line in text.splitlines() if line.startswith("export ")]
+    return parse_env_file("\n".join(top_level))
+
+
 def env_comments(text: str) -> dict[str, str]:
     """Inline comments by key (abra's `# length=32` style hints for secrets)."""
     hints: dict[str, str] = {}
@@ -116,7 +123,7 @@ class RecipeLayout:
     # Top-level definitions as the recipe wrote them (later files win per key): the overlay
     # re-states each with labels added, because the CLI replaces, not merges, these entries.
     definitions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    env_sample: dict[str, str] = field(default_factory=dict)
+    env_sample: dict[str, str] = field(default_factory=dict)  # .env.sample, then abra.sh exports
     env_hints: dict[str, str] = field(default_factory=dict)
     version: str | None = None
 
@@ -142,7 +149,10 @@ def read_layout(checkout: Path, run_env: dict[str, str]) -> RecipeLayout:
     """Read `.env.sample` and the compose files; `run_env` (STACK_NAME, DOMAIN, …) wins."""
     sample_path = checkout / ".env.sample"
     sample_text = sample_path.read_text(errors="replace") if sample_path.is_file() else ""
-    env_sample = parse_env_file(sample_text)
+    abra_sh = checkout / "abra.sh"
+    # As abra: abra.sh's exports (config and secret versions) override .env.sample.
+    env_sample = {**parse_env_file(sample_text),
+                  **(abra_sh_exports(abra_sh.read_text(errors="replace")) if abra_sh.is_file() else {})}
     env = {**env_sample, **run_env}
     files = compose_file_list(checkout, env)
     services: list[str] = []
