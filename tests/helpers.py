@@ -200,6 +200,7 @@ def recipe_entry(name: str, path: Path, **options: object) -> str:
 
 # SEED_ROWS from ccci.yaml overrides the recipe's .env.sample (and keeps the tests quick).
 NOTES_SEED_ROWS = 20000
-NOTES_OPTIONS = {"timeout_s": 300, "stability_s": 2, "http": "{service: app, port: 8080}",
+# No `http`: the recipe's traefik labels name its service and port, as for a real recipe.
+NOTES_OPTIONS = {"timeout_s": 300, "stability_s": 2,
                  "env": f"{{SEED_ROWS: '{NOTES_SEED_ROWS}'}}"}
 STATIC_OPTIONS = {"timeout_s": 120, "stability_s": 1}

@@ -129,3 +129,20 @@ def test_sigterm_to_a_foreground_run_tears_its_app_down(
     serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(controller_clone), "--once")
     assert serve.returncode == 0, serve.stderr
     assert helpers.results_in(controller_clone)[run_id]["outcome"] == "aborted"
+
+
+def test_image_missing_on_the_host_fails_fast_naming_the_image(
+        controller_clone: Path, state_dir: Path, recipes: dict[str, RecipeRepo]) -> None:
+    """Real recipes name upstream images; a host that cannot pull must say which one, at once."""
+    static = recipes["static"]
+    compose = static.read(static.versions[1], "compose.yml").replace(
+        "image: ccci-test/busybox:latest", "image: nginx:1.25-alpine")
+    head = static.commit_files("pr-image", {"compose.yml": compose}, message="use upstream nginx")
+    started = time.monotonic()
+    run_id, result = run_request(controller_clone, state_dir, "static", head)
+    elapsed = time.monotonic() - started
+    assert result["outcome"] == "fail", result
+    assert "nginx:1.25-alpine" in result["error"], result["error"]
+    assert "not on this host" in result["error"], result["error"]
+    assert elapsed < 60, elapsed
+    assert helpers.objects_of_app(cold_app_name("static", run_id)) == []

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.runtime.compose import interpolate, parse_env_file, read_layout
+from controller.registry.settings import HttpSettings
+from controller.runtime.compose import interpolate, parse_env_file, proxied_service, read_layout
 from controller.runtime.spec import AppIdentity, DeploySpec, overlay_document, secret_length, stack_env
 from controller.util.errors import BadInput
 
@@ -107,6 +108,25 @@ def test_abra_sh_exports_override_env_sample_and_are_never_run(recipe: Path) -> 
     assert "NOT_EXPORTED" not in layout.env_sample
     env = stack_env(layout, spec(), {})
     assert interpolate("${STACK_NAME}_nginx_conf_${NGINX_CONF_VERSION}", env) == "example-abc123_nginx_conf_v3"
+
+
+def test_http_service_and_port_come_from_traefik_labels_unless_ccci_yaml_says() -> None:
+    services = {
+        "db": {"image": "postgres"},
+        "web": {"deploy": {"labels": [
+            "traefik.enable=true",
+            "traefik.http.services.${STACK_NAME}.loadbalancer.server.port=${PORT:-3000}",
+        ]}},
+    }
+    assert proxied_service(services, {"STACK_NAME": "s"}) == ("web", 3000)
+    services["web"]["deploy"]["labels"] = {"traefik.enable": "true"}
+    assert proxied_service(services, {}) == ("web", 80)
+    services["web"]["deploy"]["labels"] = {"traefik.enable": "false"}
+    assert proxied_service(services, {}) is None
+    assert HttpSettings().resolve(("web", 3000)) == ("web", 3000)
+    assert HttpSettings(port=8080).resolve(("web", 3000)) == ("web", 8080)
+    assert HttpSettings(service="app").resolve(("web", 3000)) == ("app", 80)
+    assert HttpSettings().resolve(None) == ("app", 80)
 
 
 def test_layout_follows_compose_file_and_names_external_objects(recipe: Path) -> None:

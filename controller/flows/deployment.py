@@ -42,11 +42,12 @@ class Deployment:
 
     def spec(self) -> DeploySpec:
         http = self.recipe.http
+        service, port = http.resolve(self.layout.proxied_http if self.layout else None)
         return DeploySpec(
             identity=AppIdentity(self.app, self.mode, self.run, self.commit, self.owner),
             domain=self.domain,
-            http_service=http.service if http.enabled else None,
-            http_port=http.port,
+            http_service=service if http.enabled else None,
+            http_port=port,
             host_port=self.host_port if http.enabled else None,
             env=dict(self.recipe.env),
         )

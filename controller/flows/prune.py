@@ -142,8 +142,10 @@ def free_space(state: StateDir) -> dict[str, int]:
     roots = [state.root]
     with contextlib.suppress(CcciError):  # no engine: the state dir alone
         roots.append(Path(engine.data_root()))
+    devices = set()
     for root in roots:
-        if root.exists():
+        if root.exists() and root.stat().st_dev not in devices:  # one line per filesystem
+            devices.add(root.stat().st_dev)
             out[str(root)] = shutil.disk_usage(root).free
     return out
 

@@ -90,7 +90,8 @@ def is_loopback(url: str) -> bool:
 
 def service_url(app: str, recipe: RecipeSettings) -> str:
     """The Keycloak service of `app` as containers on the SSO network reach it."""
-    return f"http://{app}_{recipe.http.service}:{recipe.http.port}"
+    service, port = recipe.http.resolve()
+    return f"http://{app}_{service}:{port}"
 
 
 def managed_url(kc: KeycloakSettings) -> str:

@@ -16,10 +16,18 @@ SETTINGS_FILE = "ccci.yaml"
 
 @dataclass(frozen=True)
 class HttpSettings:
-    service: str = "app"  # the recipe's service that answers HTTP
-    port: int = 80  # its container port
+    service: str | None = None  # the recipe's service that answers HTTP (None: see `resolve`)
+    port: int | None = None  # its container port
     path: str = "/"  # what the generic HTTP probe requests
     enabled: bool = True  # false: the recipe serves no HTTP; skip the port and the probe
+
+    def resolve(self, from_recipe: tuple[str, int] | None = None) -> tuple[str, int]:
+        """(service, port): what ccci.yaml says, else what the recipe tells its proxy (traefik
+        labels), else app:80."""
+        service, port = from_recipe or ("app", 80)
+        if self.service is not None and self.service != service:
+            port = 80  # the recipe's port belongs to another service
+        return self.service or service, self.port or port
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,8 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
             timeout_s=raw.get("timeout_s", 600),
             stability_s=float(raw.get("stability_s", 5.0)),
             http=HttpSettings(
-                service=http.get("service", "app"),
-                port=http.get("port", 80),
+                service=http.get("service"),
+                port=http.get("port"),
                 path=http.get("path", "/"),
                 enabled=http.get("enabled", True),
             ),
@@ -174,7 +182,8 @@ identity:
 #   track       the tracked line: a branch name (default main) or "tags"
 #   sso         keycloak: each run gets its own realm on the warm Keycloak
 #   timeout_s   deadline for one run (default 600)
-#   http        {service: app, port: 80, path: /}: the service the HTTP probe reaches
+#   http        {service, port, path: /}: the service the HTTP probe reaches; by default the
+#               service and port the recipe's traefik labels route to, else app and 80
 #   assert      the recipe's custom assert executable (default tests/ccci-assert)
 recipes: {}
 #  notes: {source: https://git.example.org/recipes/notes.git, track: main, timeout_s: 600}

@@ -126,6 +126,37 @@ class RecipeLayout:
     env_sample: dict[str, str] = field(default_factory=dict)  # .env.sample, then abra.sh exports
     env_hints: dict[str, str] = field(default_factory=dict)
     version: str | None = None
+    # (service, port) the recipe tells its proxy to route to (traefik labels), if it does.
+    proxied_http: tuple[str, int] | None = None
+
+
+_TRAEFIK_PORT = re.compile(r"^traefik\.http\.services\.[^.]+\.loadbalancer\.server\.port$")
+
+
+def _label_map(labels: object, env: dict[str, str]) -> dict[str, str]:
+    """Compose labels as a mapping, from either the mapping or the `- key=value` list form."""
+    if isinstance(labels, dict):
+        pairs = [(str(k), "" if v is None else str(v)) for k, v in labels.items()]
+    elif isinstance(labels, list):
+        pairs = [(key, value) for key, _, value in (str(item).partition("=") for item in labels)]
+    else:
+        return {}
+    return {interpolate(k, env).strip(): interpolate(v, env).strip() for k, v in pairs}
+
+
+def proxied_service(services: dict[str, Any], env: dict[str, str]) -> tuple[str, int] | None:
+    """The service a Co-op Cloud recipe exposes through traefik (`traefik.enable=true` in its
+    deploy labels) and the container port it names (`…loadbalancer.server.port`, else 80)."""
+    for name, spec in services.items():
+        deploy = spec.get("deploy") if isinstance(spec, dict) else None
+        labels = _label_map(deploy.get("labels") if isinstance(deploy, dict) else None, env)
+        if labels.get("traefik.enable", "").lower() != "true":
+            continue
+        for key, value in labels.items():
+            if _TRAEFIK_PORT.match(key) and value.isdigit() and 0 < int(value) < 65536:
+                return str(name), int(value)
+        return str(name), 80
+    return None
 
 
 def compose_file_list(checkout: Path, env: dict[str, str]) -> list[str]:
@@ -166,8 +197,10 @@ def read_layout(checkout: Path, run_env: dict[str, str]) -> RecipeLayout:
     version = None
     definitions: dict[str, dict[str, dict[str, Any]]] = {
         "volumes": {}, "networks": {}, "configs": {}, "secrets": {}}
+    proxied: tuple[str, int] | None = None
     for name in files:
         doc = load_compose(checkout / name)
+        proxied = proxied_service(doc["services"], env) or proxied
         for kind, defs in definitions.items():
             for key, spec in (doc.get(kind) or {}).items():
                 defs[key] = dict(spec) if isinstance(spec, dict) else {}
@@ -208,4 +241,5 @@ def read_layout(checkout: Path, run_env: dict[str, str]) -> RecipeLayout:
         env_sample=env_sample,
         env_hints=env_comments(sample_text),
         version=version,
+        proxied_http=proxied,
     )

@@ -193,9 +193,23 @@ def inspect_app(app: str) -> AppState:
     return AppState(app, sorted(out, key=lambda s: s.name))
 
 
+def explain_task_error(error: str) -> str:
+    """A task error as an operator can act on it."""
+    if "No such image" in error:
+        return (f"{error} (the image is not on this host and the engine could not pull it: "
+                "load or build it on the host, or fix the recipe's image tag)")
+    return error
+
+
 def convergence_problem(state: AppState, *, expected_commit: str | None,
                         known_failures: dict[str, int]) -> tuple[str | None, str | None]:
     """Pure: (fatal problem, reason not yet converged). Fatal ends the wait at once."""
+    fatal, waiting = _convergence_problem(state, expected_commit=expected_commit, known_failures=known_failures)
+    return (explain_task_error(fatal) if fatal else None), waiting
+
+
+def _convergence_problem(state: AppState, *, expected_commit: str | None,
+                         known_failures: dict[str, int]) -> tuple[str | None, str | None]:
     if not state.services:
         return None, "no services yet"
     waiting = None
