@@ -90,6 +90,11 @@ class KeycloakAdminClient:
                 if missing_ok and _status(exc) == 404:
                     return None
                 error = _translate(self.url, what, exc)
+            except (TypeError, ValueError) as exc:
+                # python-keycloak could not decode the body: Keycloak cut a listing short while a
+                # realm in it was being deleted (seen with concurrent runs). Ask again.
+                error = ExternalError(f"keycloak at {self.url}: {what}: unreadable response: "
+                                      f"{str(exc)[:200]}", command=what, temporary=True)
             if not error.temporary or attempt == attempts:
                 raise error from None
             log.warning("%s (attempt %d of %d; retrying)", error.message, attempt, attempts)
