@@ -1,0 +1,1 @@
+export INDEX_HTML_VERSION=v2
