@@ -264,5 +264,10 @@ def test_stateless_recipe_gets_an_empty_snapshot_and_quick_runs(
         assert helpers.read_yaml(clone / "snapshots-index" / "warm-static.yaml")["volumes"] == {}
         _run, quick = run_request(clone, state_dir, "static", stateless[2], mode="quick")
         assert quick["outcome"] == "pass" and quick["mode"] == "quick", quick
+        assert "note" not in quick["upgrade"]
+        # The known-good itself: it passes, and the result says no upgrade path was tested.
+        _run, same = run_request(clone, state_dir, "static", stateless[1], mode="quick")
+        assert same["outcome"] == "pass", same
+        assert same["upgrade"]["note"] == "the PR head is the snapshot's commit: no upgrade path was tested"
     finally:
         remove_warm_app("warm-static")

@@ -71,8 +71,9 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
         result.upgrade = {"from": base_commit, "to": commit}
         if base_commit == commit:
             # DESIGN §10: an upgrade test needs a real "from" version; say so, do not hide it.
-            log.warning("quick run of %s: the PR head is the snapshot's commit; no upgrade to test",
-                        request.recipe)
+            note = "the PR head is the snapshot's commit: no upgrade path was tested"
+            result.upgrade["note"] = note
+            log.warning("quick run of %s: %s", request.recipe, note)
         sso_env: dict[str, str] = {}
         if recipe.sso:
             with phase(ctx, result, "sso"):
