@@ -70,8 +70,11 @@ def test_canonical_seeds_advances_and_ignores_unmerged_pr_heads(
                                                    str(clone), "--json", check=True).stdout)
     row = next(r for r in status["recipes"] if r["recipe"] == "static")
     assert (row["known_good"], row["last_mode"], row["last_outcome"]) == (v2, "cold", "pass")
+    assert status["disk"] and status["disk"][0]["path"] == str(state_dir)
+    assert status["disk"][0]["low"] is (status["disk"][0]["free_gib"] < status["disk_min_free_gb"])
     table = helpers.ccci("--state-dir", str(state_dir), "status", "--registry", str(clone), check=True).stdout
     assert "static" in table and v2[:12] in table
+    assert f"disk: {state_dir}" in table.replace("\n", "")
 
     # A human edits the canonical by hand: audit fails, naming that commit.
     git_remote.edit({"canonicals/static.yaml": (clone / "canonicals" / "static.yaml").read_text()

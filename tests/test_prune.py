@@ -225,3 +225,25 @@ def test_prune_cli_reports_json_and_rejects_a_bad_mode(engine: Engine, state_dir
     assert engine.image_exists(dangling)
     bad = helpers.ccci("--state-dir", str(state_dir), "prune", "--images", "all")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_serve_prunes_at_start_and_reports_it_in_its_heartbeat(
+        engine: Engine, git_remote: helpers.RemoteRegistry, state_dir: Path) -> None:
+    dangling = engine.import_image("serve:1", b"one")
+    engine.import_image("serve:1", b"two")
+    clone = git_remote.clone("controller")
+    serve = helpers.ServeProcess(clone, state_dir, "--poll-interval", "0.2")
+    heartbeat = state_dir / "serve" / f"{serve.proc.pid}.json"
+
+    def pruned() -> dict[str, Any] | None:
+        try:
+            return json.loads(heartbeat.read_text()).get("last_prune")  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
+    try:
+        summary = helpers.wait_for(pruned, 60, "a prune in the serve heartbeat")
+        assert summary["removed"] >= 1 and summary["failed"] == 0, summary
+        assert not engine.image_exists(dangling)
+    finally:
+        assert serve.stop() == 0, serve.log()

@@ -49,9 +49,16 @@ def execute(args: argparse.Namespace) -> int:
         console.print(f"running: {', '.join(status['running'])}")
     for alert in status["alerts"]:
         console.print(f"[red]ALERT[/red] {alert.get('key')}: {alert.get('message')}")
+    for disk in status["disk"]:
+        low = " [red](below limits.disk_min_free_gb)[/red]" if disk["low"] else ""
+        console.print(f"disk: {disk['path']} {disk['free_gib']:.1f} GiB free{low}")
     for daemon in status["daemons"]:
         console.print(f"serve pid {daemon.get('pid')}: last pass {daemon.get('last_pass_at')}, "
                       f"{daemon.get('claimed')} claimed, active {daemon.get('active')}")
+        pruned = daemon.get("last_prune")
+        if isinstance(pruned, dict):
+            console.print(f"  last prune {pruned.get('at')}: {pruned.get('removed')} removed, "
+                          f"{pruned.get('failed')} failed")
     return 0
 
 

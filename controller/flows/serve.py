@@ -52,6 +52,7 @@ class Server:
         self.stopping = False
         self._heartbeat = ctx.state.root / "serve" / f"{os.getpid()}.json"
         self._last_prune: float | None = None
+        self._last_prune_summary: dict[str, object] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class Server:
             "git_operations": gitmod.operations_count(),
             "started_at": self.stats.started_at,
             "last_pass_at": now_iso(),
+            "last_prune": self._last_prune_summary,
         }
         tmp = self._heartbeat.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, sort_keys=True))
@@ -177,8 +179,12 @@ class Server:
         policy = prune.PrunePolicy(images=settings.prune_images, keep_images=settings.prune_keep_images,
                                    min_free_gb=settings.disk_min_free_gb)
         try:
-            if prune.prune_for_serve(self.ctx.state, policy, force=due) is not None or due:
+            report = prune.prune_for_serve(self.ctx.state, policy, force=due)
+            if report is not None:
                 self._last_prune = now
+                self._last_prune_summary = {
+                    "at": now_iso(), "removed": sum(1 for i in report.removed if i.removed),
+                    "failed": len(report.failed), "skipped": report.skipped}
         except CcciError as exc:
             log.warning("prune failed (will retry): %s", exc.message)
             self._last_prune = now

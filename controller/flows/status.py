@@ -1,10 +1,11 @@
-"""What `ccci status` reports: recipes, known-good, snapshots, last results, alerts, daemons."""
+"""What `ccci status` reports: recipes, known-good, snapshots, last results, alerts, daemons, disk."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from controller.flows import prune
 from controller.registry.store import Registry
 from controller.util.alerts import list_alerts
 from controller.util.errors import CcciError
@@ -63,6 +64,9 @@ def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
             except (OSError, ValueError):
                 continue
     running = [d.get("run") for d in results if d.get("outcome") == "running"]
+    limit = settings.disk_min_free_gb
+    disk = [{"path": path, "free_gib": round(free / 1024**3, 2), "low": free < limit * 1024**3}
+            for path, free in sorted(prune.free_space(state).items())]
     return {
         "registry": str(registry.root),
         "recipes": recipes,
@@ -70,4 +74,6 @@ def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
         "results": len(results),
         "alerts": list_alerts(state),
         "daemons": daemons,
+        "disk": disk,
+        "disk_min_free_gb": limit,
     }
