@@ -49,6 +49,7 @@ def test_canonical_seeds_advances_and_ignores_unmerged_pr_heads(
     _run, pr = run_request(clone, state_dir, "static", pr_head)
     assert pr["outcome"] == "pass"
     assert pr["canonical"]["advanced"] is False
+    assert pr["canonical"]["reason"] == "not promoted: it is not on main (a PR head that was not merged)"
     assert known_good(clone) == v1
 
     # The same change merged to main: green, descends from known-good, so it advances.
@@ -61,6 +62,7 @@ def test_canonical_seeds_advances_and_ignores_unmerged_pr_heads(
     # An older main commit, green again, never moves known-good backwards.
     _run, older = run_request(clone, state_dir, "static", v1)
     assert older["outcome"] == "pass" and older["canonical"]["advanced"] is False
+    assert older["canonical"]["reason"] == f"not promoted: it does not descend from the known-good {v2[:12]}"
     assert known_good(clone) == v2
 
     code, text = audit(clone)
@@ -102,3 +104,15 @@ def test_audit_catches_a_forged_controller_commit(
     code, text = audit(clone)
     assert code == 1, text
     assert "known_good dddddddddddd is not the commit the message names" in text or "its result tested" in text
+
+
+def test_a_tracked_branch_the_recipe_lacks_is_named_in_the_result(
+        git_remote: RemoteRegistry, static_repo: RecipeRepo, state_dir: Path, docker_host: str) -> None:
+    """Many recipes' main line is `master`; a green run says why it did not promote."""
+    git_remote.set_recipes(recipe_entry("static", static_repo.path, **STATIC_OPTIONS, track="trunk"))
+    clone = git_remote.clone("controller")
+    _run, result = run_request(clone, state_dir, "static", static_repo.versions[1])
+    assert result["outcome"] == "pass" and result["canonical"]["advanced"] is False
+    assert result["canonical"]["reason"] == (
+        "not promoted: the recipe has no branch 'trunk': set recipes.static.track in ccci.yaml to its main line")
+    assert known_good(clone) is None

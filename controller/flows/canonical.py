@@ -76,6 +76,9 @@ def finish_run(ctx: Context, request: Request, result: RunResult) -> bool:
                 result.canonical["advanced"] = True
             else:
                 result.canonical["after"] = before
+                result.canonical["reason"] = (
+                    "not promoted: it is already the known-good" if before == request.ref else
+                    f"not promoted: it does not descend from the known-good {before[:12] if before else '?'}")
         advanced["value"] = bool(result.canonical["advanced"])
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

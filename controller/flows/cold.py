@@ -46,8 +46,11 @@ def run_cold(ctx: Context, request: Request, result: RunResult) -> None:
             result.cause = "recipe"
             failed = [a.name for a in result.asserts if not a.ok]
             result.error = f"asserts failed: {', '.join(failed)}"
-        elif recipes.on_tracked_line(ctx.state, recipe, commit):
-            result.promote = True
+        else:
+            off_line = recipes.off_tracked_line(ctx.state, recipe, commit)
+            result.promote = off_line is None
+            if off_line:
+                result.canonical["reason"] = f"not promoted: {off_line}"
     finally:
         teardown_error = None
         try:

@@ -95,17 +95,24 @@ def is_ancestor(state: StateDir, recipe: RecipeSettings, older: str, newer: str)
     return True
 
 
-def on_tracked_line(state: StateDir, recipe: RecipeSettings, commit: str) -> bool:
-    """Is `commit` on the recipe's tracked line: in the history of the tracked branch, or a
-    tagged release when the line is `tags`? A PR head that was never merged is neither."""
+def off_tracked_line(state: StateDir, recipe: RecipeSettings, commit: str) -> str | None:
+    """None when `commit` is on the recipe's tracked line (in the history of the tracked
+    branch, or a tagged release when the line is `tags`), else why not. A PR head that was
+    never merged is neither."""
     mirror = _mirror(state, recipe)
     if recipe.track == "tags":
-        return bool(git(mirror, "tag", "--points-at", commit).strip())
+        if git(mirror, "tag", "--points-at", commit).strip():
+            return None
+        return f"it is not a tagged release (recipes.{recipe.name}.track is tags)"
     try:
         git(mirror, "rev-parse", "--verify", "--quiet", f"refs/heads/{recipe.track}")
     except ExternalError:
-        return False
-    return is_ancestor(state, recipe, commit, f"refs/heads/{recipe.track}")
+        return (f"the recipe has no branch {recipe.track!r}: set recipes.{recipe.name}.track in "
+                "ccci.yaml to its main line")
+    if is_ancestor(state, recipe, commit, f"refs/heads/{recipe.track}"):
+        return None
+    return f"it is not on {recipe.track} (a PR head that was not merged)"
+
 
 
 def head_of_line(state: StateDir, recipe: RecipeSettings) -> str | None:
