@@ -247,3 +247,28 @@ def test_serve_prunes_at_start_and_reports_it_in_its_heartbeat(
         assert not engine.image_exists(dangling)
     finally:
         assert serve.stop() == 0, serve.log()
+
+
+def test_an_image_the_engine_refuses_to_remove_is_kept_not_failed(
+        engine: Engine, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container created between the listing and the removal makes the engine answer 409:
+    the image stays and prune reports it kept (fault injected at that exact call)."""
+    from controller.runtime import images as images_mod
+    from controller.util.errors import ExternalError
+
+    dangling = engine.import_image("race:1", b"one")
+    engine.import_image("race:1", b"two")
+    real_remove = images_mod.remove_image
+
+    def refuse(ref: str) -> None:
+        if ref == dangling:
+            raise ExternalError("docker: remove image failed (409): conflict", returncode=409,
+                                stderr="conflict: image is being used by a new container")
+        real_remove(ref)
+
+    monkeypatch.setattr(images_mod, "remove_image", refuse)
+    report = prune_flow.prune(StateDir(state_dir).ensure(), PrunePolicy("dangling"))
+    assert not report.failed, report.to_json()
+    kept = {i.name: i.reason for i in report.kept}
+    assert kept[dangling[:19]] == "the engine keeps it: conflict: image is being used by a new container"
+    assert engine.image_exists(dangling)

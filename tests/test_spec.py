@@ -96,6 +96,21 @@ def test_env_sample_is_read_as_abra_does() -> None:
     assert interpolate("${STACK_NAME}_x_${V:-v9}_$$", {"STACK_NAME": "s"}) == "s_x_v9_$"
 
 
+def test_env_values_name_keys_above_them_as_abra_does() -> None:
+    env = parse_env_file('COMPOSE_FILE="compose.yml"\nCOMPOSE_FILE="$COMPOSE_FILE:compose.smtp.yml"\n'
+                         "LITERAL='$COMPOSE_FILE'\nBRACED=${COMPOSE_FILE}:x.yml\nUNSET=$NOPE\n")
+    assert env == {"COMPOSE_FILE": "compose.yml:compose.smtp.yml", "LITERAL": "$COMPOSE_FILE",
+                   "BRACED": "compose.yml:compose.smtp.yml:x.yml", "UNSET": ""}
+
+
+def test_the_operators_env_picks_the_overlays(recipe: Path) -> None:
+    """`recipes.<r>.env` in ccci.yaml reaches file selection and object names, not only the stack."""
+    layout = read_layout(recipe, {"COMPOSE_FILE": "compose.yml", "SECRET_DB_PASSWORD_VERSION": "v7",
+                                  "STACK_NAME": "example-abc123", "DOMAIN": "d"})
+    assert layout.compose_files == ["compose.yml"]
+    assert layout.external_secrets == {"db_password": "example-abc123_db_password_v7"}
+
+
 def test_abra_sh_exports_override_env_sample_and_are_never_run(recipe: Path) -> None:
     (recipe / "abra.sh").write_text(
         "export NGINX_CONF_VERSION=v3\n"

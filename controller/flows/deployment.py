@@ -81,7 +81,10 @@ def checkout_commit(ctx: Context, recipe: RecipeSettings, ref: str, dest: Path) 
 def deploy_app(ctx: Context, result: RunResult, dep: Deployment, *, name: str = "deploy") -> None:
     with phase(ctx, result, name):
         try:
-            dep.layout = read_layout(dep.checkout, {"STACK_NAME": dep.app, "DOMAIN": dep.domain})
+            # ccci.yaml's per-recipe env counts here too: it may pick overlays (COMPOSE_FILE) and
+            # versions that name configs and secrets.
+            dep.layout = read_layout(dep.checkout, {**dep.recipe.env, "STACK_NAME": dep.app,
+                                                    "DOMAIN": dep.domain})
         except CcciError as exc:
             raise CcciError(exc.message, cause="recipe") from exc
         stack.deploy(dep.checkout, dep.layout, dep.spec(), dep.extra_env)

@@ -20,7 +20,7 @@ from controller.flows.warm import read_warm_state
 from controller.runtime import engine, images
 from controller.runtime.images import Image
 from controller.util.alerts import clear_alert, raise_alert
-from controller.util.errors import CcciError
+from controller.util.errors import CcciError, ExternalError
 from controller.util.locks import exclusive_if_free
 from controller.util.paths import StateDir
 
@@ -211,9 +211,23 @@ def _prune_images(state: StateDir, policy: PrunePolicy, report: PruneReport, dry
     report.kept.extend(PruneItem("image", ", ".join(i.tags) or i.id[:19], why) for i, why in keep)
     for image, why in remove:
         item = PruneItem("image", ", ".join(image.tags) or image.id[:19], why)
-        report.removed.append(item)
-        if not dry_run:
-            _attempt(item, functools.partial(_remove_image, image))
+        if dry_run:
+            report.removed.append(item)
+            continue
+        try:
+            _remove_image(image)
+            item.removed = True
+            report.removed.append(item)
+        except ExternalError as exc:
+            if exc.returncode != 409:
+                item.error = exc.message
+                report.removed.append(item)
+                log.warning("prune: could not remove image %s: %s", item.name, exc.message)
+                continue
+            # The engine knows a user we did not see (a child image, a container created
+            # since we looked): it stays, which is what prune wants.
+            item.reason = f"the engine keeps it: {exc.stderr or exc.message}"
+            report.kept.append(item)
 
 
 def _remove_image(image: Image) -> None:

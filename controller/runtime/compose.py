@@ -32,13 +32,18 @@ def parse_env_file(text: str) -> dict[str, str]:
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
             continue
         value = value.strip()
-        if value[:1] in ("'", '"'):
-            quote = value[0]
-            end = value.find(quote, 1)
+        if value[:1] == "'":  # single quotes: literal
+            end = value.find("'", 1)
+            env[key] = value[1:end] if end > 0 else value[1:]
+            continue
+        if value[:1] == '"':
+            end = value.find('"', 1)
             value = value[1:end] if end > 0 else value[1:]
         else:
             value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
-        env[key] = value
+        # As abra's env loader: `$VAR` and `${VAR}` name keys defined above
+        # (COMPOSE_FILE="$COMPOSE_FILE:compose.smtp.yml").
+        env[key] = interpolate(value, env) if "$" in value else value
     return env
 
 
