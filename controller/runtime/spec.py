@@ -71,7 +71,9 @@ def overlay_document(layout: RecipeLayout, spec: DeploySpec) -> dict[str, Any]:
     since a host port cannot be held by two tasks at once)."""
     if spec.http_service and spec.http_service not in layout.services:
         known = ", ".join(layout.services)
-        raise ValueError(f"http service {spec.http_service!r} is not in the recipe (services: {known})")
+        raise ValueError(f"http service {spec.http_service!r} is not in the recipe (services: {known}); "
+                         "give the recipe traefik labels, or set recipes.<name>.http in ccci.yaml "
+                         "({service, port}, or enabled: false for a recipe that serves no HTTP)")
     labels = spec.identity.labels()
     object_labels = spec.identity.object_labels()
     services: dict[str, Any] = {}
