@@ -44,11 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from controller.util.timeutil import new_run_id
 from testbed.fixtures import build_recipe
 from tests.helpers import (
-    GIT_IDENTITY,
     STATIC_OPTIONS,
     RemoteRegistry,
     ServeProcess,
     git,
+    isolate_environment,
     recipe_entry,
     request_doc,
 )
@@ -63,22 +63,6 @@ SCENARIOS = {
     "poll": "request committed in the clone, serve --no-watch",
 }
 NO_DOCKER = "unix:///nonexistent/ccci-bench-pickup-needs-no-docker.sock"
-
-
-def isolate_environment(tmp: Path) -> None:
-    """Never the real home or git config; no Docker engine; our own state dir."""
-    home = tmp / "home"
-    home.mkdir()
-    os.environ.update({
-        "HOME": str(home),
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "DOCKER_HOST": NO_DOCKER,
-        "CCCI_LOG_LEVEL": "INFO",
-        **GIT_IDENTITY,
-    })
-    for key in ("CCCI_GIT_NAME", "CCCI_GIT_EMAIL", "CCCI_REGISTRY"):
-        os.environ.pop(key, None)
 
 
 def read_ref(git_dir: Path, ref: str = "refs/heads/main") -> str | None:
@@ -326,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"bad --scenarios/--count/--poll-interval ({', '.join(unknown) or 'values'})")
     tmp = Path(tempfile.mkdtemp(prefix="ccci-bench-pickup-"))
     try:
-        isolate_environment(tmp)
+        isolate_environment(tmp, DOCKER_HOST=NO_DOCKER, CCCI_LOG_LEVEL="INFO")  # no Docker needed
         static = build_recipe(RECIPE, tmp / "recipes" / RECIPE, versions=[1])
         registry = RemoteRegistry.create(tmp / "registry")
         registry.set_recipes(recipe_entry(RECIPE, static.path, **STATIC_OPTIONS))

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from controller.flows.cold import cold_app_name
 from controller.util.paths import StateDir
 from testbed.fixtures import RecipeRepo, build_recipe
-from tests.helpers import GIT_IDENTITY, NOTES_OPTIONS, RemoteRegistry, git, read_yaml, recipe_entry
+from tests.helpers import NOTES_OPTIONS, RemoteRegistry, git, isolate_environment, read_yaml, recipe_entry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTBED_ENV = Path(os.environ.get("CCCI_TESTBED_DIR", "/var/lib/ccci-testbed")) / "env"
@@ -60,22 +60,6 @@ def testbed_docker_host() -> str:
             if sep and key == "DOCKER_HOST":
                 return value.strip("'\"")
     raise SystemExit(f"no DOCKER_HOST and no {TESTBED_ENV}: run scripts/testbed up first")
-
-
-def isolate_environment(tmp: Path, state: Path) -> None:
-    """Never the real home or git config; the test bed's engine; our own state dir."""
-    home = tmp / "home"
-    home.mkdir()
-    os.environ.update({
-        "HOME": str(home),
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "DOCKER_HOST": testbed_docker_host(),
-        "CCCI_STATE_DIR": str(state),
-        **GIT_IDENTITY,
-    })
-    for key in ("CCCI_GIT_NAME", "CCCI_GIT_EMAIL", "CCCI_REGISTRY"):
-        os.environ.pop(key, None)
 
 
 def ccci(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -348,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     colds: list[Run] = []
     quicks: list[Run] = []
     try:
-        isolate_environment(tmp, state)
+        isolate_environment(tmp, DOCKER_HOST=testbed_docker_host(), CCCI_STATE_DIR=str(state))
         rows = args.seed_rows
         in_recipe = args.seed_rows_via == "recipe"
         notes = notes_repo(tmp / "recipes" / "notes", rows, in_recipe=in_recipe)

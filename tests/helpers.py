@@ -204,3 +204,14 @@ NOTES_SEED_ROWS = 20000
 NOTES_OPTIONS = {"timeout_s": 300, "stability_s": 2,
                  "env": f"{{SEED_ROWS: '{NOTES_SEED_ROWS}'}}"}
 STATIC_OPTIONS = {"timeout_s": 120, "stability_s": 1}
+
+
+def isolate_environment(tmp: Path, **extra: str) -> None:
+    """For the benches (the tests use conftest's fixture): never the real home or global git
+    config, the pinned identity, then `extra` (DOCKER_HOST, CCCI_STATE_DIR, …)."""
+    home = tmp / "home"
+    home.mkdir()
+    os.environ.update({"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+                       "GIT_CONFIG_NOSYSTEM": "1", **GIT_IDENTITY, **extra})
+    for key in ("CCCI_GIT_NAME", "CCCI_GIT_EMAIL", "CCCI_REGISTRY"):
+        os.environ.pop(key, None)
