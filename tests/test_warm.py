@@ -271,3 +271,33 @@ def test_stateless_recipe_gets_an_empty_snapshot_and_quick_runs(
         assert same["upgrade"]["note"] == "the PR head is the snapshot's commit: no upgrade path was tested"
     finally:
         remove_warm_app("warm-static")
+
+
+def test_a_volume_a_pr_added_is_gone_when_the_next_quick_run_restores(
+        git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path, docker_host: str) -> None:
+    """Hermetic quick runs: a volume the last-known-good does not have holds a PR's data, so the
+    next restore removes it (and says so in the result)."""
+    repo = build_recipe("static", tmp_path / "recipes" / "static", versions=[1])
+    v1 = repo.versions[1]
+    compose = repo.read(v1, "compose.yml")
+    with_extra = compose.replace("date >> /data/starts.log &&", "date >> /data/starts.log && echo pr > /extra/pr &&") \
+        .replace("      - data:/data\n", "      - data:/data\n      - extra:/extra\n") \
+        .replace("volumes:\n  data:\n", "volumes:\n  data:\n  extra:\n")
+    assert with_extra.count("extra") == 4
+    pr_head = repo.commit_files("pr-extra-volume", {"compose.yml": with_extra}, message="add a volume")
+    git_remote.set_recipes(recipe_entry("static", repo.path, **STATIC_OPTIONS))
+    clone = git_remote.clone("controller")
+    app = "warm-static"
+    try:
+        _run, cold = run_request(clone, state_dir, "static", v1)
+        assert cold["outcome"] == "pass", cold
+        assert rewarm(clone, state_dir, "static").returncode == 0
+        _run, pr = run_request(clone, state_dir, "static", pr_head, mode="quick")
+        assert pr["outcome"] == "pass", pr
+        assert set(stack.volume_paths(app)) == {"data", "extra"}  # kept: a passing quick keeps its volumes
+        _run, again = run_request(clone, state_dir, "static", v1, mode="quick")
+        assert again["outcome"] == "pass", again
+        assert again["snapshot"]["volumes_removed"] == ["extra"], again["snapshot"]
+        assert set(stack.volume_paths(app)) == {"data"}
+    finally:
+        remove_warm_app(app)

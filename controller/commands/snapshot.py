@@ -52,8 +52,9 @@ def execute(args: argparse.Namespace) -> int:
         if args.action == "restore":
             report = restore_app(state, app, paranoid=args.paranoid)
             print(f"{app}: restored ({report.rewritten} rewritten, {report.created} created, "
-                  f"{report.removed} removed, {report.metadata_fixed} metadata fixed); "
-                  f"verified={report.verified}")
+                  f"{report.removed} removed, {report.metadata_fixed} metadata fixed"
+                  + (f"; volumes removed: {', '.join(report.removed_volumes)}" if report.removed_volumes else "")
+                  + f"); verified={report.verified}")
             return 0 if report.verified else 1
         registry = Registry(Path(args.registry)) if args.registry else None
         settings = registry.settings() if registry else None

@@ -11,7 +11,7 @@ from controller import snapshots
 from controller.flows import deployment, sso_setup
 from controller.flows.context import Context, phase
 from controller.flows.deployment import Deployment
-from controller.flows.warm import app_lock, restore_app, warm_app_name, write_warm_state
+from controller.flows.warm import app_lock, restore_app, restore_summary, warm_app_name, write_warm_state
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.runtime import probe, stack
@@ -58,7 +58,7 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
     with phase(ctx, result, "restore"):
         if not snapshots.volumes_clean(ctx.state.snapshots, app):
             report = restore_app(ctx.state, app)
-            result.snapshot = {"restored": True, "verified": report.verified}
+            result.snapshot = restore_summary(report)
     snapshots.mark_volumes_dirty(ctx.state.snapshots, app)
     work = deployment.workdir(ctx, request.run_id)
     realm = None
@@ -114,7 +114,7 @@ def _finish(ctx: Context, result: RunResult, app: str, passed: bool,
         else:
             with phase(ctx, result, "rollback"):
                 report = restore_app(ctx.state, app)
-            result.snapshot = {"restored": True, "verified": report.verified}
+            result.snapshot = restore_summary(report)
     except CcciError as exc:
         log.error("cleanup of %s failed: %s", app, exc.message)
         result.outcome = "error" if result.outcome in ("pass", "running") else result.outcome

@@ -14,6 +14,7 @@ from controller.flows.warm import (
     index_rel,
     index_text,
     restore_app,
+    restore_summary,
     take_app_snapshot,
     warm_app_name,
     write_warm_state,
@@ -71,7 +72,7 @@ def _rewarm_locked(ctx: Context, result: RunResult, recipe_name: str, app: str) 
             stack.undeploy(app, remove_volumes=True)
         elif not snapshots.volumes_clean(ctx.state.snapshots, app):
             report = restore_app(ctx.state, app)
-            result.snapshot = {"restored": True, "verified": report.verified}
+            result.snapshot = restore_summary(report)
     if current is not None:
         snapshots.mark_volumes_dirty(ctx.state.snapshots, app)
     work = deployment.workdir(ctx, result.run)

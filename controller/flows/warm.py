@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -92,13 +93,26 @@ def restore_app(state: StateDir, app: str, *, paranoid: bool = False) -> snapsho
     info = snapshots.current_snapshot(state.snapshots, app)
     if info is None:
         raise CheckFailed(f"{app} has no last-known-good snapshot to restore")
+    # A volume a later commit added holds that commit's data, not the last-known-good's: it goes
+    # first (the volumes are still marked dirty, so a crash here is redone by the next restore).
+    extra = stack.remove_volumes_except(app, set(info.volumes))
+    if extra:
+        log.warning("%s: removed volumes the last-known-good does not have: %s", app, ", ".join(extra))
     labels = {"ccci.managed": "true", "ccci.app": app, "ccci.mode": "warm", "ccci.owner": state.owner_id}
     volumes = stack.ensure_volumes(app, sorted(info.volumes), labels)
     volumes = {name: path for name, path in volumes.items() if name in info.volumes}
     report = snapshots.restore_snapshot(state.snapshots, app, volumes, paranoid=paranoid,
                                         allowed_root=stack.volumes_root())
     write_warm_state(state, app, data_commit=info.commit)
-    return report
+    return dataclasses.replace(report, removed_volumes=tuple(extra))
+
+
+def restore_summary(report: snapshots.RestoreReport) -> dict[str, Any]:
+    """A result's `snapshot` field after a restore."""
+    summary: dict[str, Any] = {"restored": True, "verified": report.verified}
+    if report.removed_volumes:
+        summary["volumes_removed"] = list(report.removed_volumes)
+    return summary
 
 
 def index_from_info(info: snapshots.SnapshotInfo) -> SnapshotIndex:

@@ -377,6 +377,19 @@ def volume_paths(app: str) -> dict[str, Path]:
     return out
 
 
+def remove_volumes_except(app: str, keep: set[str]) -> list[str]:
+    """Remove the undeployed app's volumes whose short name is not in `keep` (a volume a later
+    commit added is not part of the last-known-good); returns their short names."""
+    removed = []
+    deadline = Deadline(60)
+    for volume in volumes_of(app):
+        name = volume.name[len(app) + 1:] if volume.name.startswith(app + "_") else volume.name
+        if name not in keep:
+            _remove_with_retry(f"remove volume {volume.name}", volume.remove, deadline)
+            removed.append(name)
+    return sorted(removed)
+
+
 def ensure_volumes(app: str, names: list[str], labels: dict[str, str]) -> dict[str, Path]:
     """Create any of the app's volumes `<app>_<name>` that do not exist (a restore onto an app
     whose volumes were deleted); stack deploy then adopts them by name."""

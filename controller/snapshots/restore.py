@@ -47,6 +47,7 @@ class RestoreReport:
     metadata_fixed: int  # entries whose content was right but mode/owner/mtime were not
     bytes_written: int
     verified: bool
+    removed_volumes: tuple[str, ...] = ()  # whole volumes the snapshot does not have (set by the caller)
 
 
 def decide(
