@@ -7,7 +7,7 @@ import json
 
 from controller.cli import registry_arg
 from controller.commands import entry
-from controller.flows.prune import IMAGE_MODES, PrunePolicy, PruneReport, prune
+from controller.flows.prune import IMAGE_MODES, PrunePolicy, PruneReport, policy_from_settings, prune
 from controller.registry.settings import load_settings
 from controller.util.paths import StateDir
 
@@ -27,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def policy_for(args: argparse.Namespace) -> PrunePolicy:
     if args.registry is None:
         return PrunePolicy(images=args.images or "dangling")
-    settings = load_settings(args.registry)
-    return PrunePolicy(images=args.images or settings.prune_images, keep_images=settings.prune_keep_images,
-                       min_free_gb=settings.disk_min_free_gb)
+    return policy_from_settings(load_settings(args.registry), images=args.images)
 
 
 def print_report(report: PruneReport) -> None:

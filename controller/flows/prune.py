@@ -17,6 +17,7 @@ from typing import Any
 
 from controller.flows import cleanup
 from controller.flows.warm import read_warm_state
+from controller.registry.settings import Settings
 from controller.runtime import engine, images
 from controller.runtime.images import Image
 from controller.util.alerts import clear_alert, raise_alert
@@ -35,6 +36,12 @@ class PrunePolicy:
     images: str = "dangling"  # one of IMAGE_MODES
     keep_images: tuple[str, ...] = ()  # fnmatch patterns of image names never removed
     min_free_gb: float = 10.0
+
+
+def policy_from_settings(settings: Settings, *, images: str | None = None) -> PrunePolicy:
+    """The registry's `limits.*` prune settings; `images` overrides `limits.prune_images`."""
+    return PrunePolicy(images=images or settings.prune_images, keep_images=settings.prune_keep_images,
+                       min_free_gb=settings.disk_min_free_gb)
 
 
 @dataclass

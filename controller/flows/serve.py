@@ -176,8 +176,7 @@ class Server:
         if since is not None and since < 60:
             return
         due = not self.once and (since is None or since >= settings.prune_interval_s)
-        policy = prune.PrunePolicy(images=settings.prune_images, keep_images=settings.prune_keep_images,
-                                   min_free_gb=settings.disk_min_free_gb)
+        policy = prune.policy_from_settings(settings)
         try:
             report = prune.prune_for_serve(self.ctx.state, policy, force=due)
             if report is not None:
