@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.flows.cold import cold_app_name
+from controller.util import names
 from controller.util.paths import StateDir
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests.helpers import NOTES_OPTIONS, RemoteRegistry, git, isolate_environment, read_yaml, recipe_entry
@@ -166,7 +166,7 @@ def request_and_run(state: Path, clone: Path, recipe: str, ref: str, mode: str, 
     run_id = ccci(state, "request", "--registry", str(clone), "--recipe", recipe, "--ref", ref,
                   "--mode", mode, "--by", "bench").stdout.strip()
     print(f"… {label}: run {run_id}", file=sys.stderr, flush=True)
-    probe = FirstInitProbe(f"{cold_app_name(recipe, run_id)}_app").start() if mode == "cold" else None
+    probe = FirstInitProbe(f"{names.cold_app(recipe, run_id)}_app").start() if mode == "cold" else None
     started = time.monotonic()
     proc = ccci(state, "run", "--registry", str(clone), run_id, check=False)
     wall = time.monotonic() - started

@@ -56,7 +56,7 @@ def _log_file(state_dir: str | None) -> Path:
     state = StateDir.from_env(state_dir)
     try:
         state.logs.mkdir(parents=True, exist_ok=True)
-        probe = state.logs / "ccci.log"
+        probe = state.log_file
         with probe.open("a"):
             pass
         return probe

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.flows.cold import cold_app_name
+from controller.util import names
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
 from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
@@ -53,7 +53,7 @@ def test_cold_notes_v1_passes_and_leaves_nothing(controller_clone: Path, state_d
     assert [p["name"] for p in result["phases"]] == ["fetch", "deploy", "converge", "asserts", "teardown"]
     custom = next(a for a in result["asserts"] if a["name"] == "custom:tests/ccci-assert")
     assert f"{helpers.NOTES_SEED_ROWS} notes" in custom["detail"]  # ccci.yaml env reached the stack
-    assert helpers.objects_of_app(cold_app_name("notes", run_id)) == []
+    assert helpers.objects_of_app(names.cold_app("notes", run_id)) == []
     subjects = helpers.log_subjects(controller_clone)
     assert subjects[0].startswith(f"[cold] notes@{recipes['notes'].versions[1][:7]} pass (run {run_id})")
     assert subjects[1].startswith(f"[cold] notes@{recipes['notes'].versions[1][:7]} running (run {run_id})")
@@ -65,7 +65,7 @@ def test_cold_notes_v3_fails_with_cause_recipe_and_leaves_nothing(
     assert result["outcome"] == "fail", result
     assert result["cause"] == "recipe", result
     assert result["canonical"]["advanced"] is False
-    assert helpers.objects_of_app(cold_app_name("notes", run_id)) == []
+    assert helpers.objects_of_app(names.cold_app("notes", run_id)) == []
     assert not (controller_clone / "canonicals" / "notes.yaml").exists()
 
 
@@ -78,7 +78,7 @@ def test_recipe_that_never_converges_fails_with_cause_timeout_within_its_deadlin
     converge = next(p for p in result["phases"] if p["name"] == "converge")
     assert converge["seconds"] <= 20 + 2, converge
     assert elapsed < 20 + 60  # deadline plus teardown and process start-up
-    assert helpers.objects_of_app(cold_app_name("stuck", run_id)) == []
+    assert helpers.objects_of_app(names.cold_app("stuck", run_id)) == []
 
 
 def test_unknown_ref_is_rejected_after_claim(controller_clone: Path, state_dir: Path) -> None:
@@ -92,7 +92,7 @@ def test_sigkilled_cold_run_is_removed_by_next_serve_start(
     run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(controller_clone),
                           "--recipe", "notes", "--ref", recipes["notes"].versions[1], "--by", "alice",
                           check=True).stdout.strip()
-    app = cold_app_name("notes", run_id)
+    app = names.cold_app("notes", run_id)
     proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
                              "--registry", str(controller_clone), run_id],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
@@ -117,7 +117,7 @@ def test_sigterm_to_a_foreground_run_tears_its_app_down(
     run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(controller_clone),
                           "--recipe", "static", "--ref", recipes["static"].versions[1], "--by", "alice",
                           check=True).stdout.strip()
-    app = cold_app_name("static", run_id)
+    app = names.cold_app("static", run_id)
     proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
                              "--registry", str(controller_clone), run_id],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
@@ -145,4 +145,4 @@ def test_image_missing_on_the_host_fails_fast_naming_the_image(
     assert "nginx:1.25-alpine" in result["error"], result["error"]
     assert "not on this host" in result["error"], result["error"]
     assert elapsed < 60, elapsed
-    assert helpers.objects_of_app(cold_app_name("static", run_id)) == []
+    assert helpers.objects_of_app(names.cold_app("static", run_id)) == []

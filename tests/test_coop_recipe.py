@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.flows.cold import cold_app_name
+from controller.util import names
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
 from tests.helpers import RemoteRegistry, recipe_entry
@@ -35,7 +35,7 @@ def test_coop_style_recipe_passes_cold_and_upgrades_quick_with_abra_sh_versions(
         asserts = {a["name"]: a for a in cold["asserts"]}
         assert all(a["ok"] for a in asserts.values()), asserts
         assert "page ok: " in asserts["custom:tests/ccci-assert"]["detail"]
-        assert helpers.objects_of_app(cold_app_name("coop-html", run_id)) == []
+        assert helpers.objects_of_app(names.cold_app("coop-html", run_id)) == []
 
         assert rewarm(clone, state_dir, "coop-html").returncode == 0
         _run, quick = run_request(clone, state_dir, "coop-html", v2, mode="quick")

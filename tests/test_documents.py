@@ -8,8 +8,9 @@ from controller.flows.requests import mode_from_comment
 from controller.registry import documents
 from controller.registry.settings import SETTINGS_TEMPLATE, settings_from_document
 from controller.registry.yamlio import dump_document, load_untrusted, update_document
+from controller.util import names
 from controller.util.errors import BadInput
-from controller.util.paths import RUN_ID_RE
+from controller.util.names import RUN_ID_RE
 from controller.util.timeutil import new_run_id
 
 GOOD = b"recipe: notes\nref: " + b"a" * 40 + b"\nmode: cold\nrequested_by: alice\n"
@@ -55,15 +56,15 @@ def test_recipe_must_match_run_id() -> None:
 
 @pytest.mark.parametrize("name", ["../evil.yaml", "notes.yaml", "20261129T120000-../x-abc123.yaml"])
 def test_bad_file_names_get_a_safe_result_id(name: str) -> None:
-    run_id = documents.result_id_for(name)
+    run_id = names.result_id_for(name)
     assert run_id.startswith("invalid-")
-    assert "/" not in documents.result_rel_path(run_id)[len("results/invalid/"):]
+    assert "/" not in names.result_rel(run_id)[len("results/invalid/"):]
 
 
 def test_run_ids_are_sortable_and_valid() -> None:
     run_id = new_run_id("notes")
     assert RUN_ID_RE.match(run_id)
-    assert documents.result_rel_path(run_id).startswith(f"results/{run_id[:4]}-{run_id[4:6]}/")
+    assert names.result_rel(run_id).startswith(f"results/{run_id[:4]}-{run_id[4:6]}/")
 
 
 def test_alias_bomb_is_refused_quickly() -> None:

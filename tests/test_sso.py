@@ -20,14 +20,13 @@ from typing import Any
 import pytest
 
 from controller.flows import sso_setup
-from controller.flows.cold import cold_app_name
 from controller.flows.context import Context
 from controller.registry.results import RunResult
 from controller.registry.store import Registry
 from controller.sso.client import KeycloakAdminClient, password_grant
 from controller.sso.naming import OWNER_ATTRIBUTE, RUN_ATTRIBUTE, RealmFacts, realm_name, stale_realms
 from controller.sso.realms import new_realm_request, realm_representation
-from controller.util import inflight
+from controller.util import inflight, names
 from controller.util.errors import BadInput, ExternalError
 from controller.util.paths import StateDir
 from controller.util.timeutil import new_run_id, now_iso
@@ -203,9 +202,9 @@ def test_realm_document_has_two_oidc_clients_a_user_and_the_run_marks() -> None:
 @pytest.mark.keycloak
 def test_a_user_of_one_realm_cannot_get_a_token_from_another(ctx: Context) -> None:
     run_a, run_b = new_run_id("iso"), new_run_id("iso")
-    grant_a = sso_setup.prepare_realm(ctx, blank_result(run_a), "iso", run_a, cold_app_name("iso", run_a))
+    grant_a = sso_setup.prepare_realm(ctx, blank_result(run_a), "iso", run_a, names.cold_app("iso", run_a))
     try:
-        grant_b = sso_setup.prepare_realm(ctx, blank_result(run_b), "iso", run_b, cold_app_name("iso", run_b))
+        grant_b = sso_setup.prepare_realm(ctx, blank_result(run_b), "iso", run_b, names.cold_app("iso", run_b))
         try:
             assert grant_a.realm != grant_b.realm
             token = password_grant(grant_a.url, grant_a.realm, grant_a.client_id, grant_a.client_secret,
@@ -243,7 +242,7 @@ def test_a_refused_admin_password_fails_the_run_instead_of_falling_back(
     run_id = new_run_id("iso")
     result = blank_result(run_id)
     with pytest.raises(ExternalError, match="admin credentials were refused") as refused:
-        sso_setup.prepare_realm(context, result, "iso", run_id, cold_app_name("iso", run_id))
+        sso_setup.prepare_realm(context, result, "iso", run_id, names.cold_app("iso", run_id))
     assert refused.value.cause == "infra"
     assert not any(p.name.startswith("sso-keycloak") for p in result.phases), "it co-deployed"
     assert "not-the-admin-password" not in refused.value.message
@@ -272,14 +271,14 @@ def test_reaper_deletes_only_this_controllers_realms_of_runs_no_longer_in_flight
         ctx: Context, keycloak_admin: dict[str, str]) -> None:
     client = admin_client(keycloak_admin)
     dead, live = new_run_id("reap"), new_run_id("reap")
-    stale = sso_setup.prepare_realm(ctx, blank_result(dead), "reap", dead, cold_app_name("reap", dead))
+    stale = sso_setup.prepare_realm(ctx, blank_result(dead), "reap", dead, names.cold_app("reap", dead))
     marker = inflight.begin(ctx.state, live)
     elsewhere = f"{live[:-6]}{(int(live[-6:], 16) + 1) % 0xFFFFFF:06x}"
     foreign = {"customer-abc": {}, f"billing-{dead[-6:]}": {},
                # Fits the scheme and carries a run mark, but another controller made it.
                f"reap-{elsewhere[-6:]}": {RUN_ATTRIBUTE: elsewhere, OWNER_ATTRIBUTE: "someone-else"}}
     try:
-        in_use = sso_setup.prepare_realm(ctx, blank_result(live), "reap", live, cold_app_name("reap", live))
+        in_use = sso_setup.prepare_realm(ctx, blank_result(live), "reap", live, names.cold_app("reap", live))
         for name, attributes in foreign.items():
             assert rest(keycloak_admin, "POST", "/admin/realms",
                         {"realm": name, "enabled": True, "attributes": attributes}) in (201, 409)
@@ -317,7 +316,7 @@ def test_sso_app_cold_run_passes_on_its_own_realm_leaves_none_and_never_shows_th
     assert "discovery ok" in custom["detail"] and "password grant ok" in custom["detail"], custom
     assert [p["name"] for p in result["phases"]][:3] == ["fetch", "sso-realm", "sso"]
     assert realm not in realm_names(admin_client(keycloak_admin))
-    assert helpers.objects_of_app(cold_app_name("sso-app", run_id)) == []
+    assert helpers.objects_of_app(names.cold_app("sso-app", run_id)) == []
     password = Path(keycloak_admin["secret_file"]).read_text().strip()
     assert places_holding(password, bed.clone, bed.state,
                           {"stdout": proc.stdout, "stderr": proc.stderr}) == []
@@ -364,7 +363,7 @@ def test_four_concurrent_sso_runs_get_four_distinct_realms_and_all_pass(
     assert most_at_once >= 2, "the runs' realms never existed side by side"
     assert not realms & realm_names(client)
     for run in runs:
-        assert helpers.objects_of_app(cold_app_name("sso-app", run)) == []
+        assert helpers.objects_of_app(names.cold_app("sso-app", run)) == []
     password = Path(keycloak_admin["secret_file"]).read_text().strip()
     assert places_holding(password, bed.clone, state_dir,
                           {"stdout": proc.stdout, "stderr": proc.stderr}) == []
@@ -393,7 +392,7 @@ def killed_run(bed: SsoBed, keycloak_admin: dict[str, str]) -> Iterator[tuple[st
         helpers.ccci("--state-dir", str(bed.state), "serve", "--registry", str(bed.clone), "--once")
         if client.realm_exists(realm):
             client.delete_realm(realm)
-        assert helpers.objects_of_app(cold_app_name("sso-app", run_id)) == []
+        assert helpers.objects_of_app(names.cold_app("sso-app", run_id)) == []
 
 
 @pytest.mark.docker
@@ -422,7 +421,7 @@ def test_run_falls_back_to_a_co_deployed_keycloak_when_the_warm_one_is_down_and_
     proc = helpers.ccci("--state-dir", str(state_dir), "run", "--registry", str(bed.clone), run_id)
     result = helpers.results_in(bed.clone)[run_id]
     assert result["outcome"] == "pass", (result, proc.stderr[-3000:])
-    app = cold_app_name("sso-app", run_id)
+    app = names.cold_app("sso-app", run_id)
     sso = result["sso"]
     assert sso["keycloak"] == "co-deployed" and sso["co_deployed_app"] == f"{app}-kc", sso
     assert "not healthy" in sso["fallback"] and DOWN_URL in sso["fallback"], sso
@@ -430,8 +429,8 @@ def test_run_falls_back_to_a_co_deployed_keycloak_when_the_warm_one_is_down_and_
     custom = next(a for a in result["asserts"] if a["name"].startswith("custom:"))
     # The app reached the co-deployed Keycloak from inside the stack, over the SSO network.
     assert f"stack ok: the app reached http://{app}-kc_app:8080" in custom["detail"], custom
-    names = [p["name"] for p in result["phases"]]
-    assert {"sso-keycloak-deploy", "sso-keycloak-ready", "sso-keycloak-teardown"} <= set(names)
+    phase_names = [p["name"] for p in result["phases"]]
+    assert {"sso-keycloak-deploy", "sso-keycloak-ready", "sso-keycloak-teardown"} <= set(phase_names)
     assert helpers.objects_of_app(app) == [] and helpers.objects_of_app(f"{app}-kc") == []
     alert = json.loads((state_dir / "alerts" / "warm-keycloak-down.json").read_text())
     assert DOWN_URL in alert["message"]

@@ -12,7 +12,8 @@ from controller.flows.context import Context
 from controller.flows.rewarm import rewarm
 from controller.registry.store import Registry
 from controller.util.errors import BadInput
-from controller.util.paths import StateDir, check_recipe_name
+from controller.util.names import check_recipe_name
+from controller.util.paths import StateDir
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

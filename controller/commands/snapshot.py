@@ -19,7 +19,8 @@ from controller.flows.warm import (
 from controller.registry.store import Registry
 from controller.runtime import stack
 from controller.util.errors import BadInput, CheckFailed
-from controller.util.paths import StateDir, check_app_name
+from controller.util.names import check_app_name
+from controller.util.paths import StateDir
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

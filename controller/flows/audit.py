@@ -11,6 +11,7 @@ from controller.registry.history import Commit, canonical_changes, file_at
 from controller.registry.settings import SETTINGS_FILE, settings_from_document
 from controller.registry.store import Registry
 from controller.registry.yamlio import load_untrusted
+from controller.util import names
 from controller.util.errors import CcciError
 
 SUBJECT = re.compile(r"^\[cold\] (?P<recipe>[a-z0-9-]+)@(?P<short>[0-9a-f]{7}) pass \(run (?P<run>[^)]+)\)")
@@ -62,7 +63,7 @@ def check_change(registry: Registry, commit: Commit, status: str, path: str) -> 
                f"{canonical.promoted_by_run}"
     if not canonical.known_good.startswith(match.group("short")):
         return f"known_good {canonical.known_good[:12]} is not the commit the message names"
-    result_rel = documents.result_rel_path(canonical.promoted_by_run)
+    result_rel = names.result_rel(canonical.promoted_by_run)
     result_raw = file_at(registry, commit.sha, result_rel)
     if result_raw is None:
         return f"no result {result_rel} in the same commit"

@@ -12,14 +12,11 @@ from controller.registry.results import RunResult, commit_message
 from controller.registry.settings import RecipeSettings
 from controller.registry.store import updated_text
 from controller.registry.yamlio import dump_document
+from controller.util import names
 from controller.util.errors import CcciError
 from controller.util.timeutil import now_iso
 
 log = logging.getLogger(__name__)
-
-
-def canonical_rel(recipe: str) -> str:
-    return f"canonicals/{recipe}.yaml"
 
 
 def should_advance(current: Canonical | None, ref: str, descends: bool) -> bool:
@@ -44,16 +41,16 @@ def finish_run(ctx: Context, request: Request, result: RunResult) -> bool:
     same commit (so a crash never leaves one without the other). True when it advanced."""
     settings = ctx.settings
     recipe = settings.recipes.get(request.recipe)
-    rel = documents.result_rel_path(result.run)
+    rel = names.result_rel(result.run)
     advanced = {"value": False}
 
     def write(root: Path) -> list[str] | None:
         touched = [rel]
         result.canonical["advanced"] = False
         if result.promote and result.outcome == "pass" and result.mode == "cold" and recipe:
-            current_path = root / canonical_rel(request.recipe)
+            current_path = root / names.canonical_rel(request.recipe)
             current = (
-                documents.parse_canonical(current_path.read_bytes(), canonical_rel(request.recipe))
+                documents.parse_canonical(current_path.read_bytes(), names.canonical_rel(request.recipe))
                 if current_path.is_file() else None
             )
             before = current.known_good if current else None
@@ -70,8 +67,8 @@ def finish_run(ctx: Context, request: Request, result: RunResult) -> bool:
                     "promoted_at": now_iso(),
                 }
                 current_path.parent.mkdir(parents=True, exist_ok=True)
-                current_path.write_text(updated_text(root, canonical_rel(request.recipe), doc))
-                touched.append(canonical_rel(request.recipe))
+                current_path.write_text(updated_text(root, names.canonical_rel(request.recipe), doc))
+                touched.append(names.canonical_rel(request.recipe))
                 result.canonical["after"] = request.ref
                 result.canonical["advanced"] = True
             else:

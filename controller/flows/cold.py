@@ -11,20 +11,16 @@ from controller.registry import recipes
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.runtime import probe
+from controller.util import names
 from controller.util.errors import CcciError
-from controller.util.paths import run_hex
 from controller.util.timeutil import Deadline
 
 log = logging.getLogger(__name__)
 
 
-def cold_app_name(recipe: str, run_id: str) -> str:
-    return f"{recipe}-{run_hex(run_id)}"
-
-
 def run_cold(ctx: Context, request: Request, result: RunResult) -> None:
     recipe = ctx.settings.recipe(request.recipe)
-    app = cold_app_name(request.recipe, request.run_id)
+    app = names.cold_app(request.recipe, request.run_id)
     result.app = app
     deadline = Deadline(recipe.timeout_s)
     work = deployment.workdir(ctx, request.run_id)

@@ -67,7 +67,7 @@ class Deployment:
 
 
 def workdir(ctx: Context, key: str) -> Path:
-    return ctx.state.root / "work" / key
+    return ctx.state.workdir(key)
 
 
 def checkout_commit(ctx: Context, recipe: RecipeSettings, ref: str, dest: Path) -> str:

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from controller.flows import cold, quick
 from controller.flows.context import Context
-from controller.registry import documents
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
+from controller.util import names
 from controller.util.errors import BadInput, CcciError
 from controller.util.log import run_context
 from controller.util.timeutil import now_iso
@@ -79,7 +79,7 @@ def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
 def rejection(ctx: Context, file_name: str, error: CcciError, request: Request | None,
               outcome: str = "rejected") -> RunResult:
     """The result for a request that never runs."""
-    run_id = documents.result_id_for(file_name)
+    run_id = names.result_id_for(file_name)
     now = now_iso()
     return RunResult(
         run=run_id,

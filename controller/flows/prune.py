@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
-import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from controller.runtime import engine, images
 from controller.runtime.images import Image
 from controller.util.alerts import clear_alert, raise_alert
 from controller.util.errors import CcciError, ExternalError
+from controller.util.files import read_json
 from controller.util.locks import exclusive_if_free
 from controller.util.paths import StateDir
 
@@ -131,12 +131,9 @@ def warm_image_refs(state: StateDir) -> tuple[dict[str, str], list[str]]:
             unknown.append(app)
             continue
         refs.update({images.normalise_ref(str(ref)): app for ref in recorded})
-    infra = state.root / "infra"
+    infra = state.infra
     for path in sorted(infra.glob("*.json")) if infra.is_dir() else []:
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+        doc = read_json(path)
         for ref in doc.get("images") or [] if isinstance(doc, dict) else []:
             refs[images.normalise_ref(str(ref))] = str(doc.get("app") or path.stem)
     return refs, unknown
@@ -193,7 +190,7 @@ def _attempt(item: PruneItem, action: Callable[[], object]) -> None:
 
 
 def _prune_workdirs(state: StateDir, report: PruneReport, dry_run: bool) -> None:
-    work = state.root / "work"
+    work = state.work
     for path in sorted(work.iterdir()) if work.is_dir() else []:
         item = PruneItem("workdir", str(path), "left by a run that is no longer in flight")
         report.removed.append(item)

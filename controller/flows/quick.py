@@ -11,10 +11,11 @@ from controller import snapshots
 from controller.flows import deployment, sso_setup
 from controller.flows.context import Context, phase
 from controller.flows.deployment import Deployment
-from controller.flows.warm import app_lock, restore_app, restore_summary, warm_app_name, write_warm_state
+from controller.flows.warm import app_lock, restore_app, restore_summary, write_warm_state
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.runtime import probe, stack
+from controller.util import names
 from controller.util.errors import CcciError
 from controller.util.timeutil import Deadline, now_iso_ms
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def snapshot_matches_index(ctx: Context, recipe: str) -> bool:
     """The registry's index and this host's last-known-good describe the same bytes."""
-    app = warm_app_name(recipe)
+    app = names.warm_app(recipe)
     index = ctx.registry.snapshot_index(app)
     info = snapshots.current_snapshot(ctx.state.snapshots, app)
     return index is not None and info is not None and info.manifest_sha256 == index.manifest_sha256
@@ -31,7 +32,7 @@ def snapshot_matches_index(ctx: Context, recipe: str) -> bool:
 
 def run_quick(ctx: Context, request: Request, result: RunResult) -> None:
     recipe = ctx.settings.recipe(request.recipe)
-    app = warm_app_name(request.recipe)
+    app = names.warm_app(request.recipe)
     result.app = app
     result.gating = False
     with contextlib.ExitStack() as held:
@@ -46,7 +47,7 @@ def run_quick(ctx: Context, request: Request, result: RunResult) -> None:
 
 def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: int) -> None:
     recipe = ctx.settings.recipe(request.recipe)
-    app = warm_app_name(request.recipe)
+    app = names.warm_app(request.recipe)
     index = ctx.registry.snapshot_index(app)
     info = snapshots.current_snapshot(ctx.state.snapshots, app)
     if index is None or info is None or info.manifest_sha256 != index.manifest_sha256:

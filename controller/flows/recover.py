@@ -12,6 +12,7 @@ from controller.runtime import stack
 from controller.util import inflight
 from controller.util.alerts import raise_alert as _raise_alert
 from controller.util.errors import CcciError
+from controller.util.files import write_durably
 from controller.util.log import run_context
 from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso
@@ -106,19 +107,13 @@ def _teardown_leftovers(ctx: Context) -> None:
         log.error("start-up teardown skipped: %s", exc.message)
 
 
-def _queue_dir(ctx: Context) -> Path:
-    return ctx.state.root / "queue"
-
-
 def queue_rewarm(ctx: Context, recipe: str) -> None:
     """Ask for a rewarm of `warm-<recipe>`; the serve loop runs queued rewarms."""
-    queue = _queue_dir(ctx)
-    queue.mkdir(parents=True, exist_ok=True)
-    (queue / f"rewarm-{recipe}").write_text(now_iso())
+    write_durably(ctx.state.rewarm_request(recipe), now_iso().encode())
 
 
 def queued_rewarms(ctx: Context) -> list[str]:
-    queue = _queue_dir(ctx)
+    queue = ctx.state.queue
     if not queue.is_dir():
         return []
     return sorted(p.name.removeprefix("rewarm-") for p in queue.glob("rewarm-*")
@@ -126,4 +121,4 @@ def queued_rewarms(ctx: Context) -> list[str]:
 
 
 def dequeue_rewarm(ctx: Context, recipe: str) -> None:
-    (_queue_dir(ctx) / f"rewarm-{recipe}").unlink(missing_ok=True)
+    ctx.state.rewarm_request(recipe).unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from controller.registry.documents import Request, parse_request
 from controller.registry.store import Registry
 from controller.registry.yamlio import dump_document
 from controller.util.errors import BadInput
-from controller.util.paths import check_recipe_name
+from controller.util.names import check_recipe_name
 from controller.util.timeutil import new_run_id
 
 COMMENTS = {"!testme": "cold", "!testme --quick": "quick"}

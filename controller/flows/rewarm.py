@@ -11,19 +11,16 @@ from controller.flows.context import Context, phase
 from controller.flows.deployment import Deployment
 from controller.flows.warm import (
     app_lock,
-    index_rel,
     index_text,
     restore_app,
     restore_summary,
     take_app_snapshot,
-    warm_app_name,
     write_warm_state,
 )
-from controller.registry import documents
 from controller.registry.results import RunResult, commit_message
 from controller.registry.yamlio import dump_document
 from controller.runtime import images, probe, stack
-from controller.util import inflight
+from controller.util import inflight, names
 from controller.util.errors import CcciError, CheckFailed
 from controller.util.log import run_context
 from controller.util.timeutil import Deadline, new_run_id, now_iso
@@ -35,7 +32,7 @@ def rewarm(ctx: Context, recipe_name: str) -> RunResult:
     """Deploy the known-good on the warm app's data, assert, undeploy, snapshot, commit.
     On failure the old snapshot and its index stay; the result says why."""
     ctx.settings.recipe(recipe_name)  # BadInput for a recipe ccci.yaml does not know
-    app = warm_app_name(recipe_name)
+    app = names.warm_app(recipe_name)
     run_id = new_run_id(recipe_name)
     canonical = ctx.registry.canonical(recipe_name)
     if canonical is None:
@@ -115,7 +112,7 @@ def _rewarm_locked(ctx: Context, result: RunResult, recipe_name: str, app: str) 
 
 def _commit(ctx: Context, result: RunResult, info: snapshots.SnapshotInfo | None) -> None:
     """The result and (when a new snapshot was taken) the index, in one `[rewarm]` commit."""
-    rel = documents.result_rel_path(result.run)
+    rel = names.result_rel(result.run)
 
     def write(root: Path) -> list[str] | None:
         touched = [rel]
@@ -123,10 +120,10 @@ def _commit(ctx: Context, result: RunResult, info: snapshots.SnapshotInfo | None
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dump_document(result.to_document()))
         if info is not None:
-            index_path = root / index_rel(info.app)
+            index_path = root / names.snapshot_index_rel(info.app)
             index_path.parent.mkdir(parents=True, exist_ok=True)
             index_path.write_text(index_text(ctx, info))
-            touched.append(index_rel(info.app))
+            touched.append(names.snapshot_index_rel(info.app))
         return touched
 
     ctx.registry.transact(write, commit_message(result, extra="snapshot replaced" if info else ""))

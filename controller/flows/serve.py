@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from controller.registry.watch import ChangeWatcher
 from controller.util import inflight
 from controller.util.alerts import clear_alert
 from controller.util.errors import BadInput, CcciError
+from controller.util.files import atomic_write_json
 from controller.util.log import run_context
 from controller.util.timeutil import now_iso, utcnow
 
@@ -50,7 +50,7 @@ class Server:
         self.active: dict[str, threading.Thread] = {}
         self.active_lock = threading.Lock()
         self.stopping = False
-        self._heartbeat = ctx.state.root / "serve" / f"{os.getpid()}.json"
+        self._heartbeat = ctx.state.heartbeat(os.getpid())
         self._last_prune: float | None = None
         self._last_prune_summary: dict[str, object] | None = None
 
@@ -103,7 +103,6 @@ class Server:
                 thread.join(timeout=1.0)
 
     def _write_heartbeat(self) -> None:
-        self._heartbeat.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "pid": os.getpid(),
             "registry": str(self.ctx.registry.root),
@@ -117,9 +116,7 @@ class Server:
             "last_pass_at": now_iso(),
             "last_prune": self._last_prune_summary,
         }
-        tmp = self._heartbeat.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, sort_keys=True))
-        os.replace(tmp, self._heartbeat)
+        atomic_write_json(self._heartbeat, doc)
 
     # -- one pass --------------------------------------------------------------------------
 

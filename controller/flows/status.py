@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from controller.flows import prune
 from controller.registry.store import Registry
 from controller.util.alerts import list_alerts
 from controller.util.errors import CcciError
+from controller.util.files import read_json
 from controller.util.paths import StateDir
 
 
@@ -56,13 +56,10 @@ def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
             **{f"last_{mode}": _brief(latest_by_mode.get((name, mode))) for mode in ("cold", "quick", "rewarm")},
         })
     daemons = []
-    serve_dir = state.root / "serve"
-    if serve_dir.is_dir():
-        for path in sorted(serve_dir.glob("*.json")):
-            try:
-                daemons.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue
+    for path in sorted(state.serve.glob("*.json")) if state.serve.is_dir() else []:
+        doc = read_json(path)
+        if isinstance(doc, dict) and "pid" in doc:
+            daemons.append(doc)
     running = [d.get("run") for d in results if d.get("outcome") == "running"]
     limit = settings.disk_min_free_gb
     disk = [{"path": path, "free_gib": round(free / 1024**3, 2), "low": free < limit * 1024**3}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,20 +13,14 @@ from controller import snapshots
 from controller.flows.context import Context
 from controller.registry.documents import SnapshotIndex, snapshot_index_document
 from controller.runtime import stack
+from controller.util import names
 from controller.util.errors import CheckFailed
+from controller.util.files import atomic_write_json, read_json
 from controller.util.locks import exclusive
 from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso
 
 log = logging.getLogger(__name__)
-
-
-def warm_app_name(recipe: str) -> str:
-    return f"warm-{recipe}"
-
-
-def recipe_of_warm_app(app: str) -> str:
-    return app.removeprefix("warm-")
 
 
 @contextlib.contextmanager
@@ -43,25 +35,15 @@ def app_lock(ctx: Context, app: str) -> contextlib.AbstractContextManager[None]:
     return app_lock_state(ctx.state, app)
 
 
-def _warm_state_path(state: StateDir, app: str) -> Path:
-    return state.root / "warm" / f"{app}.json"
-
-
 def read_warm_state(state: StateDir, app: str) -> dict[str, Any]:
-    try:
-        return dict(json.loads(_warm_state_path(state, app).read_text()))
-    except (OSError, ValueError):
-        return {}
+    doc = read_json(state.warm_state(app))
+    return dict(doc) if isinstance(doc, dict) else {}
 
 
 def write_warm_state(state: StateDir, app: str, **fields: Any) -> None:
     """What commit's data the live volumes hold (for `ccci snapshot take` without --commit)."""
-    path = _warm_state_path(state, app)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {**read_warm_state(state, app), **fields, "updated_at": now_iso()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(state.warm_state(app), doc)
 
 
 def refuse_if_live(app: str, action: str) -> None:
@@ -121,19 +103,16 @@ def index_from_info(info: snapshots.SnapshotInfo) -> SnapshotIndex:
                          taken_by_run=info.taken_by_run)
 
 
-def index_rel(app: str) -> str:
-    return f"snapshots-index/{app}.yaml"
-
-
 def index_text(ctx: Context, info: snapshots.SnapshotInfo) -> str:
     from controller.registry.store import updated_text
 
-    return updated_text(ctx.registry.root, index_rel(info.app), snapshot_index_document(index_from_info(info)))
+    rel = names.snapshot_index_rel(info.app)
+    return updated_text(ctx.registry.root, rel, snapshot_index_document(index_from_info(info)))
 
 
 def commit_index(ctx: Context, info: snapshots.SnapshotInfo, label: str = "snapshot") -> str | None:
     """Commit `snapshots-index/<app>.yaml` for a snapshot taken outside a run."""
-    rel = index_rel(info.app)
+    rel = names.snapshot_index_rel(info.app)
 
     def write(root: Path) -> list[str] | None:
         path = root / rel

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -30,9 +29,11 @@ from controller.sso.naming import in_use, is_ours
 from controller.util import inflight
 from controller.util.alerts import clear_alert, raise_alert
 from controller.util.errors import BadInput, CcciError, ExternalError
+from controller.util.files import atomic_write_json, read_json
 from controller.util.locks import exclusive, shared
 from controller.util.log import register_secret
-from controller.util.paths import StateDir, check_app_name
+from controller.util.names import check_app_name
+from controller.util.paths import StateDir
 from controller.util.timeutil import Deadline, now_iso
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def endpoint_problem(endpoint: KeycloakEndpoint) -> str | None:
 
 def _secret_key(state: StateDir) -> bytes:
     """A random local key: secret versions derive from it, so they reveal nothing."""
-    path = state.root / "infra" / "secret.key"
+    path = state.infra_secret_key
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".secret.key.{secrets.token_hex(4)}")
@@ -279,27 +280,17 @@ def check_infra_app(app: str) -> str:
     return app
 
 
-def _state_path(state: StateDir, app: str) -> Path:
-    return state.root / "infra" / f"{app}.json"
-
-
 def read_deployed(state: StateDir, app: str) -> dict[str, str] | None:
     """What the controller last deployed as `app` and saw healthy."""
-    try:
-        doc = json.loads(_state_path(state, app).read_text())
-    except (OSError, ValueError):
-        return None
+    doc = read_json(state.infra_state(app))
     return doc if isinstance(doc, dict) and isinstance(doc.get("commit"), str) else None
 
 
 def _write_deployed(state: StateDir, app: str, commit: str, version: Version | None) -> None:
-    path = _state_path(state, app)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"app": app, "commit": commit, "version": show(version) if version else None,
-                               "images": sorted(images.service_image_refs(app)),  # kept by prune
-                               "deployed_at": now_iso()}, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(state.infra_state(app), {
+        "app": app, "commit": commit, "version": show(version) if version else None,
+        "images": sorted(images.service_image_refs(app)),  # kept by prune
+        "deployed_at": now_iso()})
 
 
 def running_commit(app: str) -> str | None:

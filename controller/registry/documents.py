@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from controller.registry import schemas
 from controller.registry.yamlio import load_untrusted, read_capped, read_untrusted
 from controller.util.errors import BadInput
-from controller.util.paths import RUN_ID_RE
+from controller.util.names import RUN_ID_RE
 
 REQUEST_MAX_BYTES = 16 * 1024
 DOC_MAX_BYTES = 64 * 1024
@@ -65,26 +64,6 @@ class SnapshotIndex:
     manifest_sha256: str
     taken_at: str
     taken_by_run: str | None = None
-
-
-def result_id_for(request_name: str) -> str:
-    """The run id a request file's result is stored under.
-
-    A valid name is its own run id; any other name (it cannot be trusted as a path) maps to
-    `invalid-<hash>`, so a malformed request still gets exactly one result file.
-    """
-    stem = request_name[: -len(".yaml")] if request_name.endswith(".yaml") else request_name
-    if RUN_ID_RE.match(stem):
-        return stem
-    return "invalid-" + hashlib.sha256(request_name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-def result_rel_path(run_id: str) -> str:
-    match = RUN_ID_RE.match(run_id)
-    if match:
-        stamp = match.group(1)
-        return f"results/{stamp[0:4]}-{stamp[4:6]}/{run_id}.yaml"
-    return f"results/invalid/{run_id}.yaml"
 
 
 def parse_request(raw: bytes, file_name: str) -> Request:

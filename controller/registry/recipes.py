@@ -21,7 +21,7 @@ MAX_EXPORT_BYTES = 512 * 1024 * 1024
 
 
 def _mirror(state: StateDir, recipe: RecipeSettings) -> Path:
-    return state.recipes / f"{recipe.name}.git"
+    return state.recipe_mirror(recipe.name)
 
 
 def _source_url(recipe: RecipeSettings) -> str:
@@ -37,7 +37,7 @@ def _source_url(recipe: RecipeSettings) -> str:
 def fetch_recipe(state: StateDir, recipe: RecipeSettings) -> Path:
     """Bring the recipe's mirror up to date with its source; returns the mirror path."""
     mirror = _mirror(state, recipe)
-    with exclusive(state.locks / f"recipe-{recipe.name}.lock"):
+    with exclusive(state.recipe_lock(recipe.name)):
         if not (mirror / "HEAD").exists():
             if mirror.exists():
                 shutil.rmtree(mirror)

@@ -17,6 +17,7 @@ from controller.registry.git import PushRejected, git, git_plain, identity_env
 from controller.registry.results import RunResult, commit_message
 from controller.registry.settings import SETTINGS_FILE, SETTINGS_TEMPLATE, Settings, load_settings
 from controller.registry.yamlio import dump_document, update_document
+from controller.util import names
 from controller.util.errors import BadInput, CcciError, ExternalError
 from controller.util.locks import exclusive
 
@@ -200,8 +201,8 @@ class Registry:
         for entry in sorted(requests_dir.iterdir(), key=lambda p: p.name):
             if not entry.name.endswith(".yaml") or entry.name.startswith("."):
                 continue
-            run_id = documents.result_id_for(entry.name)
-            if not (self.root / documents.result_rel_path(run_id)).exists():
+            run_id = names.result_id_for(entry.name)
+            if not (self.root / names.result_rel(run_id)).exists():
                 pending.append(entry.name)
         return pending
 
@@ -212,7 +213,7 @@ class Registry:
         return documents.read_request(path)
 
     def result(self, run_id: str) -> dict[str, Any] | None:
-        rel = documents.result_rel_path(run_id)
+        rel = names.result_rel(run_id)
         path = self.root / rel
         if not path.is_file():
             return None
@@ -264,7 +265,7 @@ class Registry:
 
     def claim(self, result: RunResult) -> bool:
         """Commit `result` (outcome running) unless someone already has; True when we won."""
-        rel = documents.result_rel_path(result.run)
+        rel = names.result_rel(result.run)
 
         def write(root: Path) -> list[str] | None:
             path = root / rel
@@ -285,7 +286,7 @@ class Registry:
         extra_message: str = "",
     ) -> str | None:
         """Commit the final result (and any companion files, in the same commit)."""
-        rel = documents.result_rel_path(result.run)
+        rel = names.result_rel(result.run)
 
         def write(root: Path) -> list[str] | None:
             path = root / rel

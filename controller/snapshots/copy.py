@@ -23,6 +23,7 @@ from controller.snapshots.manifest import (
     parent_of,
     sort_key,
 )
+from controller.util import files
 from controller.util.errors import CheckFailed
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result)
         return entry
     sfd = fsio.open_file_at(src_fd, name, path, (st.st_dev, st.st_ino))
     try:
-        dfd = os.open(name, fsio.CREATE_FLAGS, 0o600, dir_fd=dst_fd)
+        dfd = os.open(name, files.CREATE_FLAGS, 0o600, dir_fd=dst_fd)
         try:
             sha, _ = thread_copier().copy(sfd, dfd, st)
             entry = entry_from(path, observe(st), sha)

@@ -1,8 +1,7 @@
-"""Descriptor-relative file operations that never follow a symlink, and durable writes."""
+"""Descriptor-relative file operations that never follow a symlink."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -19,16 +18,15 @@ from typing import cast
 
 from controller.snapshots.manifest import ROOT, ManifestEntry, Observed, join, observe
 from controller.util.errors import CheckFailed
+from controller.util.files import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a fifo that replaced a file between lstat and open must not hang.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 CHUNK = 1 << 20
 FICLONE = 0x40049409
-TEMP_PREFIX = ".ccci-tmp-"
 
 _ZEROS = bytes(CHUNK)
 
@@ -315,32 +313,6 @@ def sync_filesystem(path: Path) -> None:
             os.sync()
     finally:
         os.close(fd)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write `path` whole: temp file, fsync, rename over, fsync the directory."""
-    temp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(temp, CREATE_FLAGS, mode)
-    try:
-        _write_all(fd, memoryview(data), 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    fsync_path(path.parent)
 
 
 def read_capped(path: Path, cap: int) -> bytes:

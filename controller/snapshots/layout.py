@@ -25,9 +25,10 @@ from controller.snapshots.manifest import (
     parse_manifest,
     summarise,
 )
+from controller.util import files
 from controller.util.errors import BadInput, CcciError, CheckFailed
 from controller.util.locks import exclusive
-from controller.util.paths import check_app_name
+from controller.util.names import check_app_name
 from controller.util.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -154,13 +155,13 @@ def remove_leftovers(where: Path) -> list[str]:
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        elif name.startswith((LINK_TEMP_PREFIX, fsio.TEMP_PREFIX)):
+        elif name.startswith((LINK_TEMP_PREFIX, files.TEMP_PREFIX)):
             path.unlink()
         else:
             continue
         removed.append(name)
     if removed:
-        fsio.fsync_path(where)
+        files.fsync_path(where)
         log.info("snapshot store %s: removed leftovers of an interrupted operation: %s",
                  where, ", ".join(removed))
     return removed

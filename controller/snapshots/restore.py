@@ -30,6 +30,7 @@ from controller.snapshots.manifest import (
     sort_key,
 )
 from controller.snapshots.state import write_state
+from controller.util import files
 from controller.util.errors import BadInput, CheckFailed
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class VolumeRestore:
         except FileNotFoundError as exc:
             raise CheckFailed(f"snapshot file {entry.path} is missing; the snapshot is damaged") from exc
         try:
-            dfd = os.open(temp, fsio.CREATE_FLAGS, 0o600, dir_fd=pfd)
+            dfd = os.open(temp, files.CREATE_FLAGS, 0o600, dir_fd=pfd)
             try:
                 sha, written = thread_copier().copy(sfd, dfd, os.fstat(sfd))
                 if sha != entry.sha256:

@@ -8,13 +8,14 @@ from pathlib import Path
 from controller.snapshots import fsio
 from controller.snapshots.layout import META_CAP, STATE_FILE, app_dir, locked, read_info
 from controller.snapshots.manifest import SHA256_RE
+from controller.util import files
 from controller.util.errors import BadInput
 from controller.util.timeutil import now_iso
 
 
 def write_state(where: Path, *, clean: bool, manifest_sha256: str | None) -> None:
     doc = {"clean": clean, "manifest_sha256": manifest_sha256, "updated_at": now_iso()}
-    fsio.write_durably(where / STATE_FILE, (json.dumps(doc, sort_keys=True) + "\n").encode())
+    files.write_durably(where / STATE_FILE, (json.dumps(doc, sort_keys=True) + "\n").encode())
 
 
 def mark_volumes_dirty(store_root: Path, app: str) -> None:

@@ -34,6 +34,7 @@ from controller.snapshots.layout import (
 from controller.snapshots.manifest import check_commit, digest, render_manifest, summarise
 from controller.snapshots.space import check_free_space
 from controller.snapshots.state import write_state
+from controller.util import files
 from controller.util.errors import CcciError, CheckFailed
 from controller.util.locks import exclusive
 from controller.util.timeutil import now_iso
@@ -70,14 +71,14 @@ def take_snapshot(
                 raise CheckFailed(f"snapshot of {app} failed and was discarded: {exc}") from exc
             raise
         # The new link is durable before the old generation goes: a crash leaves one of them.
-        fsio.fsync_path(where)
+        files.fsync_path(where)
         # From here on the take has succeeded; what fails now is tidying up, which the
         # next call redoes (an unlinked generation is a leftover).
         try:
             if previous is not None and previous != name:
                 clock = _Stopwatch()
                 remove_tree(where / previous)
-                fsio.fsync_path(where)
+                files.fsync_path(where)
                 log.info("snapshot of %s: old generation removed in %.2fs", app, clock.lap())
             # The volumes were just copied whole, so they equal this snapshot.
             write_state(where, clean=True, manifest_sha256=info.manifest_sha256)
@@ -115,7 +116,7 @@ def _write_generation(
         for name, src in sorted(sources.items())
     }
     manifest = render_manifest(manifests)
-    fsio.write_durably(generation / MANIFEST_FILE, manifest)
+    files.write_durably(generation / MANIFEST_FILE, manifest)
     copied = clock.lap()
     # One syncfs makes every copied file and directory durable before it is verified.
     fsio.sync_filesystem(generation)
@@ -137,9 +138,9 @@ def _write_generation(
         taken_at=now_iso(),
         taken_by_run=run_id,
     )
-    fsio.write_durably(generation / META_FILE, meta_document(info, generation.name))
-    fsio.fsync_path(generation / VOLUMES_DIR)
-    fsio.fsync_path(generation)
+    files.write_durably(generation / META_FILE, meta_document(info, generation.name))
+    files.fsync_path(generation / VOLUMES_DIR)
+    files.fsync_path(generation)
     return info
 
 

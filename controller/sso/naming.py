@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controller.util.errors import BadInput
-from controller.util.paths import RUN_ID_RE, check_recipe_name, run_hex
+from controller.util.names import RUN_ID_RE, check_recipe_name, run_hex
 
 # `<recipe>-<6 hex of the run>`: the only realms the controller ever creates or deletes.
 REALM_RE = re.compile(r"^[a-z0-9][a-z0-9-]*-[0-9a-f]{6}$")

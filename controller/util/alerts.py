@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from controller.util.files import atomic_write_json, read_json
 from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso
 
@@ -22,9 +21,7 @@ def raise_alert(state: StateDir, key: str, message: str, **details: Any) -> Path
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:100]
     path = state.alerts / f"{safe}.json"
     doc = {"key": key, "message": message, "raised_at": now_iso(), **details}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, sort_keys=True, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, doc)
     log.error("ALERT %s: %s", key, message)
     return path
 
@@ -39,8 +36,6 @@ def list_alerts(state: StateDir) -> list[dict[str, Any]]:
     if not state.alerts.is_dir():
         return out
     for path in sorted(state.alerts.glob("*.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            out.append({"key": path.stem, "message": "unreadable alert file"})
+        doc = read_json(path)
+        out.append(doc if isinstance(doc, dict) else {"key": path.stem, "message": "unreadable alert file"})
     return out

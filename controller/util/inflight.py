@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.util import locks
+from controller.util.files import atomic_write_json, read_json
 from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso
 
@@ -32,7 +32,7 @@ class Marker:
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
-        _write_json(self.path, self.data)
+        atomic_write_json(self.path, self.data)
 
     def end(self, *, keep: bool = False) -> None:
         """Release the lock; remove the marker unless `keep` (then recovery will see it)."""
@@ -46,24 +46,12 @@ class Marker:
         self.lock_fd = self.gate_fd = None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as handle:
-        json.dump(data, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _lock_path(state: StateDir, run_id: str) -> Path:
-    return state.runs / f"{run_id}.lock"
-
 
 def begin(state: StateDir, run_id: str, **fields: Any) -> Marker:
     """Mark `run_id` in flight until `Marker.end()`; the marker survives a crash, the lock not."""
     state.runs.mkdir(parents=True, exist_ok=True)
     gate_fd = locks.hold_shared(state.prune_gate)
-    lock_path = _lock_path(state, run_id)
+    lock_path = state.run_lock(run_id)
     try:
         lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except BaseException:
@@ -73,14 +61,14 @@ def begin(state: StateDir, run_id: str, **fields: Any) -> Marker:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         marker = Marker(
             run_id,
-            state.runs / f"{run_id}.json",
+            state.run_marker(run_id),
             {"run": run_id, "pid": os.getpid(), "host": socket.gethostname(),
              "started_at": now_iso(), **fields},
             lock_fd,
             lock_path,
             gate_fd,
         )
-        _write_json(marker.path, marker.data)
+        atomic_write_json(marker.path, marker.data)
     except BaseException:
         os.close(lock_fd)
         os.close(gate_fd)
@@ -101,7 +89,7 @@ def in_flight(state: StateDir, run_id: str, **fields: Any) -> Iterator[Marker]:
 
 def is_in_flight(state: StateDir, run_id: str) -> bool:
     """True while some live process holds the run's marker lock."""
-    path = _lock_path(state, run_id)
+    path = state.run_lock(run_id)
     if not path.exists():
         return False
     try:
@@ -132,14 +120,11 @@ def orphaned_markers(state: StateDir) -> list[Marker]:
         run_id = path.stem
         if is_in_flight(state, run_id):
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {"run": run_id}
-        out.append(Marker(run_id, path, data))
+        data = read_json(path)
+        out.append(Marker(run_id, path, data if isinstance(data, dict) else {"run": run_id}))
     return out
 
 
 def forget(state: StateDir, marker: Marker) -> None:
     marker.path.unlink(missing_ok=True)
-    _lock_path(state, marker.run_id).unlink(missing_ok=True)
+    state.run_lock(marker.run_id).unlink(missing_ok=True)

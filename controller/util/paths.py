@@ -1,39 +1,23 @@
-"""The controller's state directory and its layout (DESIGN §7)."""
+"""The controller's state directory: every path under it is named here and nowhere else."""
 
 from __future__ import annotations
 
+import hashlib
 import os
-import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.util.errors import BadInput
+from controller.util.names import check_app_name, check_recipe_name
 
-RECIPE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})-([a-z0-9][a-z0-9-]{0,62})-([0-9a-f]{6})$")
 DEFAULT_STATE_DIR = "/var/lib/ccci"
-
-
-def check_recipe_name(name: object, where: str = "recipe") -> str:
-    if not isinstance(name, str) or not RECIPE_RE.match(name):
-        raise BadInput(f"{where}: {name!r} is not a valid recipe name (lower-case letters, digits, '-')")
-    return name
-
-
-def check_app_name(name: object, where: str = "app") -> str:
-    if not isinstance(name, str) or not APP_RE.match(name):
-        raise BadInput(f"{where}: {name!r} is not a valid app name (lower-case letters, digits, '-')")
-    return name
-
-
-def run_hex(run_id: str) -> str:
-    """The 6 hex digits that end a run id."""
-    return run_id.rsplit("-", 1)[-1]
 
 
 @dataclass(frozen=True)
 class StateDir:
+    """`--state-dir` / `CCCI_STATE_DIR`: snapshots, locks, alerts, recipe mirrors, in-flight
+    markers, logs, and the small files that let a restarted controller pick up where it was."""
+
     root: Path
 
     @classmethod
@@ -41,8 +25,11 @@ class StateDir:
         raw = explicit or os.environ.get("CCCI_STATE_DIR") or DEFAULT_STATE_DIR
         return cls(Path(raw).absolute())
 
+    # -- folders --------------------------------------------------------------------------------
+
     @property
     def snapshots(self) -> Path:
+        """The snapshot store: `<app>/last-known-good → gen-…`, volumes-state.json."""
         return self.root / "snapshots"
 
     @property
@@ -55,10 +42,12 @@ class StateDir:
 
     @property
     def recipes(self) -> Path:
+        """Bare mirrors of the recipes' repositories."""
         return self.root / "recipes"
 
     @property
     def runs(self) -> Path:
+        """In-flight markers: `<run>.json` beside a `<run>.lock` held while the run lives."""
         return self.root / "runs"
 
     @property
@@ -66,21 +55,85 @@ class StateDir:
         return self.root / "logs"
 
     @property
-    def owner_id(self) -> str:
-        """Names this controller's objects (label `ccci.owner`): start-up teardown and the
-        leak check only judge objects whose in-flight markers live in this state dir."""
-        import hashlib
-        import socket
+    def work(self) -> Path:
+        """Per-run checkouts; removed when the run ends, by prune after a crash."""
+        return self.root / "work"
 
-        return hashlib.sha256(f"{socket.gethostname()}:{self.root.resolve()}".encode()).hexdigest()[:12]
+    @property
+    def queue(self) -> Path:
+        """Work queued for the daemon that must survive a crash (rewarms)."""
+        return self.root / "queue"
+
+    @property
+    def warm(self) -> Path:
+        """Per warm app: what commit's data its volumes hold, the images it runs."""
+        return self.root / "warm"
+
+    @property
+    def infra(self) -> Path:
+        """The live infra (Keycloak): what was last deployed healthy, the local secret key."""
+        return self.root / "infra"
+
+    @property
+    def serve(self) -> Path:
+        """Daemon heartbeats and the last run of each periodic job."""
+        return self.root / "serve"
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def recipe_mirror(self, recipe: str) -> Path:
+        return self.recipes / f"{check_recipe_name(recipe)}.git"
+
+    def recipe_lock(self, recipe: str) -> Path:
+        return self.locks / f"recipe-{check_recipe_name(recipe)}.lock"
+
+    def app_lock(self, app: str) -> Path:
+        return self.locks / f"app-{check_app_name(app)}.lock"
 
     @property
     def prune_gate(self) -> Path:
         """Held shared by every run, exclusive by a prune of what runs may need (images)."""
         return self.locks / "prune.gate"
 
-    def app_lock(self, app: str) -> Path:
-        return self.locks / f"app-{check_app_name(app)}.lock"
+    def run_marker(self, run_id: str) -> Path:
+        return self.runs / f"{run_id}.json"
+
+    def run_lock(self, run_id: str) -> Path:
+        return self.runs / f"{run_id}.lock"
+
+    def workdir(self, key: str) -> Path:
+        return self.work / key
+
+    def rewarm_request(self, recipe: str) -> Path:
+        return self.queue / f"rewarm-{check_recipe_name(recipe)}"
+
+    def warm_state(self, app: str) -> Path:
+        return self.warm / f"{check_app_name(app)}.json"
+
+    def infra_state(self, app: str) -> Path:
+        return self.infra / f"{check_app_name(app)}.json"
+
+    @property
+    def infra_secret_key(self) -> Path:
+        return self.infra / "secret.key"
+
+    def heartbeat(self, pid: int) -> Path:
+        return self.serve / f"{pid}.json"
+
+    @property
+    def jobs(self) -> Path:
+        """When each of serve's periodic jobs (sweep, prune, …) last ran."""
+        return self.serve / "jobs.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs / "ccci.log"
+
+    @property
+    def owner_id(self) -> str:
+        """Names this controller's objects (label `ccci.owner`): start-up teardown and the
+        leak check only judge objects whose in-flight markers live in this state dir."""
+        return hashlib.sha256(f"{socket.gethostname()}:{self.root.resolve()}".encode()).hexdigest()[:12]
 
     def ensure(self) -> StateDir:
         for sub in (self.snapshots, self.locks, self.alerts, self.recipes, self.runs, self.logs):
