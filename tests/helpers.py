@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controller.registry.store import init_registry
-from controller.registry.yamlio import load_untrusted
+from controller.util.yamlio import load_untrusted
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -47,8 +47,8 @@ def test_cold_notes_v1_passes_and_leaves_nothing(controller_clone: Path, state_d
     run_id, result = run_request(controller_clone, state_dir, "notes", recipes["notes"].versions[1])
     assert result["outcome"] == "pass", result
     assert (result["mode"], result["requested_mode"], result["gating"]) == ("cold", "cold", True)
-    names = {a["name"]: a["ok"] for a in result["asserts"]}
-    assert names == {"converged": True, "no-restart-loop": True, "healthchecks": True, "http": True,
+    asserts = {a["name"]: a["ok"] for a in result["asserts"]}
+    assert asserts == {"converged": True, "no-restart-loop": True, "healthchecks": True, "http": True,
                      "commit": True, "custom:tests/ccci-assert": True}
     assert [p["name"] for p in result["phases"]] == ["fetch", "deploy", "converge", "asserts", "teardown"]
     custom = next(a for a in result["asserts"] if a["name"] == "custom:tests/ccci-assert")

@@ -7,11 +7,11 @@ import pytest
 from controller.flows.requests import mode_from_comment
 from controller.registry import documents
 from controller.registry.settings import SETTINGS_TEMPLATE, settings_from_document
-from controller.registry.yamlio import dump_document, load_untrusted, update_document
 from controller.util import names
 from controller.util.errors import BadInput
 from controller.util.names import RUN_ID_RE
 from controller.util.timeutil import new_run_id
+from controller.util.yamlio import dump_document, load_untrusted, update_document
 
 GOOD = b"recipe: notes\nref: " + b"a" * 40 + b"\nmode: cold\nrequested_by: alice\n"
 NAME = "20261129T120000-notes-abc123.yaml"

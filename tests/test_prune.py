@@ -16,7 +16,7 @@ import pytest
 
 from controller.flows import prune as prune_flow
 from controller.flows.prune import PrunePolicy, plan_images
-from controller.flows.warm import write_warm_state
+from controller.flows.warm_apps import write_warm_state
 from controller.runtime.images import Image, normalise_ref
 from controller.util import inflight
 from controller.util.alerts import list_alerts
@@ -206,12 +206,10 @@ def test_prune_removes_what_nothing_needs_and_keeps_warm_live_and_in_flight(
 
 def test_serve_prune_alerts_while_disk_stays_low(engine: Engine, state_dir: Path) -> None:
     state = StateDir(state_dir).ensure()
-    assert prune_flow.prune_for_serve(state, PrunePolicy("dangling", min_free_gb=0), force=False) is None
-    report = prune_flow.prune_for_serve(state, PrunePolicy("dangling", min_free_gb=1e9), force=False)
-    assert report is not None
+    prune_flow.prune_and_alert(state, PrunePolicy("dangling", min_free_gb=1e9))
     alerts = [a for a in list_alerts(state) if a["key"] == prune_flow.DISK_ALERT]
     assert alerts and "limits.disk_min_free_gb is 1e+09" in alerts[0]["message"]
-    prune_flow.prune_for_serve(state, PrunePolicy("dangling", min_free_gb=0), force=True)
+    prune_flow.prune_and_alert(state, PrunePolicy("dangling", min_free_gb=0))
     assert not [a for a in list_alerts(state) if a["key"] == prune_flow.DISK_ALERT]
 
 

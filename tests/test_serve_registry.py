@@ -110,7 +110,7 @@ def test_bad_input_corpus_is_rejected_and_serve_keeps_serving(
     finally:
         assert serve.stop() == 0, serve.log()
     results = results_in(work)
-    from controller.registry.documents import result_id_for
+    from controller.util.names import result_id_for
 
     for name, (_raw, expected) in corpus.items():
         doc = results[result_id_for(name)]
@@ -186,9 +186,10 @@ def test_a_controller_bug_costs_one_request_not_the_daemon(
     static_registry: tuple[RemoteRegistry, Path], state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fault injection at one exact point: `decide` blows up for one request only."""
-    from controller.flows import dispatch
+    from controller.flows import runs
     from controller.flows.context import Context
     from controller.flows.serve import run_until_idle
+    from controller.registry.documents import Request
     from controller.registry.store import Registry
     from controller.util.paths import StateDir
 
@@ -197,14 +198,14 @@ def test_a_controller_bug_costs_one_request_not_the_daemon(
     remote.edit({f"requests/{poisoned}.yaml": request_doc("static", ref="e" * 40),
                  f"requests/{fine}.yaml": request_doc("static", ref="f" * 40)})
     clone = remote.clone("controller")
-    real_decide = dispatch.decide
+    real_decide = runs.decide
 
-    def decide(ctx: Context, request: object) -> dispatch.Decision:
-        if getattr(request, "run_id", "") == poisoned:
+    def decide(ctx: Context, request: Request) -> runs.Decision:
+        if request.run_id == poisoned:
             raise RuntimeError("injected bug")
-        return real_decide(ctx, request)  # type: ignore[arg-type]
+        return real_decide(ctx, request)
 
-    monkeypatch.setattr(dispatch, "decide", decide)
+    monkeypatch.setattr(runs, "decide", decide)
     run_until_idle(Context.open(Registry(clone), StateDir(state_dir)), poll_interval=0.2)
     results = results_in(clone)
     assert results[poisoned]["outcome"] == "error"

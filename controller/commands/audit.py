@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controller.cli import registry_arg
 from controller.commands import entry
+from controller.commands.options import registry_arg
 from controller.flows.audit import audit
-from controller.registry.store import Registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,8 +17,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute(args: argparse.Namespace) -> int:
-    registry = Registry(args.registry)
-    checked, violations = audit(registry)
+    checked, violations = audit(args.registry)
     for violation in violations:
         print(violation.sentence(), file=sys.stderr)
     if violations:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from controller.commands import entry
-from controller.registry.store import init_registry
+from controller.flows.init import create_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute(args: argparse.Namespace) -> int:
-    init_registry(args.path, base_domain=args.base_domain)
+    create_registry(args.path, base_domain=args.base_domain)
     print(f"created registry at {args.path}")
     return 0
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from controller.cli import registry_arg
 from controller.commands import entry
-from controller.flows.prune import IMAGE_MODES, PrunePolicy, PruneReport, policy_from_settings, prune
-from controller.registry.settings import load_settings
+from controller.commands.options import registry_arg
+from controller.flows.prune import IMAGE_MODES, PruneReport, policy_for_registry, prune
 from controller.util.paths import StateDir
 
 
@@ -24,10 +23,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=execute)
 
 
-def policy_for(args: argparse.Namespace) -> PrunePolicy:
-    if args.registry is None:
-        return PrunePolicy(images=args.images or "dangling")
-    return policy_from_settings(load_settings(args.registry), images=args.images)
 
 
 def print_report(report: PruneReport) -> None:
@@ -47,7 +42,8 @@ def print_report(report: PruneReport) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    report = prune(StateDir.from_env(args.state_dir), policy_for(args), dry_run=args.dry_run)
+    report = prune(StateDir.from_env(args.state_dir), policy_for_registry(args.registry, images=args.images),
+                   dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:

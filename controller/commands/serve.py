@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli import registry_arg
-from controller.commands import entry
-from controller.flows.context import Context
+from controller.commands import entry, options
 from controller.flows.serve import Server
-from controller.registry.store import Registry
-from controller.util.paths import StateDir
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("serve", help="run the controller loop")
-    registry_arg(parser)
+    options.registry_arg(parser)
     parser.add_argument("--once", action="store_true", help="drain the queue, then exit")
     parser.add_argument("--poll-interval", type=float, default=None,
                         help="seconds between fetches of the remote (default serve.poll_interval_s)")
@@ -24,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute(args: argparse.Namespace) -> int:
-    ctx = Context.open(Registry(args.registry), StateDir.from_env(args.state_dir))
+    ctx = options.context(args, sync=False)
     return Server(ctx, once=args.once, poll_interval=args.poll_interval, watch=not args.no_watch).serve()
 
 

@@ -8,11 +8,9 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from controller.cli import registry_arg
-from controller.commands import entry
+from controller.commands import entry, options
+from controller.commands.options import registry_arg
 from controller.flows.status import collect_status
-from controller.registry.store import Registry
-from controller.util.paths import StateDir
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute(args: argparse.Namespace) -> int:
-    status = collect_status(Registry(args.registry), StateDir.from_env(args.state_dir))
+    status = collect_status(options.registry_path(args), args.state_dir)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0

@@ -4,37 +4,35 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli import registry_arg
-from controller.commands import entry
-from controller.flows import sweep
-from controller.flows.context import Context
-from controller.registry.store import Registry
-from controller.util.paths import StateDir
+from controller.commands import entry, options
+from controller.flows import jobs
 from controller.util.timeutil import iso, utcnow
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("sweep", help="file cold requests for each recipe's tracked line")
-    registry_arg(parser)
+    options.registry_arg(parser)
     parser.add_argument("--now", action="store_true", help="sweep even if it is not due")
     parser.set_defaults(handler=execute)
 
 
 def execute(args: argparse.Namespace) -> int:
-    registry = Registry(args.registry)
-    ctx = Context.open(registry, StateDir.from_env(args.state_dir))
-    registry.sync()
-    settings = ctx.settings
-    last = sweep.last_sweep(ctx)
-    if not args.now and not sweep.sweep_due(utcnow(), last, settings.sweep_at, settings.sweep_timezone):
+    ctx = options.context(args)
+    ledger = jobs.Ledger(ctx.state)
+    sweep = jobs.job("sweep")
+    last = ledger.last_run("sweep")
+    if not args.now and not sweep.due(ctx, utcnow(), last, False):
         print(f"sweep not due: last at {iso(last) if last else 'never'}, next after "
-              f"{settings.sweep_at} {settings.sweep_timezone}")
+              f"{ctx.settings.sweep_at} {ctx.settings.sweep_timezone}")
         return 0
-    report = sweep.run_sweep(ctx)
-    for run_id in report.filed:
+    summary = jobs.run_job(ctx, sweep, ledger)
+    for run_id in summary.get("filed", []):
         print(f"filed {run_id}")
-    for recipe, why in report.skipped.items():
+    for recipe, why in summary.get("skipped", {}).items():
         print(f"skipped {recipe}: {why}")
+    if "error" in summary:
+        print(f"sweep failed: {summary['error']}")
+        return 1
     return 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli import registry_arg
 from controller.commands import entry
+from controller.commands.options import registry_arg
 from controller.flows.requests import file_request, mode_from_comment
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controller.cli import registry_arg
-from controller.commands import entry
+from controller.commands import entry, options
+from controller.commands.options import registry_arg
 from controller.flows import sso_setup, warm_infra
-from controller.flows.context import Context
-from controller.registry.store import Registry
-from controller.util.paths import StateDir
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,22 +25,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reap.set_defaults(handler=execute_reap)
 
 
-def _context(args: argparse.Namespace) -> Context:
-    registry = Registry(args.registry)
-    ctx = Context.open(registry, StateDir.from_env(args.state_dir))
-    registry.sync()
-    ctx.refresh_settings()
-    return ctx
-
-
 def execute_reconcile(args: argparse.Namespace) -> int:
-    report = warm_infra.reconcile(_context(args), approve=args.approve)
+    report = warm_infra.reconcile(options.context(args), approve=args.approve)
     print(f"{report.outcome}: {report.message}", file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
 
 
 def execute_reap(args: argparse.Namespace) -> int:
-    deleted = sso_setup.reap_stale_realms(_context(args))
+    deleted = sso_setup.reap_stale_realms(options.context(args))
     for name in deleted:
         print(f"deleted realm {name}")
     print(f"reaped {len(deleted)} realm(s)")

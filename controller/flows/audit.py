@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from controller.registry import documents, schemas
 from controller.registry.history import Commit, canonical_changes, file_at
 from controller.registry.settings import SETTINGS_FILE, settings_from_document
 from controller.registry.store import Registry
-from controller.registry.yamlio import load_untrusted
 from controller.util import names
 from controller.util.errors import CcciError
+from controller.util.yamlio import load_untrusted
 
 SUBJECT = re.compile(r"^\[cold\] (?P<recipe>[a-z0-9-]+)@(?P<short>[0-9a-f]{7}) pass \(run (?P<run>[^)]+)\)")
 
@@ -79,8 +80,9 @@ def check_change(registry: Registry, commit: Commit, status: str, path: str) -> 
     return None
 
 
-def audit(registry: Registry) -> tuple[int, list[Violation]]:
+def audit(registry_path: Path) -> tuple[int, list[Violation]]:
     """(changes checked, violations) over the whole history of canonicals/."""
+    registry = Registry(registry_path)
     checked = 0
     violations = []
     for commit, status, path in canonical_changes(registry):

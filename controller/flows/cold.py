@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 
 from controller.flows import deployment, sso_setup
-from controller.flows.context import Context, phase
+from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
 from controller.registry import recipes
-from controller.registry.documents import Request
-from controller.registry.results import RunResult
 from controller.runtime import probe
 from controller.util import names
 from controller.util.errors import CcciError
@@ -18,7 +16,8 @@ from controller.util.timeutil import Deadline
 log = logging.getLogger(__name__)
 
 
-def run_cold(ctx: Context, request: Request, result: RunResult) -> None:
+def run_cold(ctx: Context, run: Run) -> None:
+    request, result = run.request, run.result
     recipe = ctx.settings.recipe(request.recipe)
     app = names.cold_app(request.recipe, request.run_id)
     result.app = app

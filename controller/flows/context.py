@@ -1,4 +1,4 @@
-"""What every flow needs: the registry clone, its settings, the state dir, a progress sink."""
+"""What every flow needs: the registry clone, its settings, the state dir, progress, the sinks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
+from controller.registry.documents import Request, SnapshotIndex
 from controller.registry.results import Phase, RunResult
 from controller.registry.settings import Settings
 from controller.registry.store import Identity, Registry
+from controller.util.inflight import Marker
 from controller.util.paths import StateDir
 
 # Called as progress(phase_name, status) with status "start", "ok", "failed" or "skipped".
@@ -23,12 +27,44 @@ def _no_progress(_phase: str, _status: str) -> None:
 
 
 @dataclass
+class Run:
+    """One run between its claim and its published verdict."""
+
+    request: Request
+    result: RunResult
+    marker: Marker | None = None
+    # A rewarm's new last-known-good: its index entry is committed with the verdict.
+    index: SnapshotIndex | None = None
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What publishing a verdict did in the registry."""
+
+    commit: str | None  # None: nothing committed (someone else had answered first)
+    advanced: bool = False  # the canonical moved to the tested commit in that commit
+
+
+class Sink(Protocol):
+    """Hears of claims and verdicts once the registry has them. The registry commit is the
+    truth and comes first; a sink that fails is logged and never undoes a verdict."""
+
+    name: str
+
+    def claimed(self, ctx: Context, run: Run) -> None: ...
+
+    def published(self, ctx: Context, result: RunResult, request: Request | None,
+                  publication: Publication) -> None: ...
+
+
+@dataclass
 class Context:
     registry: Registry
     settings: Settings
     state: StateDir
     progress: ProgressSink = field(default=_no_progress)
     controller_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    sinks: list[Sink] = field(default_factory=list)  # beyond the built-in ones (see flows.runs)
 
     @classmethod
     def open(cls, registry: Registry, state: StateDir, progress: ProgressSink | None = None) -> Context:
@@ -40,6 +76,17 @@ class Context:
     def refresh_settings(self) -> None:
         self.settings = self.registry.settings()
         self.registry.identity = Identity.of(self.settings)
+
+
+def open_context(registry_path: Path, state_dir: str | Path | None, *, sync: bool = False,
+                 progress: ProgressSink | None = None) -> Context:
+    """The context a command works in; `sync` fetches the remote first and reloads settings."""
+    registry = Registry(registry_path)
+    ctx = Context.open(registry, StateDir.from_env(state_dir), progress=progress)
+    if sync:
+        registry.sync()
+        ctx.refresh_settings()
+    return ctx
 
 
 @contextmanager

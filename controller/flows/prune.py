@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.flows import cleanup
-from controller.flows.warm import read_warm_state
-from controller.registry.settings import Settings
+from controller.flows.warm_apps import read_warm_state
+from controller.registry.settings import Settings, load_settings
 from controller.runtime import engine, images
 from controller.runtime.images import Image
 from controller.util.alerts import clear_alert, raise_alert
@@ -42,6 +42,13 @@ def policy_from_settings(settings: Settings, *, images: str | None = None) -> Pr
     """The registry's `limits.*` prune settings; `images` overrides `limits.prune_images`."""
     return PrunePolicy(images=images or settings.prune_images, keep_images=settings.prune_keep_images,
                        min_free_gb=settings.disk_min_free_gb)
+
+
+def policy_for_registry(registry_path: Path | None, *, images: str | None = None) -> PrunePolicy:
+    """The prune policy of a registry clone's ccci.yaml, or the defaults without one."""
+    if registry_path is None:
+        return PrunePolicy(images=images or "dangling")
+    return policy_from_settings(load_settings(registry_path), images=images)
 
 
 @dataclass
@@ -240,11 +247,8 @@ def _remove_image(image: Image) -> None:
         images.remove_image(ref)
 
 
-def prune_for_serve(state: StateDir, policy: PrunePolicy, *, force: bool) -> PruneReport | None:
-    """The daemon's prune: when due (`force`) or when the disk is low; alerts while it stays low."""
-    low = disk_low(free_space(state), policy.min_free_gb)
-    if not force and not low:
-        return None
+def prune_and_alert(state: StateDir, policy: PrunePolicy) -> PruneReport:
+    """The daemon's prune: prune, then alert while the disk stays low."""
     report = prune(state, policy)
     for item in report.removed:
         if item.removed:

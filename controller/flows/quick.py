@@ -9,9 +9,9 @@ from pathlib import Path
 
 from controller import snapshots
 from controller.flows import deployment, sso_setup
-from controller.flows.context import Context, phase
+from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
-from controller.flows.warm import app_lock, restore_app, restore_summary, write_warm_state
+from controller.flows.warm_apps import app_lock, restore_app, restore_summary, write_warm_state
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.runtime import probe, stack
@@ -30,7 +30,17 @@ def snapshot_matches_index(ctx: Context, recipe: str) -> bool:
     return index is not None and info is not None and info.manifest_sha256 == index.manifest_sha256
 
 
-def run_quick(ctx: Context, request: Request, result: RunResult) -> None:
+def missing_for_quick(ctx: Context, recipe: str) -> str | None:
+    """The mode's precondition: what a quick run of `recipe` lacks on this host, if anything."""
+    if ctx.registry.canonical(recipe) is None:
+        return "canonical"
+    if not snapshot_matches_index(ctx, recipe):
+        return "last-known-good snapshot on this host"
+    return None
+
+
+def run_quick(ctx: Context, run: Run) -> None:
+    request, result = run.request, run.result
     recipe = ctx.settings.recipe(request.recipe)
     app = names.warm_app(request.recipe)
     result.app = app

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from controller.registry.documents import Request, parse_request
 from controller.registry.store import Registry
-from controller.registry.yamlio import dump_document
 from controller.util.errors import BadInput
 from controller.util.names import check_recipe_name
 from controller.util.timeutil import new_run_id
+from controller.util.yamlio import dump_document
 
 COMMENTS = {"!testme": "cold", "!testme --quick": "quick"}
 

@@ -1,65 +1,55 @@
-"""Rewarm (DESIGN §4): bring `warm-<recipe>` to the known-good commit and snapshot it."""
+"""Rewarm (DESIGN §4): bring `warm-<recipe>` to the known-good commit and snapshot it; and the
+queue of rewarms a promotion asks for."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from controller import snapshots
 from controller.flows import deployment, sso_setup
-from controller.flows.context import Context, phase
+from controller.flows.context import Context, Publication, Run, phase
 from controller.flows.deployment import Deployment
-from controller.flows.warm import (
-    app_lock,
-    index_text,
+from controller.flows.warm_apps import (
+    index_from_info,
     restore_app,
     restore_summary,
     take_app_snapshot,
     write_warm_state,
 )
-from controller.registry.results import RunResult, commit_message
-from controller.registry.yamlio import dump_document
+from controller.registry.documents import Request
+from controller.registry.results import RunResult
 from controller.runtime import images, probe, stack
-from controller.util import inflight, names
-from controller.util.errors import CcciError, CheckFailed
-from controller.util.log import run_context
-from controller.util.timeutil import Deadline, new_run_id, now_iso
+from controller.util import names
+from controller.util.errors import CcciError
+from controller.util.files import write_durably
+from controller.util.timeutil import Deadline, now_iso
 
 log = logging.getLogger(__name__)
 
 
-def rewarm(ctx: Context, recipe_name: str) -> RunResult:
-    """Deploy the known-good on the warm app's data, assert, undeploy, snapshot, commit.
-    On failure the old snapshot and its index stay; the result says why."""
-    ctx.settings.recipe(recipe_name)  # BadInput for a recipe ccci.yaml does not know
+def run_rewarm(ctx: Context, run: Run) -> None:
+    """The runner: deploy the known-good on the warm app's data, assert, undeploy, snapshot.
+    The caller holds the app's lock. On failure the old snapshot stays; the result says why."""
+    result = run.result
+    recipe_name = run.request.recipe
     app = names.warm_app(recipe_name)
-    run_id = new_run_id(recipe_name)
-    canonical = ctx.registry.canonical(recipe_name)
-    if canonical is None:
-        raise CheckFailed(f"{recipe_name} has no canonical yet: a green cold run of its tracked line seeds it")
-    result = RunResult(run=run_id, recipe=recipe_name, ref=canonical.known_good, mode="rewarm",
-                       requested_mode="rewarm", outcome="running", gating=False, started_at=now_iso(),
-                       requested_by="ccci", app=app, controller=ctx.controller_id)
-    result.canonical = {"before": canonical.known_good, "after": canonical.known_good, "advanced": False}
-    info: snapshots.SnapshotInfo | None = None
-    with run_context(run_id), app_lock(ctx, app):
-        marker = inflight.begin(ctx.state, run_id, mode="rewarm", recipe=recipe_name, app=app,
-                                registry=str(ctx.registry.root))
-        try:
-            info = _rewarm_locked(ctx, result, recipe_name, app)
-        except CcciError as exc:
-            result.outcome = "fail" if exc.cause in ("recipe", "timeout") else "error"
-            result.cause = result.cause or exc.cause or "infra"
-            result.error = result.error or exc.message
-        result.finished_at = now_iso()
-        _commit(ctx, result, info)
-        marker.end()
-    return result
+    result.app = app
+    result.gating = False
+    result.canonical = {"before": run.request.ref, "after": run.request.ref, "advanced": False}
+    try:
+        info = _rewarm_locked(ctx, run, recipe_name, app)
+    except CcciError as exc:
+        result.outcome = "fail" if exc.cause in ("recipe", "timeout") else "error"
+        result.cause = result.cause or exc.cause or "infra"
+        result.error = result.error or exc.message
+        return
+    if info is not None:
+        run.index = index_from_info(info)
 
 
-def _rewarm_locked(ctx: Context, result: RunResult, recipe_name: str, app: str) -> snapshots.SnapshotInfo | None:
+def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapshots.SnapshotInfo | None:
+    result = run.result
     recipe = ctx.settings.recipe(recipe_name)
-    assert result.ref
     deadline = Deadline(recipe.timeout_s)
     stack.undeploy(app, remove_volumes=False)  # a leftover deploy must not hold the volumes
     current = snapshots.current_snapshot(ctx.state.snapshots, app)
@@ -77,7 +67,7 @@ def _rewarm_locked(ctx: Context, result: RunResult, recipe_name: str, app: str) 
     passed = False
     try:
         with phase(ctx, result, "fetch"):
-            commit = deployment.checkout_commit(ctx, recipe, result.ref, work / "recipe")
+            commit = deployment.checkout_commit(ctx, recipe, run.request.ref, work / "recipe")
         dep = Deployment(recipe=recipe, app=app, mode="warm", run=None, commit=commit,
                          domain=ctx.settings.domain(app), host_port=probe.free_port(),
                          checkout=work / "recipe", owner=ctx.state.owner_id)
@@ -110,20 +100,32 @@ def _rewarm_locked(ctx: Context, result: RunResult, recipe_name: str, app: str) 
     return info
 
 
-def _commit(ctx: Context, result: RunResult, info: snapshots.SnapshotInfo | None) -> None:
-    """The result and (when a new snapshot was taken) the index, in one `[rewarm]` commit."""
-    rel = names.result_rel(result.run)
+def queue_rewarm(ctx: Context, recipe: str) -> None:
+    """Ask for a rewarm of `warm-<recipe>`; a file, so a crash before it ran does not lose it."""
+    write_durably(ctx.state.rewarm_request(recipe), now_iso().encode())
 
-    def write(root: Path) -> list[str] | None:
-        touched = [rel]
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(dump_document(result.to_document()))
-        if info is not None:
-            index_path = root / names.snapshot_index_rel(info.app)
-            index_path.parent.mkdir(parents=True, exist_ok=True)
-            index_path.write_text(index_text(ctx, info))
-            touched.append(names.snapshot_index_rel(info.app))
-        return touched
 
-    ctx.registry.transact(write, commit_message(result, extra="snapshot replaced" if info else ""))
+def queued_rewarms(ctx: Context) -> list[str]:
+    queue = ctx.state.queue
+    if not queue.is_dir():
+        return []
+    return sorted(p.name.removeprefix("rewarm-") for p in queue.glob("rewarm-*")
+                  if p.name.removeprefix("rewarm-") in ctx.settings.recipes)
+
+
+def dequeue_rewarm(ctx: Context, recipe: str) -> None:
+    ctx.state.rewarm_request(recipe).unlink(missing_ok=True)
+
+
+class RewarmQueue:
+    """The sink that asks for a rewarm when a verdict moved a canonical."""
+
+    name = "rewarm-queue"
+
+    def claimed(self, ctx: Context, run: Run) -> None:
+        return None
+
+    def published(self, ctx: Context, result: RunResult, request: Request | None,
+                  publication: Publication) -> None:
+        if publication.advanced and result.recipe:
+            queue_rewarm(ctx, result.recipe)

@@ -7,25 +7,23 @@ import logging
 import os
 import signal
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from controller.flows import dispatch, prune, recover, rewarm, sweep
-from controller.flows.canonical import finish_run
-from controller.flows.context import Context
+from controller.flows import jobs, recover, rewarm, runs
+from controller.flows.context import Context, Run
 from controller.registry import git as gitmod
-from controller.registry.documents import Request
-from controller.registry.results import RunResult
 from controller.registry.watch import ChangeWatcher
-from controller.util import inflight
-from controller.util.alerts import clear_alert
+from controller.util.alerts import clear_alert, raise_alert
 from controller.util.errors import BadInput, CcciError
 from controller.util.files import atomic_write_json
 from controller.util.log import run_context
 from controller.util.timeutil import now_iso, utcnow
 
 log = logging.getLogger(__name__)
+
+SETTINGS_ALERT = "settings"
 
 
 @dataclass
@@ -50,11 +48,8 @@ class Server:
         self.active: dict[str, threading.Thread] = {}
         self.active_lock = threading.Lock()
         self.stopping = False
+        self.ledger = jobs.Ledger(ctx.state)
         self._heartbeat = ctx.state.heartbeat(os.getpid())
-        self._last_prune: float | None = None
-        self._last_prune_summary: dict[str, object] | None = None
-
-    # -- life cycle ------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
@@ -102,8 +97,28 @@ class Server:
             for thread in threads:
                 thread.join(timeout=1.0)
 
+    def _start(self, key: str, target: Callable[..., object], *args: object, claimed: bool = False) -> bool:
+        """Run `target(*args)` in a thread known as `key`; False when `key` already runs or the
+        daemon is stopping (a claimed run starts even then: it is ours to finish)."""
+        with self.active_lock:
+            if key in self.active or (self.stopping and not claimed):
+                return False
+            thread = threading.Thread(target=self._tracked, args=(key, target, *args), name=key, daemon=True)
+            self.active[key] = thread
+        thread.start()
+        return True
+
+    def _tracked(self, key: str, target: Callable[..., object], *args: object) -> None:
+        try:
+            target(*args)
+        finally:
+            with self.active_lock:
+                self.active.pop(key, None)
+            self.watcher.poke()
+
     def _write_heartbeat(self) -> None:
-        doc = {
+        prune = self.ledger.entry("prune")
+        atomic_write_json(self._heartbeat, {
             "pid": os.getpid(),
             "registry": str(self.ctx.registry.root),
             "passes": self.stats.passes,
@@ -114,11 +129,8 @@ class Server:
             "git_operations": gitmod.operations_count(),
             "started_at": self.stats.started_at,
             "last_pass_at": now_iso(),
-            "last_prune": self._last_prune_summary,
-        }
-        atomic_write_json(self._heartbeat, doc)
-
-    # -- one pass --------------------------------------------------------------------------
+            "last_prune": prune.get("summary") if prune else None,
+        })
 
     def _pass(self) -> int:
         """Sync, then start what can start. Returns how many requests are still pending."""
@@ -130,12 +142,11 @@ class Server:
                 self.ctx.refresh_settings()
             except BadInput as exc:
                 # A bad ccci.yaml must not burn the queue: hold everything, say why, keep serving.
-                recover.raise_alert(self.ctx.state, "settings", exc.message)
+                raise_alert(self.ctx.state, SETTINGS_ALERT, exc.message)
                 log.error("not dispatching: %s", exc.message)
                 return 1
-            clear_alert(self.ctx.state, "settings")
-            self._start_sweep_if_due()
-            self._prune_if_due()
+            clear_alert(self.ctx.state, SETTINGS_ALERT)
+            self._run_due_jobs()
             pending_count += self._start_queued_rewarms()
             for name in self.ctx.registry.pending_request_names():
                 with self.active_lock:
@@ -151,7 +162,7 @@ class Server:
                     raise
                 except Exception as exc:  # a bug must cost one request, never the daemon
                     log.exception("unexpected error dispatching %s", name)
-                    dispatch.reject(self.ctx, name, CcciError(
+                    runs.reject(self.ctx, name, CcciError(
                         f"requests/{name}: unexpected error in the controller while dispatching: "
                         f"{type(exc).__name__}: {exc}"), outcome="error")
         except CcciError as exc:
@@ -164,150 +175,65 @@ class Server:
             self._write_heartbeat()
         return pending_count
 
-    def _prune_if_due(self) -> None:
-        """Every `limits.prune_interval_s` (not with --once), and whenever the disk is low
-        (at most once a minute): prune what no run, warm app or live infra needs."""
-        settings = self.ctx.settings
-        now = time.monotonic()
-        since = now - self._last_prune if self._last_prune is not None else None
-        if since is not None and since < 60:
-            return
-        due = not self.once and (since is None or since >= settings.prune_interval_s)
-        policy = prune.policy_from_settings(settings)
-        try:
-            report = prune.prune_for_serve(self.ctx.state, policy, force=due)
-            if report is not None:
-                self._last_prune = now
-                self._last_prune_summary = {
-                    "at": now_iso(), "removed": sum(1 for i in report.removed if i.removed),
-                    "failed": len(report.failed), "skipped": report.skipped}
-        except CcciError as exc:
-            log.warning("prune failed (will retry): %s", exc.message)
-            self._last_prune = now
-
-    def _start_sweep_if_due(self) -> None:
-        settings = self.ctx.settings
-        if self.once or self.stopping:
-            return  # --once drains the queue; it does not start the nightly sweep
-        with self.active_lock:
-            if "sweep" in self.active:
+    def _run_due_jobs(self) -> None:
+        now = utcnow()
+        for job in jobs.JOBS:
+            if self.stopping:
                 return
-            if not sweep.sweep_due(utcnow(), sweep.last_sweep(self.ctx), settings.sweep_at,
-                                   settings.sweep_timezone):
-                return
-            thread = threading.Thread(target=self._sweep, name="sweep", daemon=True)
-            self.active["sweep"] = thread
-        thread.start()
-
-    def _sweep(self) -> None:
-        try:
-            sweep.run_sweep(self.ctx)
-        except CcciError as exc:
-            log.error("sweep failed: %s", exc.message)
-        finally:
             with self.active_lock:
-                self.active.pop("sweep", None)
-            self.watcher.poke()
+                if job.name in self.active:
+                    continue
+            if not job.due(self.ctx, now, self.ledger.last_run(job.name), self.once):
+                continue
+            if job.background:
+                self._start(job.name, jobs.run_job, self.ctx, job, self.ledger)
+            else:
+                jobs.run_job(self.ctx, job, self.ledger)
 
     def _start_queued_rewarms(self) -> int:
-        """Start a thread per queued rewarm (a file survives a crash: the next start redoes it)."""
-        queued = recover.queued_rewarms(self.ctx)
+        """A thread per queued rewarm (the queue is files: a crash before it ran redoes it)."""
+        queued = rewarm.queued_rewarms(self.ctx)
         for recipe in queued:
-            key = f"rewarm:{recipe}"
-            with self.active_lock:
-                if key in self.active or self.stopping:
-                    continue
-                thread = threading.Thread(target=self._rewarm, args=(key, recipe), name=key, daemon=True)
-                self.active[key] = thread
-            thread.start()
+            self._start(f"rewarm:{recipe}", runs.perform_queued_rewarm, self.ctx, recipe)
         return len(queued)
-
-    def _rewarm(self, key: str, recipe: str) -> None:
-        try:
-            result = rewarm.rewarm(self.ctx, recipe)
-            log.info("rewarm of %s: %s", recipe, result.outcome)
-        except CcciError as exc:
-            log.error("rewarm of %s could not run: %s", recipe, exc.message)
-        finally:
-            recover.dequeue_rewarm(self.ctx, recipe)
-            with self.active_lock:
-                self.active.pop(key, None)
-            self.watcher.poke()
 
     def _dispatch(self, name: str) -> bool:
         """Handle one pending request; False when it must wait for a later pass."""
-        request: Request | None = None
         try:
-            request = self.ctx.registry.read_request(name)
-            decision = dispatch.decide(self.ctx, request)
-        except BadInput as exc:
-            if dispatch.reject(self.ctx, name, exc, request):
+            request, decision = runs.admit(self.ctx, name)
+        except runs.Rejected as exc:
+            if exc.committed:
                 self.stats.rejected += 1
             return True
-        slot = None
-        if decision.mode == "cold":
-            if not self.cold_slots.acquire(blocking=False):
-                return False
-            slot = self.cold_slots
+        slot = self.cold_slots if decision.mode == "cold" else None
+        if slot is not None and not slot.acquire(blocking=False):
+            return False
         try:
-            result = dispatch.new_result(self.ctx, request, decision)
             with run_context(request.run_id):
-                marker = inflight.begin(self.ctx.state, request.run_id, mode=decision.mode,
-                                        recipe=request.recipe,
-                                        registry=str(self.ctx.registry.root))
-                try:
-                    claimed = self.ctx.registry.claim(result)
-                except BaseException:
-                    marker.end()
-                    raise
-                if not claimed:
-                    marker.end()
-                    if slot:
-                        slot.release()
-                    return True
-                marker.update(claimed=True)
-                log.info("claimed %s (%s)", request.run_id, decision.mode)
+                run = runs.claim(self.ctx, request, decision)
         except BaseException:
-            if slot:
-                slot.release()
-            raise
-        self.stats.claimed += 1
-        thread = threading.Thread(
-            target=self._run, args=(name, request, result, marker, slot),
-            name=request.run_id, daemon=True,
-        )
-        with self.active_lock:
-            self.active[name] = thread
-        thread.start()
-        return True
-
-    def _run(self, name: str, request: Request, result: RunResult, marker: inflight.Marker,
-             slot: threading.BoundedSemaphore | None) -> None:
-        committed = False
-        try:
-            with run_context(request.run_id):
-                dispatch.run_claimed(self.ctx, request, result)
-                try:
-                    advanced = finish_run(self.ctx, request, result)
-                    committed = True
-                except CcciError as exc:
-                    log.error("could not commit the result of %s: %s", request.run_id, exc.message)
-                    return
-                self.stats.finished += 1
-                log.info("finished %s: %s", request.run_id, result.outcome)
-                if advanced:
-                    recover.queue_rewarm(self.ctx, request.recipe)
-        finally:
-            # An uncommitted verdict keeps its marker: the next start-up aborts it properly.
-            marker.end(keep=not committed)
             if slot is not None:
                 slot.release()
-            with self.active_lock:
-                self.active.pop(name, None)
-            self.watcher.poke()
+            raise
+        if run is None:
+            if slot is not None:
+                slot.release()
+            return True
+        self.stats.claimed += 1
+        self._start(name, self._run, run, slot, claimed=True)
+        return True
+
+    def _run(self, run: Run, slot: threading.BoundedSemaphore | None) -> None:
+        try:
+            runs.run_claimed(self.ctx, run)
+            self.stats.finished += 1
+        except CcciError as exc:
+            log.error("could not commit the result of %s: %s", run.result.run, exc.message)
+        finally:
+            if slot is not None:
+                slot.release()
 
 
 def run_until_idle(ctx: Context, *, poll_interval: float = 0.5) -> None:
     """Drain the queue in-process (tests, demo)."""
     Server(ctx, once=True, poll_interval=poll_interval).serve()
-

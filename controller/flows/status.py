@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from controller.flows import prune
 from controller.registry.store import Registry
+from controller.util import names
 from controller.util.alerts import list_alerts
 from controller.util.errors import CcciError
 from controller.util.files import read_json
@@ -19,7 +21,9 @@ def _brief(doc: dict[str, Any] | None) -> dict[str, Any] | None:
             "finished_at": doc.get("finished_at")}
 
 
-def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
+def collect_status(registry_path: Path, state_dir: str | Path | None) -> dict[str, Any]:
+    registry = Registry(registry_path)
+    state = StateDir.from_env(state_dir)
     settings = registry.settings()
     results = registry.all_results()
     latest: dict[str, dict[str, Any]] = {}
@@ -38,7 +42,7 @@ def collect_status(registry: Registry, state: StateDir) -> dict[str, Any]:
         except CcciError as exc:
             canonical, canonical_error = None, exc.message
         try:
-            index = registry.snapshot_index(f"warm-{name}")
+            index = registry.snapshot_index(names.warm_app(name))
         except CcciError:
             index = None
         last = latest.get(name)

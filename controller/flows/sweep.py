@@ -4,11 +4,8 @@ stalest recipe first, after rolling the live-warm infra."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from controller.flows.context import Context
@@ -16,7 +13,7 @@ from controller.registry import recipes
 from controller.registry.documents import Request
 from controller.registry.settings import Settings
 from controller.util.errors import BadInput, CcciError
-from controller.util.timeutil import iso, new_run_id, parse_iso, utcnow
+from controller.util.timeutil import new_run_id
 
 log = logging.getLogger(__name__)
 SWEEPER = "sweep"
@@ -62,25 +59,6 @@ class SweepReport:
     skipped: dict[str, str]
 
 
-def _state_file(ctx: Context) -> Any:
-    return ctx.state.root / "sweep.json"
-
-
-def last_sweep(ctx: Context) -> dt.datetime | None:
-    try:
-        return parse_iso(json.loads(_state_file(ctx).read_text())["last_sweep_at"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _record(ctx: Context, report: SweepReport) -> None:
-    path = _state_file(ctx)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"last_sweep_at": iso(utcnow()), "filed": report.filed,
-                               "skipped": report.skipped}, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def last_cold_results(ctx: Context) -> dict[str, str]:
     latest: dict[str, str] = {}
     for doc in ctx.registry.all_results():
@@ -115,6 +93,5 @@ def run_sweep(ctx: Context) -> SweepReport:
                           requested_by=SWEEPER, trigger="nightly sweep")
         ctx.registry.file_request(request, label="sweep")
         report.filed.append(request.run_id)
-    _record(ctx, report)
     log.info("sweep filed %d requests (%s skipped)", len(report.filed), len(report.skipped))
     return report

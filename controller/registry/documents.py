@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from controller.registry import schemas
-from controller.registry.yamlio import load_untrusted, read_capped, read_untrusted
 from controller.util.errors import BadInput
 from controller.util.names import RUN_ID_RE
+from controller.util.yamlio import load_untrusted, read_capped, read_untrusted
 
 REQUEST_MAX_BYTES = 16 * 1024
 DOC_MAX_BYTES = 64 * 1024
 RESULT_MAX_BYTES = 256 * 1024
-MODES = ("cold", "quick")
 
 
 @dataclass(frozen=True)
@@ -145,15 +144,6 @@ def read_result(path: Path, where: str) -> dict[str, Any]:
     return doc
 
 
-def canonical_document(canonical: Canonical) -> dict[str, Any]:
-    return {
-        "recipe": canonical.recipe,
-        "source": canonical.source,
-        "known_good": canonical.known_good,
-        "domain": canonical.domain,
-        "promoted_by_run": canonical.promoted_by_run,
-        "promoted_at": canonical.promoted_at,
-    }
 
 
 def snapshot_index_document(index: SnapshotIndex) -> dict[str, Any]:

@@ -112,10 +112,3 @@ def is_ancestor(path: Path, older: str, newer: str) -> bool:
         raise
     return True
 
-
-def show_file(path: Path, commit: str, rel: str) -> bytes | None:
-    """The bytes of `rel` at `commit`, or None when it does not exist there."""
-    try:
-        return git(path, "show", f"{commit}:{rel}", strip=False).encode("utf-8", "surrogateescape")
-    except ExternalError:
-        return None

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 from controller.registry.git import git, git_plain
+from controller.registry.git import is_ancestor as git_is_ancestor
 from controller.registry.settings import RecipeSettings
 from controller.util.errors import BadInput, ExternalError
 from controller.util.locks import exclusive
@@ -86,13 +87,7 @@ def export_commit(state: StateDir, recipe: RecipeSettings, ref: str, dest: Path)
 
 
 def is_ancestor(state: StateDir, recipe: RecipeSettings, older: str, newer: str) -> bool:
-    try:
-        git(_mirror(state, recipe), "merge-base", "--is-ancestor", older, newer)
-    except ExternalError as exc:
-        if exc.returncode == 1:
-            return False
-        raise
-    return True
+    return git_is_ancestor(_mirror(state, recipe), older, newer)
 
 
 def off_tracked_line(state: StateDir, recipe: RecipeSettings, commit: str) -> str | None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-OUTCOMES = ("running", "pass", "fail", "error", "rejected", "aborted")
-FINAL_OUTCOMES = ("pass", "fail", "error", "rejected", "aborted")
-
 
 @dataclass
 class Phase:
@@ -88,17 +85,11 @@ class RunResult:
         return doc
 
 
-def mode_label(result: RunResult) -> str:
-    if result.outcome == "rejected":
-        return "reject"
-    return result.mode or result.requested_mode or "reject"
-
-
-def commit_message(result: RunResult, *, extra: str = "") -> str:
+def commit_message(result: RunResult, *, label: str, extra: str = "") -> str:
     """`[cold] notes@3f2a1b2 pass (run …)`; the first line is what `git log` shows."""
     ref = (result.ref or "")[:7] or "?"
     recipe = result.recipe or "?"
-    head = f"[{mode_label(result)}] {recipe}@{ref} {result.outcome} (run {result.run})"
+    head = f"[{label}] {recipe}@{ref} {result.outcome} (run {result.run})"
     if extra:
         head += f"; {extra}"
     body = f"\n\n{result.error}" if result.error and result.outcome != "running" else ""

@@ -15,6 +15,11 @@ USER = "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$"
 TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 RUN_ID = r"^\d{8}T\d{6}-[a-z0-9][a-z0-9-]{0,62}-[0-9a-f]{6}$"
 
+# The modes of the registry format (DESIGN §3): what a request may ask for, and what a result
+# may say ran. The controller's mode table (flows/modes.py) must agree; a test holds them equal.
+REQUEST_MODES = ("cold", "quick")
+RESULT_MODES = ("cold", "quick", "rewarm")
+
 REQUEST: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -22,7 +27,7 @@ REQUEST: dict[str, Any] = {
     "properties": {
         "recipe": {"type": "string", "pattern": NAME},
         "ref": {"type": "string", "pattern": HEX40},
-        "mode": {"enum": ["cold", "quick"]},
+        "mode": {"enum": list(REQUEST_MODES)},
         "requested_by": {"type": "string", "pattern": USER},
         "trigger": {"type": ["string", "null"], "maxLength": 1000},
         "pr": {"type": ["integer", "null"], "minimum": 0},
@@ -193,7 +198,7 @@ RESULT: dict[str, Any] = {
         "run": {"type": "string"},
         "recipe": {"type": ["string", "null"]},
         "ref": {"type": ["string", "null"]},
-        "mode": {"enum": ["cold", "quick", "rewarm", "reject", None]},
+        "mode": {"enum": [*RESULT_MODES, "reject", None]},
         "requested_mode": {"type": ["string", "null"]},
         "outcome": {"enum": ["running", "pass", "fail", "error", "rejected", "aborted"]},
         "gating": {"type": "boolean"},

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.registry import schemas
-from controller.registry.yamlio import read_untrusted
 from controller.util.errors import BadInput
+from controller.util.yamlio import read_untrusted
 
 SETTINGS_FILE = "ccci.yaml"
 
@@ -99,8 +99,9 @@ class Settings:
     def domain(self, app: str) -> str:
         return f"{app}.{self.base_domain}"
 
-    def may_request(self, user: str, mode: str) -> bool:
-        allowed = self.authority_cold if mode == "cold" else self.authority_quick
+    def allows(self, key: str, user: str) -> bool:
+        """authority.<key> names `user` or '*'; an unknown key allows nobody."""
+        allowed = {"cold": self.authority_cold, "quick": self.authority_quick}.get(key, ())
         return "*" in allowed or user in allowed
 
 

@@ -14,19 +14,16 @@ from typing import Any
 from controller.registry import documents
 from controller.registry.documents import Canonical, Request, SnapshotIndex
 from controller.registry.git import PushRejected, git, git_plain, identity_env
-from controller.registry.results import RunResult, commit_message
 from controller.registry.settings import SETTINGS_FILE, SETTINGS_TEMPLATE, Settings, load_settings
-from controller.registry.yamlio import dump_document, update_document
 from controller.util import names
 from controller.util.errors import BadInput, CcciError, ExternalError
 from controller.util.locks import exclusive
+from controller.util.names import REGISTRY_DIRS
+from controller.util.yamlio import dump_document, update_document
 
 log = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 12
-LAYOUT_DIRS = ("canonicals", "snapshots-index", "requests", "results")
-# What the controller (and `ccci request`) write, always under the clone lock, always committed.
-CONTROLLER_DIRS = LAYOUT_DIRS
 
 # A mutation writes files under the registry root and returns the paths it touched
 # (relative), or None when, on a fresh look at the registry, there is nothing to do.
@@ -99,13 +96,13 @@ class Registry:
     def discard_uncommitted(self) -> None:
         """Only commits count: a file the controller wrote but never committed (it crashed in
         between) would otherwise pass for a claim or a verdict. Undo such leftovers."""
-        dirty = self.git("status", "--porcelain", "--untracked-files=all", "--", *CONTROLLER_DIRS)
+        dirty = self.git("status", "--porcelain", "--untracked-files=all", "--", *REGISTRY_DIRS)
         if not dirty:
             return
         log.warning("discarding uncommitted registry changes (a crash left them): %s",
                     ", ".join(line[3:] for line in dirty.splitlines()[:10]))
-        self.git("checkout", "--quiet", "HEAD", "--", *[d for d in CONTROLLER_DIRS if (self.root / d).exists()])
-        self.git("clean", "--quiet", "-fd", "--", *CONTROLLER_DIRS)
+        self.git("checkout", "--quiet", "HEAD", "--", *[d for d in REGISTRY_DIRS if (self.root / d).exists()])
+        self.git("clean", "--quiet", "-fd", "--", *REGISTRY_DIRS)
 
     def sync(self) -> None:
         """Fetch, then put local commits on top of the remote; push what is still unpushed."""
@@ -194,7 +191,7 @@ class Registry:
 
     def pending_request_names(self) -> list[str]:
         """Request files that have no result yet, oldest run id first."""
-        requests_dir = self.root / "requests"
+        requests_dir = self.root / names.REQUESTS_DIR
         if not requests_dir.is_dir():
             return []
         pending = []
@@ -207,9 +204,9 @@ class Registry:
         return pending
 
     def read_request(self, file_name: str) -> Request:
-        path = self.root / "requests" / file_name
+        path = self.root / names.REQUESTS_DIR / file_name
         if path.is_symlink() or not path.is_file():
-            raise BadInput(f"requests/{file_name}: not a regular file")
+            raise BadInput(f"{names.REQUESTS_DIR}/{file_name}: not a regular file")
         return documents.read_request(path)
 
     def result(self, run_id: str) -> dict[str, Any] | None:
@@ -221,7 +218,7 @@ class Registry:
 
     def all_results(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        results_dir = self.root / "results"
+        results_dir = self.root / names.RESULTS_DIR
         if not results_dir.is_dir():
             return out
         for path in sorted(results_dir.glob("*/*.yaml")):
@@ -232,14 +229,14 @@ class Registry:
         return out
 
     def canonical(self, recipe: str) -> Canonical | None:
-        rel = f"canonicals/{recipe}.yaml"
+        rel = names.canonical_rel(recipe)
         path = self.root / rel
         if not path.is_file():
             return None
         return documents.parse_canonical(path.read_bytes()[: documents.DOC_MAX_BYTES + 1], rel)
 
     def snapshot_index(self, app: str) -> SnapshotIndex | None:
-        rel = f"snapshots-index/{app}.yaml"
+        rel = names.snapshot_index_rel(app)
         path = self.root / rel
         if not path.is_file():
             return None
@@ -263,61 +260,6 @@ class Registry:
                    f"(run {request.run_id})")
         return self.transact(write, message)
 
-    def claim(self, result: RunResult) -> bool:
-        """Commit `result` (outcome running) unless someone already has; True when we won."""
-        rel = names.result_rel(result.run)
-
-        def write(root: Path) -> list[str] | None:
-            path = root / rel
-            if path.exists():
-                return None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(dump_document(result.to_document()))
-            return [rel]
-
-        return self.transact(write, commit_message(result), must_publish=True) is not None
-
-    def write_result(
-        self,
-        result: RunResult,
-        *,
-        also: dict[str, str] | None = None,
-        only_if_unclaimed: bool = False,
-        extra_message: str = "",
-    ) -> str | None:
-        """Commit the final result (and any companion files, in the same commit)."""
-        rel = names.result_rel(result.run)
-
-        def write(root: Path) -> list[str] | None:
-            path = root / rel
-            if only_if_unclaimed and path.exists():
-                return None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(dump_document(result.to_document()))
-            touched = [rel]
-            for other_rel, text in (also or {}).items():
-                other = root / other_rel
-                other.parent.mkdir(parents=True, exist_ok=True)
-                other.write_text(text)
-                touched.append(other_rel)
-            return touched
-
-        return self.transact(write, commit_message(result, extra=extra_message))
-
-    def write_document(self, rel: str, updates: dict[str, Any], message: str) -> str | None:
-        """Create or update a YAML document, keeping untouched lines byte-identical."""
-
-        def write(root: Path) -> list[str] | None:
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                path.write_text(update_document(path.read_text(), updates))
-            else:
-                path.write_text(dump_document(updates))
-            return [rel]
-
-        return self.transact(write, message)
-
 
 def updated_text(root: Path, rel: str, updates: dict[str, Any]) -> str:
     """The new text of `rel` with `updates` applied (round-trip), for a combined commit."""
@@ -337,7 +279,7 @@ def init_registry(path: Path, *, base_domain: str | None = None) -> None:
     if base_domain:
         template = template.replace("base_domain: ci.example.org", f"base_domain: {base_domain}")
     (path / SETTINGS_FILE).write_text(template)
-    for sub in LAYOUT_DIRS:
+    for sub in REGISTRY_DIRS:
         (path / sub).mkdir(exist_ok=True)
         (path / sub / ".gitkeep").write_text("")
     git(path, "add", "--all")

@@ -38,14 +38,6 @@ def client() -> Any:
         return _client
 
 
-def reset_client() -> None:
-    global _client
-    with _client_lock:
-        if _client is not None:
-            try:
-                _client.close()
-            finally:
-                _client = None
 
 
 def call(what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
@@ -70,10 +62,6 @@ def call(what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | Non
         raise ExternalError(f"docker: {what} failed: {exc}", command=what, temporary=True) from exc
 
 
-def swarm_active() -> bool:
-    info = call("info", lambda: client().info())
-    assert info is not None
-    return bool(info.get("Swarm", {}).get("LocalNodeState") == "active")
 
 
 def data_root() -> str:

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.registry.yamlio import dump_document
 from controller.runtime import engine
 from controller.runtime.compose import RecipeLayout
 from controller.runtime.spec import DeploySpec, overlay_document, secret_length, stack_env
 from controller.util.errors import CcciError, ExternalError, RunTimeout
 from controller.util.proc import run_command
 from controller.util.timeutil import Deadline
+from controller.util.yamlio import dump_document
 
 log = logging.getLogger(__name__)
 

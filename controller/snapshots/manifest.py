@@ -72,10 +72,6 @@ def sort_key(path: str) -> tuple[bytes, ...]:
     return tuple(os.fsencode(path).split(b"/"))
 
 
-def depth(path: str) -> int:
-    return 0 if path == ROOT else path.count("/") + 1
-
-
 def parent_of(path: str) -> str:
     head, _, _ = path.rpartition("/")
     return head or ROOT

@@ -175,14 +175,3 @@ def password_grant(url: str, realm: str, client_id: str, client_secret: str | No
         raise ExternalError(f"keycloak at {url}: {what}: no access token in the answer")
     return token
 
-
-def discovery(url: str, realm: str) -> dict[str, Any]:
-    """The realm's OpenID configuration document."""
-    oidc = KeycloakOpenID(server_url=url.rstrip("/"), realm_name=realm, client_id="-", timeout=30)
-    try:
-        doc = oidc.well_known()
-    except KeycloakError as exc:
-        raise _translate(url, f"discovery of realm {realm}", exc) from None
-    if not isinstance(doc, dict):
-        raise ExternalError(f"keycloak at {url}: discovery of realm {realm}: not a JSON object")
-    return doc

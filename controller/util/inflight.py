@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.util import locks
+from controller.util.errors import CcciError
 from controller.util.files import atomic_write_json, read_json
 from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso
@@ -47,8 +48,13 @@ class Marker:
 
 
 
+class HeldElsewhere(CcciError):
+    """Another live process (a second controller on this state dir) has this run in flight."""
+
+
 def begin(state: StateDir, run_id: str, **fields: Any) -> Marker:
-    """Mark `run_id` in flight until `Marker.end()`; the marker survives a crash, the lock not."""
+    """Mark `run_id` in flight until `Marker.end()`; the marker survives a crash, the lock not.
+    HeldElsewhere at once when another process holds it: waiting would stall a whole pass."""
     state.runs.mkdir(parents=True, exist_ok=True)
     gate_fd = locks.hold_shared(state.prune_gate)
     lock_path = state.run_lock(run_id)
@@ -58,7 +64,10 @@ def begin(state: StateDir, run_id: str, **fields: Any) -> Marker:
         os.close(gate_fd)
         raise
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HeldElsewhere(f"run {run_id} is in flight in another process") from None
         marker = Marker(
             run_id,
             state.run_marker(run_id),

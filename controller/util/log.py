@@ -44,8 +44,6 @@ def run_context(run_id: str) -> Iterator[None]:
         _run_id.reset(token)
 
 
-def current_run_id() -> str:
-    return _run_id.get()
 
 
 class _ContextFilter(logging.Filter):

@@ -44,8 +44,6 @@ def warm_app(recipe: str) -> str:
     return f"{WARM_PREFIX}{recipe}"
 
 
-def is_warm_app(app: str) -> bool:
-    return app.startswith(WARM_PREFIX)
 
 
 def cold_app(recipe: str, run_id: str) -> str:

@@ -126,6 +126,11 @@ class StateDir:
         return self.serve / "jobs.json"
 
     @property
+    def legacy_sweep_file(self) -> Path:
+        """Where the sweep kept its last run before the job table (read, never written)."""
+        return self.root / "sweep.json"
+
+    @property
     def log_file(self) -> Path:
         return self.logs / "ccci.log"
 

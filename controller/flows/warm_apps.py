@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from controller import snapshots
-from controller.flows.context import Context
+from controller.flows.context import Context, open_context
 from controller.registry.documents import SnapshotIndex, snapshot_index_document
+from controller.registry.store import updated_text
 from controller.runtime import stack
 from controller.util import names
-from controller.util.errors import CheckFailed
+from controller.util.errors import BadInput, CheckFailed
 from controller.util.files import atomic_write_json, read_json
 from controller.util.locks import exclusive
 from controller.util.paths import StateDir
@@ -103,13 +104,6 @@ def index_from_info(info: snapshots.SnapshotInfo) -> SnapshotIndex:
                          taken_by_run=info.taken_by_run)
 
 
-def index_text(ctx: Context, info: snapshots.SnapshotInfo) -> str:
-    from controller.registry.store import updated_text
-
-    rel = names.snapshot_index_rel(info.app)
-    return updated_text(ctx.registry.root, rel, snapshot_index_document(index_from_info(info)))
-
-
 def commit_index(ctx: Context, info: snapshots.SnapshotInfo, label: str = "snapshot") -> str | None:
     """Commit `snapshots-index/<app>.yaml` for a snapshot taken outside a run."""
     rel = names.snapshot_index_rel(info.app)
@@ -117,8 +111,50 @@ def commit_index(ctx: Context, info: snapshots.SnapshotInfo, label: str = "snaps
     def write(root: Path) -> list[str] | None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(index_text(ctx, info))
+        path.write_text(updated_text(root, rel, snapshot_index_document(index_from_info(info))))
         return [rel]
 
     message = f"[{label}] {info.app}@{info.commit[:7]} taken (run {info.taken_by_run or '-'})"
     return ctx.registry.transact(write, message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    info: snapshots.SnapshotInfo
+    differences: list[str] | None  # None: the live volumes were not compared (missing ones)
+
+
+def verify_by_hand(state: StateDir, app: str, *, paranoid: bool) -> Verification:
+    """`ccci snapshot verify`: the snapshot against its manifest, and the live volumes against
+    the snapshot when they are all there."""
+    info = snapshots.verify_snapshot(state.snapshots, app)
+    volumes = stack.volume_paths(app)
+    if not volumes or not set(volumes) >= set(info.volumes):
+        return Verification(info, None)
+    differences = snapshots.verify_volumes(state.snapshots, app, {
+        k: v for k, v in volumes.items() if k in info.volumes}, paranoid=paranoid)
+    return Verification(info, differences)
+
+
+def restore_by_hand(state: StateDir, app: str, *, paranoid: bool) -> snapshots.RestoreReport:
+    """`ccci snapshot restore`, under the app's lock like any warm run."""
+    with app_lock_state(state, app):
+        return restore_app(state, app, paranoid=paranoid)
+
+
+def take_by_hand(state: StateDir, app: str, *, commit: str | None, registry_path: Path | None,
+                 default_min_free_gb: float) -> tuple[snapshots.SnapshotInfo, bool]:
+    """`ccci snapshot take`, under the app's lock; with a registry, also commit its index entry.
+    Returns the snapshot and whether an index commit was made."""
+    ctx = open_context(registry_path, state.root) if registry_path else None
+    with app_lock_state(state, app):
+        commit = commit or read_warm_state(state, app).get("data_commit")
+        if not commit:
+            raise BadInput(f"--commit: which commit's data does {app} hold? (no record in the state dir)")
+        min_free = ctx.settings.disk_min_free_gb if ctx else default_min_free_gb
+        info = take_app_snapshot(state, app, commit, None, min_free_gb=min_free)
+        if ctx is None:
+            return info, False
+        if commit_index(ctx, info) is None:
+            raise CheckFailed(f"{names.snapshot_index_rel(app)}: nothing to commit")
+        return info, True

@@ -1,0 +1,365 @@
+"""One run lifecycle: admit a request, claim it, run it through its mode, publish the verdict.
+
+Every result the controller commits — claims, verdicts, rejections, aborts, rewarms — is
+committed here and nowhere else. Publishing is the registry commit first (it is the truth,
+and it carries the canonical or snapshot index the verdict moves), then every sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.flows import canonical, modes
+from controller.flows.context import Context, Publication, Run, Sink
+from controller.flows.rewarm import RewarmQueue, dequeue_rewarm
+from controller.flows.warm_apps import app_lock
+from controller.registry.documents import Request, SnapshotIndex, snapshot_index_document
+from controller.registry.results import RunResult, commit_message
+from controller.registry.store import updated_text
+from controller.util import inflight, names
+from controller.util.errors import BadInput, CcciError, CheckFailed
+from controller.util.log import run_context
+from controller.util.timeutil import new_run_id, now_iso
+from controller.util.yamlio import dump_document
+
+log = logging.getLogger(__name__)
+
+# Sinks every controller has; `ctx.sinks` adds the configured ones (the forge reporter).
+BUILTIN_SINKS: tuple[Sink, ...] = (RewarmQueue(),)
+CONTROLLER_USER = "ccci"  # requested_by of the runs the controller starts itself
+
+
+@dataclass(frozen=True)
+class Decision:
+    mode: str  # what will run
+    fallback: str | None = None  # why it is not what was asked, when it is not
+
+
+class Rejected(BadInput):
+    """A request that must not run; its `rejected` result is committed (unless someone had
+    already answered it)."""
+
+    def __init__(self, cause: BadInput, *, committed: bool) -> None:
+        super().__init__(cause.message)
+        self.committed = committed
+
+
+
+def decide(ctx: Context, request: Request) -> Decision:
+    """Authority and mode, by the mode table; BadInput for a request that must be rejected."""
+    settings = ctx.settings
+    entry = modes.requestable(request.mode, where=f"{request.rel_path}: at 'mode'")
+    if entry.authority is None or not settings.allows(entry.authority, request.requested_by):
+        raise BadInput(
+            f"{request.rel_path}: at 'requested_by': {request.requested_by!r} is not allowed by "
+            f"authority.{entry.authority or entry.name} in ccci.yaml"
+        )
+    if request.recipe not in settings.recipes:
+        raise BadInput(
+            f"{request.rel_path}: at 'recipe': {request.recipe!r} is not configured under "
+            "'recipes' in ccci.yaml"
+        )
+    missing = entry.precondition(ctx, request.recipe) if entry.precondition else None
+    if missing is None:
+        return Decision(entry.name)
+    fallback = entry.fallback
+    if fallback is None or not fallback.allowed(settings):
+        policy = f" and {fallback.setting} is {fallback.read(settings)}" if fallback else ""
+        raise BadInput(f"{request.rel_path}: at 'mode': {entry.name} needs a {missing} for "
+                       f"{request.recipe!r}{policy}")
+    return Decision(fallback.mode, fallback=fallback.reason)
+
+
+def admit(ctx: Context, file_name: str) -> tuple[Request, Decision]:
+    """Read and decide one pending request; Rejected (after committing the rejection) when it
+    must not run."""
+    request: Request | None = None
+    try:
+        request = ctx.registry.read_request(file_name)
+        return request, decide(ctx, request)
+    except BadInput as exc:
+        raise Rejected(exc, committed=reject(ctx, file_name, exc, request)) from exc
+
+
+def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
+    return RunResult(
+        run=request.run_id,
+        recipe=request.recipe,
+        ref=request.ref,
+        mode=decision.mode,
+        requested_mode=request.mode,
+        fallback=decision.fallback,
+        gating=modes.mode(decision.mode).gates,
+        outcome="running",
+        started_at=now_iso(),
+        requested_by=request.requested_by,
+        pr=request.pr,
+        controller=ctx.controller_id,
+    )
+
+
+
+def claim(ctx: Context, request: Request, decision: Decision) -> Run | None:
+    """Mark the run in flight, then commit its `running` result and push; None when another
+    controller claimed it first. A claim nobody else can see does not count."""
+    result = new_result(ctx, request, decision)
+    try:
+        marker = inflight.begin(ctx.state, request.run_id, mode=decision.mode, recipe=request.recipe,
+                                registry=str(ctx.registry.root))
+    except inflight.HeldElsewhere:
+        return None  # a controller sharing this state dir is claiming or running it
+    rel = names.result_rel(result.run)
+
+    def write(root: Path) -> list[str] | None:
+        path = root / rel
+        if path.exists():
+            return None
+        _write_result(root, rel, result)
+        return [rel]
+
+    try:
+        won = ctx.registry.transact(write, _message(result), must_publish=True) is not None
+    except BaseException:
+        marker.end()
+        raise
+    if not won:
+        marker.end()
+        return None
+    marker.update(claimed=True)
+    run = Run(request, result, marker)
+    log.info("claimed %s (%s)", request.run_id, decision.mode)
+    for sink in _sinks(ctx):
+        _tell(sink, "claimed", functools.partial(sink.claimed, ctx, run))
+    return run
+
+
+def execute(ctx: Context, run: Run) -> RunResult:
+    """Run a claimed run through its mode's runner to a verdict; never raises for a run's
+    own failure (the verdict says it)."""
+    result = run.result
+    entry = modes.MODES.get(result.mode or "")
+    with run_context(result.run):
+        try:
+            if entry is None or entry.runner is None:
+                raise CcciError(f"mode {result.mode!r} has no runner in this controller", cause="infra")
+            entry.runner(ctx, run)
+        except BadInput as exc:
+            result.outcome = "rejected"
+            result.error = exc.message
+        except CcciError as exc:
+            if result.outcome in ("running", "pass"):
+                result.outcome = "error" if exc.cause in (None, "infra") else "fail"
+            result.cause = result.cause or exc.cause or "infra"
+            result.error = result.error or exc.message
+            log.warning("run ended: %s", exc.message)
+        except Exception as exc:  # the daemon keeps serving whatever a run does
+            log.exception("unexpected error in run")
+            result.outcome = "error"
+            result.cause = result.cause or "infra"
+            result.error = result.error or f"unexpected error: {type(exc).__name__}: {exc}"
+        if result.outcome == "running":
+            result.outcome = "error"
+            result.cause = "infra"
+            result.error = "the run ended without a verdict"
+        result.finished_at = now_iso()
+    return result
+
+
+def finish(ctx: Context, run: Run) -> Publication:
+    """Publish the verdict, then let go of the in-flight marker. A verdict the registry never
+    got keeps its marker, so the next start-up aborts the run properly."""
+    committed = False
+    try:
+        publication = publish(ctx, run.result, run.request, index=run.index)
+        committed = True
+    finally:
+        if run.marker is not None:
+            run.marker.end(keep=not committed)
+    return publication
+
+
+def run_claimed(ctx: Context, run: Run) -> Publication:
+    """Execute and finish: what `serve` and `ccci run` do with every claimed run."""
+    execute(ctx, run)
+    with run_context(run.result.run):
+        publication = finish(ctx, run)
+        log.info("finished %s: %s", run.result.run, run.result.outcome)
+    return publication
+
+
+
+def publish(ctx: Context, result: RunResult, request: Request | None, *,
+            index: SnapshotIndex | None = None, only_if_unanswered: bool = False) -> Publication:
+    """Commit `result` — with the canonical it advances and the snapshot index it replaces, in
+    the same commit, so a crash never leaves one without the other — then tell every sink."""
+    rel = names.result_rel(result.run)
+    run = Run(request, result) if request is not None else None
+    advanced = False
+
+    def write(root: Path) -> list[str] | None:
+        nonlocal advanced
+        if only_if_unanswered and (root / rel).exists():
+            return None
+        touched = [rel]
+        if run is not None:
+            moved = canonical.advance_canonical(ctx, root, run)
+            if moved:
+                touched.append(moved)
+        advanced = bool(result.canonical.get("advanced"))
+        if index is not None:
+            index_rel = names.snapshot_index_rel(index.app)
+            target = root / index_rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(updated_text(root, index_rel, snapshot_index_document(index)))
+            touched.append(index_rel)
+        _write_result(root, rel, result)
+        return touched
+
+    def message() -> str:
+        extra = "canonical advanced" if advanced else ("snapshot replaced" if index is not None else "")
+        return _message(result, extra)
+
+    commit = ctx.registry.transact(write, message)
+    publication = Publication(commit, advanced)
+    if commit is None:
+        return publication
+    if advanced:
+        log.info("canonical of %s advanced to %s", result.recipe, (result.ref or "?")[:12])
+    for sink in _sinks(ctx):
+        _tell(sink, "published", functools.partial(sink.published, ctx, result, request, publication))
+    return publication
+
+
+def reject(ctx: Context, file_name: str, error: CcciError, request: Request | None = None,
+           *, outcome: str = "rejected") -> bool:
+    """Answer a request that never runs, unless someone else already did; True when we did."""
+    result = rejection(ctx, file_name, error, request, outcome)
+    with run_context(result.run):
+        log.info("rejected %s: %s", file_name, error.message)
+        return publish(ctx, result, request, only_if_unanswered=True).commit is not None
+
+
+def rejection(ctx: Context, file_name: str, error: CcciError, request: Request | None,
+              outcome: str = "rejected") -> RunResult:
+    """The result for a request that never runs."""
+    now = now_iso()
+    asked = modes.MODES.get(request.mode) if request else None
+    return RunResult(
+        run=names.result_id_for(file_name),
+        recipe=request.recipe if request else None,
+        ref=request.ref if request else None,
+        mode=None,
+        requested_mode=request.mode if request else None,
+        outcome=outcome,
+        cause=None if outcome == "rejected" else "infra",
+        gating=bool(asked and asked.gates),
+        started_at=now,
+        finished_at=now,
+        error=error.message,
+        requested_by=request.requested_by if request else None,
+        pr=request.pr if request else None,
+        controller=ctx.controller_id,
+    )
+
+
+def abort(ctx: Context, run_id: str, existing: dict[str, Any]) -> RunResult:
+    """Publish the `aborted` verdict of a run the controller lost (it died mid-way)."""
+    result = aborted_result(ctx, run_id, existing)
+    request = None
+    with contextlib.suppress(CcciError):  # the verdict goes out anyway; sinks needing it skip it
+        request = ctx.registry.read_request(f"{run_id}.yaml")
+    publish(ctx, result, request)
+    return result
+
+
+def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any]) -> RunResult:
+    """The final result of a run the controller lost: outcome aborted, says why."""
+    def text(key: str) -> str | None:
+        value = existing.get(key)
+        return str(value) if value is not None else None
+
+    mode = text("mode")
+    pr = existing.get("pr")
+    return RunResult(
+        run=run_id,
+        recipe=text("recipe"),
+        ref=text("ref"),
+        mode=mode,
+        requested_mode=text("requested_mode"),
+        fallback=text("fallback"),
+        gating=bool(existing.get("gating", mode == "cold")),
+        outcome="aborted",
+        cause="infra",
+        started_at=text("started_at") or now_iso(),
+        finished_at=now_iso(),
+        error=(
+            "the controller stopped while this run was in flight; its objects were torn down "
+            f"at the next start-up ({ctx.controller_id}); request it again to re-run"
+        ),
+        requested_by=text("requested_by"),
+        pr=pr if isinstance(pr, int) else None,
+        app=text("app"),
+        controller=ctx.controller_id,
+    )
+
+
+
+def rewarm(ctx: Context, recipe: str) -> RunResult:
+    """Rewarm `warm-<recipe>` at its known-good: one run, under the app's lock from the first
+    deploy until its verdict and snapshot index are committed."""
+    ctx.settings.recipe(recipe)  # BadInput for a recipe ccci.yaml does not know
+    current = ctx.registry.canonical(recipe)
+    if current is None:
+        raise CheckFailed(f"{recipe} has no canonical yet: a green cold run of its tracked line seeds it")
+    request = Request(run_id=new_run_id(recipe), recipe=recipe, ref=current.known_good, mode="rewarm",
+                      requested_by=CONTROLLER_USER)
+    result = new_result(ctx, request, Decision("rewarm"))
+    app = names.warm_app(recipe)
+    with run_context(request.run_id), app_lock(ctx, app):
+        marker = inflight.begin(ctx.state, request.run_id, mode="rewarm", recipe=recipe, app=app,
+                                registry=str(ctx.registry.root))
+        run = Run(request, result, marker)
+        execute(ctx, run)
+        finish(ctx, run)
+    log.info("rewarm of %s: %s", recipe, result.outcome)
+    return result
+
+
+def perform_queued_rewarm(ctx: Context, recipe: str) -> RunResult | None:
+    """Run a queued rewarm and take it off the queue (a crash before this leaves it queued)."""
+    try:
+        return rewarm(ctx, recipe)
+    except CcciError as exc:
+        log.error("rewarm of %s could not run: %s", recipe, exc.message)
+        return None
+    finally:
+        dequeue_rewarm(ctx, recipe)
+
+
+
+def _write_result(root: Path, rel: str, result: RunResult) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_document(result.to_document()))
+
+
+def _message(result: RunResult, extra: str = "") -> str:
+    return commit_message(result, label=modes.label_of(result.mode or result.requested_mode, result.outcome),
+                          extra=extra)
+
+
+def _sinks(ctx: Context) -> Iterable[Sink]:
+    return (*BUILTIN_SINKS, *ctx.sinks)
+
+
+def _tell(sink: Sink, event: str, call: Callable[[], None]) -> None:
+    try:
+        call()
+    except Exception:  # a sink must never cost a verdict or the daemon
+        log.exception("sink %s failed on %s", sink.name, event)
