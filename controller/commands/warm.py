@@ -7,7 +7,7 @@ import sys
 
 from controller.cli import registry_arg
 from controller.commands import entry
-from controller.flows import sso_setup, warm_infra
+from controller.flows import keycloak
 from controller.flows.context import Context
 from controller.registry.store import Registry
 from controller.util.paths import StateDir
@@ -37,13 +37,13 @@ def _context(args: argparse.Namespace) -> Context:
 
 
 def execute_reconcile(args: argparse.Namespace) -> int:
-    report = warm_infra.reconcile(_context(args), approve=args.approve)
+    report = keycloak.reconcile(_context(args), approve=args.approve)
     print(f"{report.outcome}: {report.message}", file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
 
 
 def execute_reap(args: argparse.Namespace) -> int:
-    deleted = sso_setup.reap_stale_realms(_context(args))
+    deleted = keycloak.reap_stale_realms(_context(args))
     for name in deleted:
         print(f"deleted realm {name}")
     print(f"reaped {len(deleted)} realm(s)")

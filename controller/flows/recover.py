@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from controller.flows import cleanup, sso_setup
+from controller.flows import cleanup, keycloak
 from controller.flows.context import Context
 from controller.registry.results import RunResult
 from controller.runtime import stack
@@ -92,7 +92,7 @@ def recover_at_start(ctx: Context) -> None:
     abort_orphaned_runs(ctx)
     _teardown_leftovers(ctx)
     try:
-        reaped = sso_setup.reap_stale_realms(ctx)
+        reaped = keycloak.reap_stale_realms(ctx)
         if reaped:
             log.warning("reaped %d stale realms: %s", len(reaped), ", ".join(reaped))
     except CcciError as exc:
