@@ -1,5 +1,4 @@
-"""Retrying external calls: named policies (how often, how far apart) and the one rule of what
-is retried, an `ExternalError` its choke point called temporary."""
+"""Retrying external calls: named policies, and the one rule of what is retried (temporary errors)."""
 
 from __future__ import annotations
 

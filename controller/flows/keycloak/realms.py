@@ -1,5 +1,4 @@
-"""Per-run SSO realms for recipes with `sso: keycloak`: on the warm Keycloak, or on one
-co-deployed for the run when the warm one is missing or down; and the reaper of stale realms."""
+"""Per-run SSO realms: on the warm Keycloak or on one co-deployed for the run; the stale-realm reaper."""
 
 from __future__ import annotations
 

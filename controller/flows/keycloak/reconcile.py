@@ -1,5 +1,4 @@
-"""`ccci warm reconcile`: converge the warm Keycloak, moving a managed one along its recipe's
-line behind the safety gate and a snapshot-backed health gate (DESIGN §4)."""
+"""`ccci warm reconcile`: keep the warm Keycloak healthy and current, behind the safety and health gates."""
 
 from __future__ import annotations
 
