@@ -84,7 +84,7 @@ def test_an_unknown_mode_has_no_authority_even_when_everyone_may_request(ctx: Co
 
 def test_quick_without_canonical_falls_back_by_the_mode_table(ctx: Context) -> None:
     assert runs.decide(ctx, request("quick")) == runs.Decision("cold", fallback="no-canonical")
-    with pytest.raises(BadInput, match="not allowed by authority.quick"):
+    with pytest.raises(BadInput, match=r"not allowed by authority\.quick"):
         runs.decide(ctx, request("quick", by="bob"))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from controller.flows import sso_setup
+from controller.flows import keycloak
 from controller.flows.context import Context
 from controller.registry.results import RunResult
 from controller.registry.store import Registry
@@ -202,9 +202,9 @@ def test_realm_document_has_two_oidc_clients_a_user_and_the_run_marks() -> None:
 @pytest.mark.keycloak
 def test_a_user_of_one_realm_cannot_get_a_token_from_another(ctx: Context) -> None:
     run_a, run_b = new_run_id("iso"), new_run_id("iso")
-    grant_a = sso_setup.prepare_realm(ctx, blank_result(run_a), "iso", run_a, names.cold_app("iso", run_a))
+    grant_a = keycloak.prepare_realm(ctx, blank_result(run_a), "iso", run_a, names.cold_app("iso", run_a))
     try:
-        grant_b = sso_setup.prepare_realm(ctx, blank_result(run_b), "iso", run_b, names.cold_app("iso", run_b))
+        grant_b = keycloak.prepare_realm(ctx, blank_result(run_b), "iso", run_b, names.cold_app("iso", run_b))
         try:
             assert grant_a.realm != grant_b.realm
             token = password_grant(grant_a.url, grant_a.realm, grant_a.client_id, grant_a.client_secret,
@@ -221,13 +221,13 @@ def test_a_user_of_one_realm_cannot_get_a_token_from_another(ctx: Context) -> No
                                grant_a.user, grant_a.password)
             assert unknown.value.returncode in (400, 401)
         finally:
-            sso_setup.release_realm(ctx, blank_result(run_b), grant_b)
+            keycloak.release_realm(ctx, blank_result(run_b), grant_b)
     finally:
-        sso_setup.release_realm(ctx, blank_result(run_a), grant_a)
+        keycloak.release_realm(ctx, blank_result(run_a), grant_a)
     client = grant_a.endpoint.client()
     assert not {grant_a.realm, grant_b.realm} & realm_names(client)
     # Releasing twice is fine: the realm is already gone.
-    sso_setup.release_realm(ctx, blank_result(run_a), grant_a)
+    keycloak.release_realm(ctx, blank_result(run_a), grant_a)
 
 
 @pytest.mark.keycloak
@@ -242,7 +242,7 @@ def test_a_refused_admin_password_fails_the_run_instead_of_falling_back(
     run_id = new_run_id("iso")
     result = blank_result(run_id)
     with pytest.raises(ExternalError, match="admin credentials were refused") as refused:
-        sso_setup.prepare_realm(context, result, "iso", run_id, names.cold_app("iso", run_id))
+        keycloak.prepare_realm(context, result, "iso", run_id, names.cold_app("iso", run_id))
     assert refused.value.cause == "infra"
     assert not any(p.name.startswith("sso-keycloak") for p in result.phases), "it co-deployed"
     assert "not-the-admin-password" not in refused.value.message
@@ -271,24 +271,24 @@ def test_reaper_deletes_only_this_controllers_realms_of_runs_no_longer_in_flight
         ctx: Context, keycloak_admin: dict[str, str]) -> None:
     client = admin_client(keycloak_admin)
     dead, live = new_run_id("reap"), new_run_id("reap")
-    stale = sso_setup.prepare_realm(ctx, blank_result(dead), "reap", dead, names.cold_app("reap", dead))
+    stale = keycloak.prepare_realm(ctx, blank_result(dead), "reap", dead, names.cold_app("reap", dead))
     marker = inflight.begin(ctx.state, live)
     elsewhere = f"{live[:-6]}{(int(live[-6:], 16) + 1) % 0xFFFFFF:06x}"
     foreign = {"customer-abc": {}, f"billing-{dead[-6:]}": {},
                # Fits the scheme and carries a run mark, but another controller made it.
                f"reap-{elsewhere[-6:]}": {RUN_ATTRIBUTE: elsewhere, OWNER_ATTRIBUTE: "someone-else"}}
     try:
-        in_use = sso_setup.prepare_realm(ctx, blank_result(live), "reap", live, names.cold_app("reap", live))
+        in_use = keycloak.prepare_realm(ctx, blank_result(live), "reap", live, names.cold_app("reap", live))
         for name, attributes in foreign.items():
             assert rest(keycloak_admin, "POST", "/admin/realms",
                         {"realm": name, "enabled": True, "attributes": attributes}) in (201, 409)
-        assert sso_setup.reap_stale_realms(ctx) == [stale.realm]
+        assert keycloak.reap_stale_realms(ctx) == [stale.realm]
         present = realm_names(client)
         assert stale.realm not in present
         assert {"master", in_use.realm, *foreign} <= present
         # Once its run ends, the in-flight run's realm is stale too.
         marker.end()
-        assert sso_setup.reap_stale_realms(ctx) == [in_use.realm]
+        assert keycloak.reap_stale_realms(ctx) == [in_use.realm]
         assert {"master", *foreign} <= realm_names(client)
     finally:
         marker.end()

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from controller.flows import cleanup, warm_infra
+from controller.flows import cleanup
 from controller.flows.context import Context
-from controller.flows.warm_infra import (
-    GateVerdict,
-    notes_in_range,
-    parse_version,
-    read_release_notes,
-    safety_gate,
-)
+from controller.flows.keycloak import GateVerdict, safety_gate
+from controller.flows.keycloak.gates import notes_in_range, parse_version, read_release_notes
+from controller.flows.keycloak.reconcile import check_infra_app, running_commit
 from controller.registry.store import Registry
 from controller.runtime import probe, stack
 from controller.sso.client import KeycloakAdminClient
@@ -63,8 +59,8 @@ def test_release_notes_read_are_those_past_the_deployed_version(tmp_path: Path) 
 
 def test_live_keycloak_may_not_take_a_name_from_the_canonicals_name_space() -> None:
     with pytest.raises(BadInput, match="warm-\\*"):
-        warm_infra.check_infra_app("warm-keycloak")
-    assert warm_infra.check_infra_app("infra-keycloak") == "infra-keycloak"
+        check_infra_app("warm-keycloak")
+    assert check_infra_app("infra-keycloak") == "infra-keycloak"
 
 
 # -- reconcile on the swarm ---------------------------------------------------------------------------
@@ -87,7 +83,7 @@ class ManagedBed:
         return KeycloakAdminClient(f"http://127.0.0.1:{self.port}", "admin", self.password)
 
     def running_commit(self) -> str | None:
-        return warm_infra.running_commit(self.app)
+        return running_commit(self.app)
 
     def commit(self, version: int, tag: str) -> str:
         sha = self.recipe.commit_version(version, tag=False)

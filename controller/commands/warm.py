@@ -7,7 +7,7 @@ import sys
 
 from controller.commands import entry, options
 from controller.commands.options import registry_arg
-from controller.flows import sso_setup, warm_infra
+from controller.flows import keycloak
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,13 +26,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute_reconcile(args: argparse.Namespace) -> int:
-    report = warm_infra.reconcile(options.context(args), approve=args.approve)
+    report = keycloak.reconcile(options.context(args), approve=args.approve)
     print(f"{report.outcome}: {report.message}", file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
 
 
 def execute_reap(args: argparse.Namespace) -> int:
-    deleted = sso_setup.reap_stale_realms(options.context(args))
+    deleted = keycloak.reap_stale_realms(options.context(args))
     for name in deleted:
         print(f"deleted realm {name}")
     print(f"reaped {len(deleted)} realm(s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from controller.flows import deployment, sso_setup
+from controller.flows import deployment, keycloak
 from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
 from controller.registry import recipes
@@ -32,7 +32,7 @@ def run_cold(ctx: Context, run: Run) -> None:
                          checkout=work / "recipe", owner=ctx.state.owner_id)
         if recipe.sso:
             with phase(ctx, result, "sso"):
-                realm = sso_setup.prepare_realm(ctx, result, request.recipe, request.run_id, app)
+                realm = keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app)
                 dep.extra_env.update(realm.env())
         deployment.deploy_app(ctx, result, dep)
         passed = deployment.converge_and_assert(ctx, result, dep, deadline)
@@ -54,7 +54,7 @@ def run_cold(ctx: Context, run: Run) -> None:
             teardown_error = exc
         if realm is not None:
             try:
-                sso_setup.release_realm(ctx, result, realm)
+                keycloak.release_realm(ctx, result, realm)
             except CcciError as exc:
                 teardown_error = teardown_error or exc
         deployment.remove_workdir(work)

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from controller import snapshots
-from controller.flows import deployment, sso_setup
+from controller.flows import deployment, keycloak
 from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
 from controller.flows.warm_apps import app_lock, restore_app, restore_summary, write_warm_state
@@ -88,7 +88,7 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
         sso_env: dict[str, str] = {}
         if recipe.sso:
             with phase(ctx, result, "sso"):
-                realm = sso_setup.prepare_realm(ctx, result, request.recipe, request.run_id, app)
+                realm = keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app)
                 sso_env = realm.env()
         base = Deployment(recipe=recipe, app=app, mode="warm", run=None, commit=base_commit,
                           domain=ctx.settings.domain(app), host_port=port, checkout=work / "base",
@@ -116,7 +116,7 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
 
 
 def _finish(ctx: Context, result: RunResult, app: str, passed: bool,
-            realm: sso_setup.RealmGrant | None, work: Path) -> None:
+            realm: keycloak.RealmGrant | None, work: Path) -> None:
     """PASS: undeploy, keep the (dirty) volume. FAIL: undeploy, restore, verify, mark clean."""
     try:
         deployment.undeploy_app(ctx, result, app, remove_volumes=False)
@@ -135,7 +135,7 @@ def _finish(ctx: Context, result: RunResult, app: str, passed: bool,
     finally:
         if realm is not None:
             try:
-                sso_setup.release_realm(ctx, result, realm)
+                keycloak.release_realm(ctx, result, realm)
             except CcciError as exc:
                 log.error("realm cleanup failed: %s", exc.message)
         deployment.remove_workdir(work)

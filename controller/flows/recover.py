@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from controller.flows import cleanup, runs, sso_setup
+from controller.flows import cleanup, keycloak, runs
 from controller.flows.context import Context
 from controller.runtime import stack
 from controller.util import inflight, names
@@ -54,7 +54,7 @@ def recover_at_start(ctx: Context) -> None:
     abort_orphaned_runs(ctx)
     _teardown_leftovers(ctx)
     try:
-        reaped = sso_setup.reap_stale_realms(ctx)
+        reaped = keycloak.reap_stale_realms(ctx)
         if reaped:
             log.warning("reaped %d stale realms: %s", len(reaped), ", ".join(reaped))
     except CcciError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from controller import snapshots
-from controller.flows import deployment, sso_setup
+from controller.flows import deployment, keycloak
 from controller.flows.context import Context, Publication, Run, phase
 from controller.flows.deployment import Deployment
 from controller.flows.warm_apps import (
@@ -73,7 +73,7 @@ def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapsh
                          checkout=work / "recipe", owner=ctx.state.owner_id)
         if recipe.sso:
             with phase(ctx, result, "sso"):
-                realm = sso_setup.prepare_realm(ctx, result, recipe_name, result.run, app)
+                realm = keycloak.prepare_realm(ctx, result, recipe_name, result.run, app)
                 dep.extra_env.update(realm.env())
         deployment.deploy_app(ctx, result, dep)
         passed = deployment.converge_and_assert(ctx, result, dep, deadline)
@@ -84,7 +84,7 @@ def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapsh
             deployment.undeploy_app(ctx, result, app, remove_volumes=False)
         finally:
             if realm is not None:
-                sso_setup.release_realm(ctx, result, realm)
+                keycloak.release_realm(ctx, result, realm)
             deployment.remove_workdir(work)
     if not passed:
         failed = [a.name for a in result.asserts if not a.ok]

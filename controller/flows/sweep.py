@@ -72,10 +72,10 @@ def run_sweep(ctx: Context) -> SweepReport:
     """Roll the live-warm infra, then file one cold request per recipe head."""
     report = SweepReport([], {})
     if ctx.settings.keycloak.mode == "managed":
-        from controller.flows import warm_infra
+        from controller.flows import keycloak
 
         try:
-            warm_infra.reconcile(ctx)
+            keycloak.reconcile(ctx)
         except CcciError as exc:
             log.error("sweep: live-warm Keycloak reconcile failed: %s", exc.message)
     for name in plan(ctx.settings, last_cold_results(ctx)):

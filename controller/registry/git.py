@@ -40,7 +40,12 @@ def _count() -> None:
 
 
 class PushRejected(ExternalError):
-    """The remote moved first."""
+    """The remote moved first: temporary by nature (a fetch and a fresh attempt get past it),
+    whatever the words of git's message."""
+
+    def __init__(self, message: str, *, command: str = "", returncode: int | None = None,
+                 stderr: str = "") -> None:
+        super().__init__(message, command=command, returncode=returncode, stderr=stderr, temporary=True)
 
 
 def identity_env(name: str, email: str) -> dict[str, str]:
@@ -68,16 +73,12 @@ def git(path: Path, *args: str, env: Mapping[str, str] | None = None, strip: boo
         raise BadInput(f"{path} is not a git repository") from exc
     except GitCommandError as exc:
         stderr = mask(str(exc.stderr or "").strip())
-        temporary = any(m in stderr.lower() for m in _TEMPORARY_MARKERS)
-        cls = PushRejected if args and args[0] == "push" and any(
-            m in stderr for m in _REJECTED_MARKERS) else ExternalError
-        raise cls(
-            f"`{shown}` failed with exit status {exc.status}: {stderr[-1500:]}",
-            command=shown,
-            returncode=exc.status if isinstance(exc.status, int) else None,
-            stderr=stderr,
-            temporary=temporary,
-        ) from exc
+        message = f"`{shown}` failed with exit status {exc.status}: {stderr[-1500:]}"
+        returncode = exc.status if isinstance(exc.status, int) else None
+        if args and args[0] == "push" and any(m in stderr for m in _REJECTED_MARKERS):
+            raise PushRejected(message, command=shown, returncode=returncode, stderr=stderr) from exc
+        raise ExternalError(message, command=shown, returncode=returncode, stderr=stderr,
+                            temporary=any(m in stderr.lower() for m in _TEMPORARY_MARKERS)) from exc
     return str(out)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +17,10 @@ from controller.util import names
 from controller.util.errors import BadInput, CcciError, ExternalError
 from controller.util.locks import exclusive
 from controller.util.names import REGISTRY_DIRS
+from controller.util.retry import REGISTRY_PUSH, call_with_retries
 from controller.util.yamlio import dump_document, update_document
 
 log = logging.getLogger(__name__)
-
-PUSH_ATTEMPTS = 12
 
 # A mutation writes files under the registry root and returns the paths it touched
 # (relative), or None when, on a fresh look at the registry, there is nothing to do.
@@ -155,7 +152,8 @@ class Registry:
         """Apply `mutate` on a fresh view of the registry, commit, push; on a rejected push
         undo, fetch, and re-apply (the mutation re-checks). Returns the commit or None."""
         env = identity_env(self.identity.name, self.identity.email)
-        for attempt in range(PUSH_ATTEMPTS):
+
+        def attempt() -> str | None:
             with self.locked():
                 self.sync()
                 touched = mutate(self.root)
@@ -173,8 +171,10 @@ class Registry:
                     self._push()
                     return sha
                 except PushRejected:
-                    log.info("push rejected (attempt %d): the remote moved; retrying", attempt + 1)
+                    # The remote moved first: drop our commit so the next attempt re-applies
+                    # the mutation on top of what it fetches.
                     self.git("reset", "--quiet", "--hard", "HEAD~1")
+                    raise
                 except ExternalError:
                     if must_publish:
                         # A claim nobody else can see does not count: take it back.
@@ -183,9 +183,15 @@ class Registry:
                     log.warning("registry remote unreachable; %s stays local until the next sync",
                                 sha[:12])
                     return sha
-            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
-        raise ExternalError(f"could not push to the registry remote after {PUSH_ATTEMPTS} attempts",
-                            temporary=True)
+
+        try:
+            # Only a rejected push earns another attempt here: the remote answered, so a fresh
+            # attempt can win. Any other failure, even a temporary one, goes to the caller, who
+            # knows whether the change may wait for the next sync.
+            return call_with_retries(REGISTRY_PUSH, attempt, only=PushRejected)
+        except PushRejected:
+            raise ExternalError(f"could not push to the registry remote after {REGISTRY_PUSH.attempts} "
+                                "attempts", temporary=True) from None
 
     # -- documents -------------------------------------------------------------------------
 

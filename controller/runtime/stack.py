@@ -18,6 +18,7 @@ from controller.runtime.compose import RecipeLayout
 from controller.runtime.spec import DeploySpec, overlay_document, secret_length, stack_env
 from controller.util.errors import CcciError, ExternalError, RunTimeout
 from controller.util.proc import run_command
+from controller.util.retry import ENGINE_CLEANUP, call_with_retries
 from controller.util.timeutil import Deadline
 from controller.util.yamlio import dump_document
 
@@ -345,15 +346,13 @@ def undeploy(app: str, *, remove_volumes: bool, timeout: float = 180) -> None:
 
 
 def _remove_with_retry(what: str, remove: Callable[[], Any], deadline: Deadline) -> None:
-    while True:
-        try:
-            engine.call(what, remove, missing_ok=True)
-            return
-        except ExternalError as exc:
-            # A network with endpoints still detaching, a volume a dying container holds.
-            if not exc.temporary or deadline.expired():
-                raise CcciError(f"{what}: {exc.message}", cause="infra") from exc
-            time.sleep(0.25)
+    # A network with endpoints still detaching, a volume a dying container holds: the engine
+    # calls that temporary, and it clears up on its own.
+    try:
+        call_with_retries(ENGINE_CLEANUP, lambda: engine.call(what, remove, missing_ok=True),
+                          deadline=deadline)
+    except ExternalError as exc:
+        raise CcciError(f"{what}: {exc.message}", cause="infra") from exc
 
 
 # -- volumes -----------------------------------------------------------------------------------

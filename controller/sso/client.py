@@ -17,13 +17,13 @@ from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionE
 from controller.sso.naming import RealmFacts, check_deletable
 from controller.util.errors import ExternalError
 from controller.util.log import mask, register_secret
+from controller.util.retry import KEYCLOAK, call_with_retries
 from controller.util.timeutil import Deadline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ADMIN_REALM = "master"
-RETRIES = 3  # attempts of an idempotent call on a temporary failure
 
 
 def _status(exc: KeycloakError) -> int | None:
@@ -80,27 +80,23 @@ class KeycloakAdminClient:
 
     def _call(self, what: str, fn: Callable[[Any], T], *, retry: bool = False,
               missing_ok: bool = False) -> T | None:
-        attempts = RETRIES if retry else 1
-        delay = 0.5
-        for attempt in range(1, attempts + 1):
+        def attempt() -> T | None:
             log.debug("keycloak %s: %s", self.url, what)
             try:
                 return fn(self._connection())
             except KeycloakError as exc:
                 if missing_ok and _status(exc) == 404:
                     return None
-                error = _translate(self.url, what, exc)
+                raise _translate(self.url, what, exc) from None
             except (TypeError, ValueError) as exc:
                 # python-keycloak could not decode the body: Keycloak cut a listing short while a
                 # realm in it was being deleted (seen with concurrent runs). Ask again.
-                error = ExternalError(f"keycloak at {self.url}: {what}: unreadable response: "
-                                      f"{str(exc)[:200]}", command=what, temporary=True)
-            if not error.temporary or attempt == attempts:
-                raise error from None
-            log.warning("%s (attempt %d of %d; retrying)", error.message, attempt, attempts)
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+                raise ExternalError(f"keycloak at {self.url}: {what}: unreadable response: "
+                                    f"{str(exc)[:200]}", command=what, temporary=True) from None
+
+        # Only an idempotent call is asked again: a create that failed on the way back may
+        # have happened.
+        return call_with_retries(KEYCLOAK, attempt) if retry else attempt()
 
     def check_login(self) -> None:
         """Raise unless the admin credentials get a token."""

@@ -5,10 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 def utcnow() -> dt.datetime:
@@ -52,23 +48,3 @@ class Deadline:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.end
-
-
-def poll_until(
-    probe: Callable[[], T | None],
-    *,
-    timeout: float,
-    interval: float = 0.2,
-    max_interval: float = 2.0,
-) -> T | None:
-    """Call `probe` until it returns something not None or the time is up."""
-    deadline = Deadline(timeout)
-    delay = interval
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if deadline.expired():
-            return None
-        time.sleep(min(delay, deadline.remaining()))
-        delay = min(delay * 1.5, max_interval)

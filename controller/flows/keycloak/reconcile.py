@@ -1,260 +1,50 @@
-"""The live-warm infra (DESIGN §4): where the shared Keycloak is, how a Keycloak recipe is
-deployed, and `ccci warm reconcile` with its safety gate and health gate."""
+"""`ccci warm reconcile`: keep the warm Keycloak healthy and current, behind the safety and health gates."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import ipaddress
 import logging
-import os
-import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from controller import snapshots
 from controller.flows import deployment
 from controller.flows.context import Context, phase
 from controller.flows.deployment import Deployment
+from controller.flows.keycloak.deploy import deploy_keycloak, wait_keycloak
+from controller.flows.keycloak.endpoint import (
+    WARM_DOWN_ALERT,
+    KeycloakEndpoint,
+    endpoint_problem,
+    keycloak_recipe,
+    warm_endpoint,
+)
+from controller.flows.keycloak.gates import (
+    GateVerdict,
+    Version,
+    read_release_notes,
+    release_version,
+    safety_gate,
+    show_version,
+)
 from controller.registry import recipes
 from controller.registry.results import Phase, RunResult
-from controller.registry.settings import KeycloakSettings, RecipeSettings
+from controller.registry.settings import RecipeSettings
 from controller.runtime import engine, images, stack
-from controller.sso import client as sso_client
-from controller.sso.client import KeycloakAdminClient
 from controller.sso.naming import in_use, is_ours
 from controller.util import inflight
 from controller.util.alerts import clear_alert, raise_alert
-from controller.util.errors import BadInput, CcciError, ExternalError
+from controller.util.errors import BadInput, CcciError
 from controller.util.files import atomic_write_json, read_json
 from controller.util.locks import exclusive, shared
-from controller.util.log import register_secret
 from controller.util.names import check_app_name
 from controller.util.paths import StateDir
 from controller.util.timeutil import Deadline, now_iso
 
 log = logging.getLogger(__name__)
 
-# The attachable overlay network a Keycloak recipe joins so that stacks reach it by service
-# name; the runtime creates it (labelled ccci.infra=true) the first time a recipe names it.
-SSO_NETWORK = "ccci-sso"
-# The file the Keycloak recipe turns into its admin-password secret; written for a deploy
-# and removed right after, so the password never sits in git or in a service's env.
-ADMIN_SECRET_FILE = "admin_password"
-VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:[-+].*)?$")
-MIGRATION_FLAG_RE = re.compile(r"manual[ -]migration|breaking", re.IGNORECASE)
-NOTES_DIR = "release"
-MAX_NOTES_BYTES = 64 * 1024
-WARM_DOWN_ALERT = "warm-keycloak-down"
 OK_OUTCOMES = ("off", "healthy", "deployed", "up-to-date", "upgraded", "deferred")
 
-Version = tuple[int, int, int]
-
-
-# -- where Keycloak is ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KeycloakEndpoint:
-    """One Keycloak the controller can administer."""
-
-    url: str  # where the controller and host-side asserts reach it
-    stack_url: str | None  # where a stack's containers reach it; None: not reachable from them
-    admin_user: str
-    admin_password: str = field(repr=False)
-    source: str = "external"  # external | managed | co-deployed
-    app: str | None = None  # the managed or co-deployed app
-
-    def client(self) -> KeycloakAdminClient:
-        return KeycloakAdminClient(self.url, self.admin_user, self.admin_password)
-
-
-def admin_password(kc: KeycloakSettings) -> str | None:
-    """The admin password from its secret file or env, masked in every log line from now on."""
-    password = kc.admin_password()
-    if password:
-        register_secret(password)
-    return password or None
-
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def service_url(app: str, recipe: RecipeSettings) -> str:
-    """The Keycloak service of `app` as containers on the SSO network reach it."""
-    service, port = recipe.http.resolve()
-    return f"http://{app}_{service}:{port}"
-
-
-def managed_url(kc: KeycloakSettings) -> str:
-    return (kc.url or f"http://127.0.0.1:{kc.port}").rstrip("/")
-
-
-def warm_endpoint(ctx: Context) -> tuple[KeycloakEndpoint | None, str]:
-    """The configured warm Keycloak, or None and the reason there is none."""
-    kc = ctx.settings.keycloak
-    if kc.mode == "off":
-        return None, "no warm Keycloak is configured (warm.keycloak.mode is off)"
-    password = admin_password(kc)
-    if not password:
-        where = kc.admin_secret_file or f"${kc.admin_secret_env}"
-        return None, f"the warm Keycloak's admin password is not available from {where}"
-    if kc.mode == "external":
-        if not kc.url:
-            return None, "warm.keycloak.mode is external but warm.keycloak.url is not set"
-        url = kc.url.rstrip("/")
-        # A loopback URL serves the host only; a real one (https://sso.example.org) serves all.
-        return KeycloakEndpoint(url, None if is_loopback(url) else url, kc.admin_user, password,
-                                "external"), ""
-    recipe = ctx.settings.recipes.get(kc.recipe)
-    return KeycloakEndpoint(managed_url(kc), service_url(kc.app, recipe) if recipe else None,
-                            kc.admin_user, password, "managed", kc.app), ""
-
-
-def keycloak_recipe(ctx: Context) -> RecipeSettings:
-    name = ctx.settings.keycloak.recipe
-    if name not in ctx.settings.recipes:
-        raise BadInput(f"ccci.yaml: at 'warm.keycloak.recipe': {name!r} is not under 'recipes'; "
-                       "deploying a Keycloak needs its recipe there, with a source")
-    return ctx.settings.recipes[name]
-
-
-def endpoint_problem(endpoint: KeycloakEndpoint) -> str | None:
-    """None when it answers and takes the admin credentials; else why not. A permanent
-    refusal (wrong password) raises: that is a configuration error, not an outage."""
-    problem = sso_client.probe_ready(endpoint.url)
-    if problem is not None:
-        return problem
-    try:
-        endpoint.client().check_login()
-    except ExternalError as exc:
-        if not exc.temporary:
-            raise
-        return exc.message
-    return None
-
-
-# -- deploying a Keycloak recipe ----------------------------------------------------------------
-
-def _secret_key(state: StateDir) -> bytes:
-    """A random local key: secret versions derive from it, so they reveal nothing."""
-    path = state.infra_secret_key
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".secret.key.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-        # link() creates the name only if absent, and only with the whole key in it.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink()
-    return path.read_text().strip().encode()
-
-
-def admin_secret_version(state: StateDir, password: str) -> str:
-    """Swarm secrets are immutable: a new password gets a new secret name, the same one
-    keeps it (so a redeploy does not fail on a changed secret)."""
-    return "s" + hmac.new(_secret_key(state), password.encode(), hashlib.sha256).hexdigest()[:12]
-
-
-def deploy_keycloak(ctx: Context, result: RunResult, dep: Deployment, password: str, *,
-                    name: str) -> None:
-    """Deploy the Keycloak recipe with its admin password as a swarm secret."""
-    secret_file = dep.checkout / ADMIN_SECRET_FILE
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password)
-    dep.extra_env.update({
-        "ADMIN_USER": ctx.settings.keycloak.admin_user,
-        "SECRET_ADMIN_PASSWORD_VERSION": admin_secret_version(ctx.state, password),
-    })
-    try:
-        deployment.deploy_app(ctx, result, dep, name=name)
-    finally:
-        secret_file.unlink(missing_ok=True)
-
-
-def wait_keycloak(ctx: Context, result: RunResult, dep: Deployment, endpoint: KeycloakEndpoint,
-                  deadline: Deadline, *, name: str, baseline: stack.AppState | None = None) -> None:
-    """Converged (its healthcheck passed), answering, and taking the admin credentials."""
-    with phase(ctx, result, name):
-        stack.wait_converged(dep.app, deadline, stability_s=dep.recipe.stability_s,
-                             expected_commit=dep.commit, baseline=baseline)
-        sso_client.wait_ready(endpoint.url, deadline)
-        endpoint.client().check_login()
-
-
-# -- the safety gate (pure) ---------------------------------------------------------------------
-
-def parse_version(tag: str) -> Version | None:
-    match = VERSION_RE.match(tag)
-    return (int(match.group(1)), int(match.group(2)), int(match.group(3))) if match else None
-
-
-def release_version(tags: list[str]) -> Version | None:
-    """The highest version among a commit's tags (Co-op Cloud tags `1.2.0+26.0.5`)."""
-    versions = [v for v in (parse_version(t) for t in tags) if v is not None]
-    return max(versions) if versions else None
-
-
-def show(version: Version | None) -> str:
-    return ".".join(map(str, version)) if version else "an untagged commit"
-
-
-def notes_in_range(names: list[str], current: Version | None, target: Version | None) -> list[str]:
-    """Release-note files that speak for the step current → target: `next`, and each
-    version past the current one up to the target (only the target's when current is unknown)."""
-    chosen = []
-    for name in names:
-        version = parse_version(name)
-        in_step = version is not None and target is not None and version <= target and (
-            version > current if current is not None else version == target)
-        if name == "next" or in_step:
-            chosen.append(name)
-    return sorted(chosen)
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    hold: bool
-    reason: str
-
-
-def safety_gate(current: Version | None, target: Version | None, notes: dict[str, str]) -> GateVerdict:
-    """Hold a major version bump, or release notes that flag a manual migration."""
-    if current is not None and target is not None and target[0] > current[0]:
-        return GateVerdict(True, f"a major version bump ({show(current)} → {show(target)})")
-    for name, text in sorted(notes.items()):
-        for line in text.splitlines():
-            if MIGRATION_FLAG_RE.search(line):
-                return GateVerdict(True, f"release notes {NOTES_DIR}/{name} flag a manual migration: "
-                                         f"{line.strip()[:200]!r}")
-    return GateVerdict(False, f"{show(current)} → {show(target)}")
-
-
-def read_release_notes(checkout: Path, current: Version | None, target: Version | None) -> dict[str, str]:
-    where = checkout / NOTES_DIR
-    if not where.is_dir():
-        return {}
-    names = [p.name for p in where.iterdir() if p.is_file() and not p.is_symlink()]
-    out = {}
-    for name in notes_in_range(names, current, target):
-        with (where / name).open("rb") as handle:
-            out[name] = handle.read(MAX_NOTES_BYTES).decode(errors="replace")
-    return out
-
-
-# -- reconcile ----------------------------------------------------------------------------------
 
 @dataclass
 class ReconcileReport:
@@ -288,7 +78,7 @@ def read_deployed(state: StateDir, app: str) -> dict[str, str] | None:
 
 def _write_deployed(state: StateDir, app: str, commit: str, version: Version | None) -> None:
     atomic_write_json(state.infra_state(app), {
-        "app": app, "commit": commit, "version": show(version) if version else None,
+        "app": app, "commit": commit, "version": show_version(version) if version else None,
         "images": sorted(images.service_image_refs(app)),  # kept by prune
         "deployed_at": now_iso()})
 
@@ -316,7 +106,7 @@ class _Reconciler:
 
     def label(self, commit: str) -> str:
         version = self.version(commit)
-        return f"{show(version)} ({commit[:12]})" if version else commit[:12]
+        return f"{show_version(version)} ({commit[:12]})" if version else commit[:12]
 
     def report(self, outcome: str, message: str, commit: str | None) -> ReconcileReport:
         if outcome in OK_OUTCOMES and outcome != "deferred":

@@ -1,41 +1,28 @@
-"""Per-run SSO realms for recipes with `sso: keycloak`: on the warm Keycloak, or on one
-co-deployed for the run when the warm one is missing or down; and the reaper of stale realms."""
+"""Per-run SSO realms: on the warm Keycloak or on one co-deployed for the run; the stale-realm reaper."""
 
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from controller.flows import deployment
 from controller.flows.context import Context, phase
-from controller.flows.deployment import Deployment
-from controller.flows.warm_infra import (
+from controller.flows.keycloak.deploy import co_deploy_keycloak, undeploy_co_deployed
+from controller.flows.keycloak.endpoint import (
     SSO_NETWORK,
-    WARM_DOWN_ALERT,
     KeycloakEndpoint,
-    deploy_keycloak,
-    endpoint_problem,
-    keycloak_recipe,
-    service_url,
-    wait_keycloak,
+    usable_warm_endpoint,
     warm_endpoint,
 )
-from controller.registry import recipes
 from controller.registry.results import RunResult
-from controller.runtime import probe
-from controller.sso.naming import realm_name, stale_realms
+from controller.sso.naming import stale_realms
 from controller.sso.realms import RealmRequest, new_realm_request, realm_representation
 from controller.util import inflight
-from controller.util.alerts import clear_alert, raise_alert
-from controller.util.errors import BadInput, CcciError
+from controller.util.errors import CcciError
 from controller.util.log import register_secret
-from controller.util.timeutil import Deadline
 
 log = logging.getLogger(__name__)
-
-CO_DEPLOY_DEADLINE_S = 300  # a co-deployed Keycloak's start (about 30-60 s) plus a margin
 
 
 @dataclass
@@ -94,66 +81,6 @@ def _grant(req: RealmRequest, endpoint: KeycloakEndpoint) -> RealmGrant:
                       co_deployed_app=endpoint.app if endpoint.source == "co-deployed" else None)
 
 
-def usable_warm_endpoint(ctx: Context) -> tuple[KeycloakEndpoint | None, str]:
-    """The warm Keycloak when it is configured and healthy; else None and why."""
-    endpoint, why = warm_endpoint(ctx)
-    if endpoint is None:
-        return None, why
-    problem = endpoint_problem(endpoint)
-    if problem is not None:
-        message = f"the warm Keycloak ({endpoint.source}) is not healthy: {problem}"
-        raise_alert(ctx.state, WARM_DOWN_ALERT, message + "; runs co-deploy their own until it is back")
-        return None, message
-    clear_alert(ctx.state, WARM_DOWN_ALERT)
-    return endpoint, ""
-
-
-def co_deploy_keycloak(ctx: Context, result: RunResult, recipe_name: str, run_id: str) -> KeycloakEndpoint:
-    """A cold Keycloak for this run only, `<recipe>-<hex>-kc` (even for a quick run, whose own
-    app is warm-*): labelled cold with the run id, so the run's teardown and the start-up
-    cleanup of dead runs remove it like any cold app."""
-    try:
-        recipe = keycloak_recipe(ctx)
-    except BadInput as exc:
-        raise CcciError(f"cannot co-deploy a Keycloak: {exc.message}", cause="infra") from exc
-    kc_app = f"{realm_name(recipe_name, run_id)}-kc"
-    work = deployment.workdir(ctx, run_id) / "keycloak"
-    password = secrets.token_urlsafe(24)
-    register_secret(password)
-    with phase(ctx, result, "sso-keycloak-fetch"):
-        recipes.fetch_recipe(ctx.state, recipe)
-        canonical = ctx.registry.canonical(recipe.name)
-        commit = canonical.known_good if canonical else recipes.head_of_line(ctx.state, recipe)
-        if commit is None:
-            raise CcciError(f"cannot co-deploy a Keycloak: recipe {recipe.name!r} has no known-good "
-                            f"commit and no tracked line {recipe.track!r}", cause="infra")
-        recipes.export_commit(ctx.state, recipe, commit, work)
-    dep = Deployment(recipe=recipe, app=kc_app, mode="cold", run=run_id, commit=commit,
-                     domain=ctx.settings.domain(kc_app), host_port=probe.free_port(), checkout=work,
-                     owner=ctx.state.owner_id)
-    endpoint = KeycloakEndpoint(dep.url, service_url(kc_app, recipe), ctx.settings.keycloak.admin_user,
-                                password, "co-deployed", kc_app)
-    try:
-        deploy_keycloak(ctx, result, dep, password, name="sso-keycloak-deploy")
-        wait_keycloak(ctx, result, dep, endpoint, Deadline(min(CO_DEPLOY_DEADLINE_S, recipe.timeout_s)),
-                      name="sso-keycloak-ready")
-    except BaseException:
-        _undeploy_co_deployed(ctx, result, kc_app)
-        raise
-    finally:
-        deployment.remove_workdir(work)  # the deployed stack no longer needs its checkout
-    log.info("co-deployed Keycloak %s for run %s at %s", kc_app, run_id, endpoint.url)
-    return endpoint
-
-
-def _undeploy_co_deployed(ctx: Context, result: RunResult, kc_app: str) -> None:
-    try:
-        deployment.undeploy_app(ctx, result, kc_app, remove_volumes=True, name="sso-keycloak-teardown")
-    except CcciError as exc:
-        log.error("could not remove the co-deployed Keycloak %s: %s (the start-up cleanup will)",
-                  kc_app, exc.message)
-
-
 def prepare_realm(ctx: Context, result: RunResult, recipe: str, run_id: str, app: str) -> RealmGrant:
     """Create the run's realm `<recipe>-<hex>` with its OIDC clients and test user."""
     endpoint, why = usable_warm_endpoint(ctx)
@@ -176,7 +103,7 @@ def prepare_realm(ctx: Context, result: RunResult, recipe: str, run_id: str, app
             endpoint.client().create_realm(realm_representation(req))
     except BaseException:
         if endpoint.source == "co-deployed" and endpoint.app:
-            _undeploy_co_deployed(ctx, result, endpoint.app)
+            undeploy_co_deployed(ctx, result, endpoint.app)
         raise
     grant = _grant(req, endpoint)
     result.sso = {**grant.facts(), "fallback": fallback, "released": False}
