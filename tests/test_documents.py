@@ -113,9 +113,9 @@ def test_other_comments_are_rejected_with_a_reason(comment: str) -> None:
 
 def test_settings_template_is_valid() -> None:
     doc = load_untrusted(SETTINGS_TEMPLATE.encode(), "ccci.yaml")
-    from controller.registry import schemas
+    from controller.registry import schemas, settings_schema
 
-    schemas.validate(doc, schemas.SETTINGS, "ccci.yaml")
+    schemas.validate(doc, settings_schema.SETTINGS, "ccci.yaml")
     settings = settings_from_document(doc)
     assert settings.base_domain == "ci.example.org"
     assert settings.quick_no_canonical == "fallback-cold"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from controller.registry import documents, schemas
+from controller.registry import documents, schemas, settings_schema
 from controller.registry.history import Commit, canonical_changes, file_at
 from controller.registry.settings import SETTINGS_FILE, settings_from_document
 from controller.registry.store import Registry
@@ -32,7 +32,7 @@ def _controller_email(registry: Registry, commit: str) -> str:
         return "ccci@localhost"
     try:
         doc = load_untrusted(raw, SETTINGS_FILE)
-        schemas.validate(doc, schemas.SETTINGS, SETTINGS_FILE)
+        schemas.validate(doc, settings_schema.SETTINGS, SETTINGS_FILE)
         return settings_from_document(doc).identity_email
     except CcciError:
         return "ccci@localhost"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.registry import schemas
+from controller.registry import schemas, settings_schema
 from controller.registry.yamlio import read_untrusted
 from controller.util.errors import BadInput
 
@@ -42,7 +42,6 @@ class RecipeSettings:
     assert_path: str = "tests/ccci-assert"  # the custom assert executable in the recipe
     assert_timeout_s: int = 300
     env: dict[str, str] = field(default_factory=dict)  # extra stack env, over .env.sample
-    keep_failed: bool = False  # reserved: never keep failed cold apps unless an operator asks
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,6 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
             assert_path=raw.get("assert", "tests/ccci-assert"),
             assert_timeout_s=raw.get("assert_timeout_s", 300),
             env={k: str(v) for k, v in (raw.get("env") or {}).items()},
-            keep_failed=raw.get("keep_failed", False),
         )
     authority = doc.get("authority") or {}
     sweep = doc.get("sweep") or {}
@@ -161,7 +159,7 @@ def load_settings(registry_root: Path) -> Settings:
     doc = read_untrusted(path, SETTINGS_FILE)
     if not isinstance(doc, dict):
         raise BadInput(f"{SETTINGS_FILE}: at '(top level)': expected a mapping of settings")
-    schemas.validate(doc, schemas.SETTINGS, SETTINGS_FILE)
+    schemas.validate(doc, settings_schema.SETTINGS, SETTINGS_FILE)
     return settings_from_document(doc)
 
 
