@@ -118,7 +118,7 @@ def test_settings_template_is_valid() -> None:
     schemas.validate(doc, settings_schema.SETTINGS, "ccci.yaml")
     settings = settings_from_document(doc)
     assert settings.base_domain == "ci.example.org"
-    assert settings.quick_no_canonical == "fallback-cold"
+    assert settings.quick.no_canonical == "fallback-cold"
 
 
 def test_project_examples_are_valid_documents() -> None:

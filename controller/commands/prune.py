@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from controller.cli import registry_arg
 from controller.commands import entry
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def policy_for(args: argparse.Namespace) -> PrunePolicy:
     if args.registry is None:
-        return PrunePolicy(images=args.images or "dangling")
+        return replace(PrunePolicy(), images=args.images) if args.images else PrunePolicy()
     return policy_from_settings(load_settings(args.registry), images=args.images)
 
 

@@ -16,6 +16,7 @@ from controller.flows.warm import (
     restore_app,
     take_app_snapshot,
 )
+from controller.registry.settings_schema import defaults
 from controller.registry.store import Registry
 from controller.runtime import stack
 from controller.util.errors import BadInput, CheckFailed
@@ -61,7 +62,8 @@ def execute(args: argparse.Namespace) -> int:
         commit = args.commit or read_warm_state(state, app).get("data_commit")
         if not commit:
             raise BadInput(f"--commit: which commit's data does {app} hold? (no record in the state dir)")
-        min_free = settings.disk_min_free_gb if settings else float(os.environ.get("CCCI_DISK_MIN_FREE_GB", "10"))
+        min_free = (settings.limits.disk_min_free_gb if settings else
+                    float(os.environ.get("CCCI_DISK_MIN_FREE_GB", defaults()["limits"]["disk_min_free_gb"])))
         info = take_app_snapshot(state, app, commit, None, min_free_gb=min_free)
         print(f"{app}: snapshot taken ({sum(v['files'] for v in info.volumes.values())} files, "
               f"manifest {info.manifest_sha256[:16]}) at {info.path}")

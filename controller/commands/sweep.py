@@ -26,9 +26,9 @@ def execute(args: argparse.Namespace) -> int:
     registry.sync()
     settings = ctx.settings
     last = sweep.last_sweep(ctx)
-    if not args.now and not sweep.sweep_due(utcnow(), last, settings.sweep_at, settings.sweep_timezone):
+    if not args.now and not sweep.sweep_due(utcnow(), last, settings.sweep.at, settings.sweep.timezone):
         print(f"sweep not due: last at {iso(last) if last else 'never'}, next after "
-              f"{settings.sweep_at} {settings.sweep_timezone}")
+              f"{settings.sweep.at} {settings.sweep.timezone}")
         return 0
     report = sweep.run_sweep(ctx)
     for run_id in report.filed:

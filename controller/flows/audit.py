@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from controller.registry import documents, schemas, settings_schema
+from controller.registry import documents
 from controller.registry.history import Commit, canonical_changes, file_at
-from controller.registry.settings import SETTINGS_FILE, settings_from_document
+from controller.registry.settings import SETTINGS_FILE, parse_settings
+from controller.registry.settings_schema import defaults
 from controller.registry.store import Registry
-from controller.registry.yamlio import load_untrusted
 from controller.util.errors import CcciError
 
 SUBJECT = re.compile(r"^\[cold\] (?P<recipe>[a-z0-9-]+)@(?P<short>[0-9a-f]{7}) pass \(run (?P<run>[^)]+)\)")
@@ -28,14 +28,13 @@ class Violation:
 
 def _controller_email(registry: Registry, commit: str) -> str:
     raw = file_at(registry, commit, SETTINGS_FILE)
+    default: str = defaults()["identity"]["email"]
     if raw is None:
-        return "ccci@localhost"
+        return default
     try:
-        doc = load_untrusted(raw, SETTINGS_FILE)
-        schemas.validate(doc, settings_schema.SETTINGS, SETTINGS_FILE)
-        return settings_from_document(doc).identity_email
+        return parse_settings(raw).identity.email
     except CcciError:
-        return "ccci@localhost"
+        return default
 
 
 def check_change(registry: Registry, commit: Commit, status: str, path: str) -> str | None:

@@ -34,7 +34,7 @@ def _runners() -> dict[str, Runner]:
 def decide(ctx: Context, request: Request) -> Decision:
     """Authority and mode; raises BadInput for a request that must be rejected."""
     settings = ctx.settings
-    if not settings.may_request(request.requested_by, request.mode):
+    if not settings.authority.allows(request.mode, request.requested_by):
         rule = f"authority.{request.mode}"
         raise BadInput(
             f"{request.rel_path}: at 'requested_by': {request.requested_by!r} is not allowed by "
@@ -50,7 +50,7 @@ def decide(ctx: Context, request: Request) -> Decision:
         has_snapshot = quick.snapshot_matches_index(ctx, request.recipe)
         if canonical is None or not has_snapshot:
             missing = "canonical" if canonical is None else "last-known-good snapshot on this host"
-            if settings.quick_no_canonical == "reject":
+            if settings.quick.no_canonical == "reject":
                 raise BadInput(
                     f"{request.rel_path}: at 'mode': quick needs a {missing} for "
                     f"{request.recipe!r} and quick.no_canonical is reject"

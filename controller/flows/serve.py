@@ -42,11 +42,11 @@ class Server:
                  watch: bool = True) -> None:
         self.ctx = ctx
         self.once = once
-        self.poll_interval = poll_interval or ctx.settings.poll_interval_s
+        self.poll_interval = poll_interval or ctx.settings.serve.poll_interval_s
         self.stats = ServeStats()
         self.watcher = ChangeWatcher(ctx.registry.root)
         self.watch = watch
-        self.cold_slots = threading.BoundedSemaphore(ctx.settings.max_parallel_cold)
+        self.cold_slots = threading.BoundedSemaphore(ctx.settings.limits.max_parallel_cold)
         self.active: dict[str, threading.Thread] = {}
         self.active_lock = threading.Lock()
         self.stopping = False
@@ -175,7 +175,7 @@ class Server:
         since = now - self._last_prune if self._last_prune is not None else None
         if since is not None and since < 60:
             return
-        due = not self.once and (since is None or since >= settings.prune_interval_s)
+        due = not self.once and (since is None or since >= settings.limits.prune_interval_s)
         policy = prune.policy_from_settings(settings)
         try:
             report = prune.prune_for_serve(self.ctx.state, policy, force=due)
@@ -195,8 +195,8 @@ class Server:
         with self.active_lock:
             if "sweep" in self.active:
                 return
-            if not sweep.sweep_due(utcnow(), sweep.last_sweep(self.ctx), settings.sweep_at,
-                                   settings.sweep_timezone):
+            if not sweep.sweep_due(utcnow(), sweep.last_sweep(self.ctx), settings.sweep.at,
+                                   settings.sweep.timezone):
                 return
             thread = threading.Thread(target=self._sweep, name="sweep", daemon=True)
             self.active["sweep"] = thread

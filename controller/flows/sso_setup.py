@@ -131,7 +131,7 @@ def co_deploy_keycloak(ctx: Context, result: RunResult, recipe_name: str, run_id
     dep = Deployment(recipe=recipe, app=kc_app, mode="cold", run=run_id, commit=commit,
                      domain=ctx.settings.domain(kc_app), host_port=probe.free_port(), checkout=work,
                      owner=ctx.state.owner_id)
-    endpoint = KeycloakEndpoint(dep.url, service_url(kc_app, recipe), ctx.settings.keycloak.admin_user,
+    endpoint = KeycloakEndpoint(dep.url, service_url(kc_app, recipe), ctx.settings.warm.keycloak.admin_user,
                                 password, "co-deployed", kc_app)
     try:
         deploy_keycloak(ctx, result, dep, password, name="sso-keycloak-deploy")
@@ -159,7 +159,7 @@ def prepare_realm(ctx: Context, result: RunResult, recipe: str, run_id: str, app
     endpoint, why = usable_warm_endpoint(ctx)
     fallback = None
     if endpoint is None:
-        kc = ctx.settings.keycloak
+        kc = ctx.settings.warm.keycloak
         if kc.fallback != "co-deploy":
             raise CcciError(f"recipe {recipe!r} needs SSO, but {why} (warm.keycloak.fallback is "
                             f"{kc.fallback})", cause="infra")
@@ -201,7 +201,7 @@ def reap_stale_realms(ctx: Context) -> list[str]:
     never master, never a realm someone else made. Returns the names deleted."""
     endpoint, why = warm_endpoint(ctx)
     if endpoint is None:
-        if ctx.settings.keycloak.mode == "off":
+        if ctx.settings.warm.keycloak.mode == "off":
             return []
         raise CcciError(f"cannot reap realms: {why}", cause="infra")
     client = endpoint.client()

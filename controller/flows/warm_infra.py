@@ -100,7 +100,7 @@ def managed_url(kc: KeycloakSettings) -> str:
 
 def warm_endpoint(ctx: Context) -> tuple[KeycloakEndpoint | None, str]:
     """The configured warm Keycloak, or None and the reason there is none."""
-    kc = ctx.settings.keycloak
+    kc = ctx.settings.warm.keycloak
     if kc.mode == "off":
         return None, "no warm Keycloak is configured (warm.keycloak.mode is off)"
     password = admin_password(kc)
@@ -120,7 +120,7 @@ def warm_endpoint(ctx: Context) -> tuple[KeycloakEndpoint | None, str]:
 
 
 def keycloak_recipe(ctx: Context) -> RecipeSettings:
-    name = ctx.settings.keycloak.recipe
+    name = ctx.settings.warm.keycloak.recipe
     if name not in ctx.settings.recipes:
         raise BadInput(f"ccci.yaml: at 'warm.keycloak.recipe': {name!r} is not under 'recipes'; "
                        "deploying a Keycloak needs its recipe there, with a source")
@@ -174,7 +174,7 @@ def deploy_keycloak(ctx: Context, result: RunResult, dep: Deployment, password: 
     with os.fdopen(fd, "w") as handle:
         handle.write(password)
     dep.extra_env.update({
-        "ADMIN_USER": ctx.settings.keycloak.admin_user,
+        "ADMIN_USER": ctx.settings.warm.keycloak.admin_user,
         "SECRET_ADMIN_PASSWORD_VERSION": admin_secret_version(ctx.state, password),
     })
     try:
@@ -315,7 +315,7 @@ class _Reconciler:
         self.ctx = ctx
         self.endpoint = endpoint
         self.recipe = recipe
-        self.app = check_infra_app(ctx.settings.keycloak.app)
+        self.app = check_infra_app(ctx.settings.warm.keycloak.app)
         self.result = RunResult(run=f"reconcile-{self.app}", recipe=recipe.name, ref=None,
                                 mode="reconcile", requested_mode=None, outcome="running",
                                 started_at=now_iso())
@@ -336,7 +336,7 @@ class _Reconciler:
         return ReconcileReport(outcome, message, commit, self.result.phases)
 
     def deploy_and_check(self, commit: str, step: str, *, baseline: stack.AppState | None = None) -> None:
-        kc = self.ctx.settings.keycloak
+        kc = self.ctx.settings.warm.keycloak
         work = deployment.workdir(self.ctx, f"infra-{self.app}-{commit[:12]}")
         try:
             recipes.export_commit(self.ctx.state, self.recipe, commit, work)
@@ -450,7 +450,7 @@ class _Reconciler:
 def reconcile(ctx: Context, *, approve: str | None = None) -> ReconcileReport:
     """Converge the warm Keycloak: external, check its health; managed, deploy it and move it
     along its recipe's tracked line behind the safety and health gates."""
-    kc = ctx.settings.keycloak
+    kc = ctx.settings.warm.keycloak
     if kc.mode == "off":
         return ReconcileReport("off", "warm.keycloak.mode is off: there is no warm Keycloak to reconcile")
     endpoint, why = warm_endpoint(ctx)

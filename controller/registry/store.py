@@ -16,6 +16,7 @@ from controller.registry.documents import Canonical, Request, SnapshotIndex
 from controller.registry.git import PushRejected, git, git_plain, identity_env
 from controller.registry.results import RunResult, commit_message
 from controller.registry.settings import SETTINGS_FILE, SETTINGS_TEMPLATE, Settings, load_settings
+from controller.registry.settings_schema import defaults
 from controller.registry.yamlio import dump_document, update_document
 from controller.util.errors import BadInput, CcciError, ExternalError
 from controller.util.locks import exclusive
@@ -32,14 +33,17 @@ CONTROLLER_DIRS = LAYOUT_DIRS
 Mutation = Callable[[Path], list[str] | None]
 
 
+_DEFAULT_IDENTITY = defaults()["identity"]
+
+
 @dataclass(frozen=True)
 class Identity:
-    name: str = "ccci"
-    email: str = "ccci@localhost"
+    name: str = _DEFAULT_IDENTITY["name"]
+    email: str = _DEFAULT_IDENTITY["email"]
 
     @classmethod
     def of(cls, settings: Settings) -> Identity:
-        return cls(settings.identity_name, settings.identity_email)
+        return cls(settings.identity.name, settings.identity.email)
 
 
 class Registry:
