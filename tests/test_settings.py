@@ -1,15 +1,18 @@
-"""ccci.yaml: one schema gives the defaults and the loader's nested objects, and errors that name
-the file and the key."""
+"""ccci.yaml: one schema gives the defaults, the loader's nested objects, the init template and
+docs/settings.md, and errors that name the file and the key."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
+from controller.registry import schemas, settings_schema
 from controller.registry.settings import (
     AuthoritySettings,
     HttpSettings,
@@ -26,9 +29,12 @@ from controller.registry.settings import (
     parse_settings,
     settings_from_document,
 )
-from controller.registry.settings_schema import SETTINGS, keys, schema_of
+from controller.registry.settings_generate import flow, init_template, reference_markdown
+from controller.registry.settings_schema import SETTINGS, defaults, keys, schema_of
+from controller.registry.store import init_registry
+from controller.registry.yamlio import load_untrusted
 from controller.util.errors import BadInput
-from tests.helpers import SETTINGS_HEAD
+from tests.helpers import REPO_ROOT, SETTINGS_HEAD
 
 MINIMAL = {"base_domain": "ci.test"}
 
@@ -182,3 +188,51 @@ def test_load_settings_reads_the_registry_file(tmp_path: Path) -> None:
     settings = load_settings(tmp_path)
     assert settings.identity.name == "ccci-test" and settings.sweep.max_tests == 0
     assert settings.authority.allows("quick", "anyone")
+
+
+# -- what is generated from the schema ----------------------------------------------------------
+
+def test_init_template_loads_to_exactly_the_schema_defaults() -> None:
+    example = schema_of("base_domain")["examples"][0]
+    doc = load_untrusted(init_template().encode(), "ccci.yaml")
+    assert doc == {"base_domain": example, **defaults()}
+    schemas.validate(doc, settings_schema.SETTINGS, "ccci.yaml")
+    assert settings_from_document(doc) == settings_from_document({"base_domain": example})
+
+
+def test_init_template_explains_every_key() -> None:
+    """Each description is in the template as a comment (wrapped, so compared word by word)."""
+    words = " ".join(line.lstrip("# ") for line in init_template().splitlines()).split()
+    text = " ".join(words)
+    for path, sub in keys():
+        assert " ".join(sub["description"].split()) in text, path
+
+
+def test_init_with_a_base_domain_writes_it(tmp_path: Path) -> None:
+    init_registry(tmp_path / "reg", base_domain="ci.other.test")
+    settings = load_settings(tmp_path / "reg")
+    assert settings == settings_from_document({"base_domain": "ci.other.test"})
+    text = (tmp_path / "reg" / "ccci.yaml").read_text()
+    assert "base_domain: ci.other.test\n" in text
+
+
+def test_docs_settings_md_is_what_the_generator_prints() -> None:
+    path = REPO_ROOT / "docs" / "settings.md"
+    assert path.read_text() == reference_markdown(), (
+        "docs/settings.md is stale: run `python -m controller.registry.settings_generate > docs/settings.md`")
+
+
+def test_the_generator_prints_the_docs_from_the_command_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "controller.registry.settings_generate"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout == reference_markdown()
+
+
+def test_docs_list_every_key_with_its_default() -> None:
+    docs = reference_markdown()
+    for path, sub in keys():
+        if "properties" not in sub:
+            assert f"| `{path}` |" in docs, path
+    for path, default in leaf_defaults():
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{path}` |"))
+        assert row.split(" | ")[2] == f"`{flow(default)}`", path

@@ -6,13 +6,15 @@ import argparse
 from pathlib import Path
 
 from controller.commands import entry
+from controller.registry.settings_schema import schema_of
 from controller.registry.store import init_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("init", help="create a registry")
     parser.add_argument("path", type=Path)
-    parser.add_argument("--base-domain", help="the registry's base domain (default ci.example.org)")
+    example = schema_of("base_domain")["examples"][0]
+    parser.add_argument("--base-domain", help=f"the registry's base domain (default {example})")
     parser.set_defaults(handler=execute)
 
 

@@ -15,7 +15,8 @@ from controller.registry import documents
 from controller.registry.documents import Canonical, Request, SnapshotIndex
 from controller.registry.git import PushRejected, git, git_plain, identity_env
 from controller.registry.results import RunResult, commit_message
-from controller.registry.settings import SETTINGS_FILE, SETTINGS_TEMPLATE, Settings, load_settings
+from controller.registry.settings import SETTINGS_FILE, Settings, load_settings
+from controller.registry.settings_generate import init_template
 from controller.registry.settings_schema import defaults
 from controller.registry.yamlio import dump_document, update_document
 from controller.util.errors import BadInput, CcciError, ExternalError
@@ -336,10 +337,7 @@ def init_registry(path: Path, *, base_domain: str | None = None) -> None:
         raise BadInput(f"{path}: exists and is not empty; `ccci init` creates a new registry")
     path.mkdir(parents=True, exist_ok=True)
     git_plain("init", "--quiet", "--initial-branch=main", str(path))
-    template = SETTINGS_TEMPLATE
-    if base_domain:
-        template = template.replace("base_domain: ci.example.org", f"base_domain: {base_domain}")
-    (path / SETTINGS_FILE).write_text(template)
+    (path / SETTINGS_FILE).write_text(init_template(base_domain))
     for sub in LAYOUT_DIRS:
         (path / sub).mkdir(exist_ok=True)
         (path / sub / ".gitkeep").write_text("")
