@@ -6,7 +6,6 @@ import pytest
 
 from controller.flows.requests import mode_from_comment
 from controller.registry import documents
-from controller.registry.settings import SETTINGS_TEMPLATE, settings_from_document
 from controller.util import names
 from controller.util.errors import BadInput
 from controller.util.names import RUN_ID_RE
@@ -110,16 +109,6 @@ def test_trigger_comments(comment: str, mode: str) -> None:
 def test_other_comments_are_rejected_with_a_reason(comment: str) -> None:
     with pytest.raises(BadInput, match="write exactly `!testme`"):
         mode_from_comment(comment)
-
-
-def test_settings_template_is_valid() -> None:
-    doc = load_untrusted(SETTINGS_TEMPLATE.encode(), "ccci.yaml")
-    from controller.registry import schemas
-
-    schemas.validate(doc, schemas.SETTINGS, "ccci.yaml")
-    settings = settings_from_document(doc)
-    assert settings.base_domain == "ci.example.org"
-    assert settings.quick_no_canonical == "fallback-cold"
 
 
 def test_project_examples_are_valid_documents() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.registry.settings import HttpSettings
+from controller.registry.settings import HttpSettings, settings_from_document
 from controller.runtime.compose import interpolate, parse_env_file, proxied_service, read_layout
 from controller.runtime.spec import AppIdentity, DeploySpec, overlay_document, secret_length, stack_env
 from controller.util.errors import BadInput
@@ -138,10 +138,16 @@ def test_http_service_and_port_come_from_traefik_labels_unless_ccci_yaml_says() 
     assert proxied_service(services, {}) == ("web", 80)
     services["web"]["deploy"]["labels"] = {"traefik.enable": "false"}
     assert proxied_service(services, {}) is None
-    assert HttpSettings().resolve(("web", 3000)) == ("web", 3000)
-    assert HttpSettings(port=8080).resolve(("web", 3000)) == ("web", 8080)
-    assert HttpSettings(service="app").resolve(("web", 3000)) == ("app", 80)
-    assert HttpSettings().resolve(None) == ("app", 80)
+    assert http_settings().resolve(("web", 3000)) == ("web", 3000)
+    assert http_settings(port=8080).resolve(("web", 3000)) == ("web", 8080)
+    assert http_settings(service="app").resolve(("web", 3000)) == ("app", 80)
+    assert http_settings().resolve(None) == ("app", 80)
+
+
+def http_settings(**http: object) -> HttpSettings:
+    """A recipe's `http` as ccci.yaml with these keys loads it."""
+    doc = {"base_domain": "ci.test", "recipes": {"r": {"source": "/src", "http": http}}}
+    return settings_from_document(doc).recipe("r").http
 
 
 def test_layout_follows_compose_file_and_names_external_objects(recipe: Path) -> None:

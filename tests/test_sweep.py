@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 from controller.flows.sweep import last_scheduled, plan, sweep_due
-from controller.registry.settings import RecipeSettings, Settings
+from controller.registry.settings import settings_from_document
 from testbed.fixtures import build_recipe
 from tests import helpers
 from tests.helpers import SETTINGS_HEAD, RemoteRegistry, recipe_entry
@@ -32,8 +32,8 @@ def test_sweep_slot_follows_the_time_zone() -> None:
 
 
 def test_plan_is_stalest_first_and_capped() -> None:
-    settings = Settings(base_domain="x", recipes={n: RecipeSettings(n, "/src") for n in "abcd"},
-                        sweep_max_tests=3)
+    settings = settings_from_document({"base_domain": "x", "recipes": {n: {"source": "/src"} for n in "abcd"},
+                                       "sweep": {"max_tests": 3}})
     last = {"a": "2026-11-28T00:00:00Z", "b": "2026-11-20T00:00:00Z", "d": "2026-11-29T00:00:00Z"}
     assert plan(settings, last) == ["c", "b", "a"]
 

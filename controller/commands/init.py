@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from controller.commands import entry
-from controller.flows.init import create_registry
+from controller.flows.init import EXAMPLE_BASE_DOMAIN, create_registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("init", help="create a registry")
     parser.add_argument("path", type=Path)
-    parser.add_argument("--base-domain", help="the registry's base domain (default ci.example.org)")
+    parser.add_argument("--base-domain", help=f"the registry's base domain (default {EXAMPLE_BASE_DOMAIN})")
     parser.set_defaults(handler=execute)
 
 

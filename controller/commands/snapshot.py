@@ -44,8 +44,7 @@ def execute(args: argparse.Namespace) -> int:
               + f"); verified={report.verified}")
         return 0 if report.verified else 1
     info, committed = warm_apps.take_by_hand(
-        state, app, commit=args.commit, registry_path=Path(args.registry) if args.registry else None,
-        default_min_free_gb=float(os.environ.get("CCCI_DISK_MIN_FREE_GB", "10")))
+        state, app, commit=args.commit, registry_path=Path(args.registry) if args.registry else None)
     print(f"{app}: snapshot taken ({sum(v['files'] for v in info.volumes.values())} files, "
           f"manifest {info.manifest_sha256[:16]}) at {info.path}")
     if committed:

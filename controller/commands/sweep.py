@@ -23,7 +23,7 @@ def execute(args: argparse.Namespace) -> int:
     last = ledger.last_run("sweep")
     if not args.now and not sweep.due(ctx, utcnow(), last, False):
         print(f"sweep not due: last at {iso(last) if last else 'never'}, next after "
-              f"{ctx.settings.sweep_at} {ctx.settings.sweep_timezone}")
+              f"{ctx.settings.sweep.at} {ctx.settings.sweep.timezone}")
         return 0
     summary = jobs.run_job(ctx, sweep, ledger)
     for run_id in summary.get("filed", []):

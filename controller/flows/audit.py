@@ -7,13 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.registry import documents, schemas
+from controller.registry import documents
 from controller.registry.history import Commit, canonical_changes, file_at
-from controller.registry.settings import SETTINGS_FILE, settings_from_document
+from controller.registry.settings import SETTINGS_FILE, parse_settings
+from controller.registry.settings_schema import defaults
 from controller.registry.store import Registry
 from controller.util import names
 from controller.util.errors import CcciError
-from controller.util.yamlio import load_untrusted
 
 SUBJECT = re.compile(r"^\[cold\] (?P<recipe>[a-z0-9-]+)@(?P<short>[0-9a-f]{7}) pass \(run (?P<run>[^)]+)\)")
 
@@ -30,14 +30,13 @@ class Violation:
 
 def _controller_email(registry: Registry, commit: str) -> str:
     raw = file_at(registry, commit, SETTINGS_FILE)
+    default: str = defaults()["identity"]["email"]
     if raw is None:
-        return "ccci@localhost"
+        return default
     try:
-        doc = load_untrusted(raw, SETTINGS_FILE)
-        schemas.validate(doc, schemas.SETTINGS, SETTINGS_FILE)
-        return settings_from_document(doc).identity_email
+        return parse_settings(raw).identity.email
     except CcciError:
-        return "ccci@localhost"
+        return default
 
 
 def check_change(registry: Registry, commit: Commit, status: str, path: str) -> str | None:

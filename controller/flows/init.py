@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controller.registry.settings_schema import schema_of
 from controller.registry.store import init_registry
+
+# What `ccci init --help` shows as the base domain of a registry created without one.
+EXAMPLE_BASE_DOMAIN = str(schema_of("base_domain")["examples"][0])
 
 
 def create_registry(path: Path, *, base_domain: str | None = None) -> None:

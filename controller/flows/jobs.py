@@ -35,7 +35,7 @@ class Job:
 
 def _sweep_due(ctx: Context, now: dt.datetime, last: dt.datetime | None, once: bool) -> bool:
     # --once drains the queue; it does not start the nightly sweep.
-    return not once and sweep.sweep_due(now, last, ctx.settings.sweep_at, ctx.settings.sweep_timezone)
+    return not once and sweep.sweep_due(now, last, ctx.settings.sweep.at, ctx.settings.sweep.timezone)
 
 
 def _sweep(ctx: Context) -> dict[str, Any]:
@@ -55,8 +55,8 @@ def prune_due(since_s: float | None, interval_s: float, once: bool, disk_is_low:
 
 def _prune_due(ctx: Context, now: dt.datetime, last: dt.datetime | None, once: bool) -> bool:
     return prune_due((now - last).total_seconds() if last is not None else None,
-                     ctx.settings.prune_interval_s, once,
-                     lambda: bool(prune.disk_low(prune.free_space(ctx.state), ctx.settings.disk_min_free_gb)))
+                     ctx.settings.limits.prune_interval_s, once,
+                     lambda: bool(prune.disk_low(prune.free_space(ctx.state), ctx.settings.limits.disk_min_free_gb)))
 
 
 def _prune(ctx: Context) -> dict[str, Any]:

@@ -56,7 +56,7 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          proves="the upgrade from the known-good works on real data (informational, never gates)",
          precondition=quick.missing_for_quick,
          fallback=Fallback("cold", "no-canonical", "quick.no_canonical",
-                           lambda settings: settings.quick_no_canonical, "fallback-cold")),
+                           lambda settings: settings.quick.no_canonical, "fallback-cold")),
     Mode("rewarm", "rewarm", authority=None, gates=False, runner=rewarm.run_rewarm,
          proves="the known-good redeploys on its warm data and a new snapshot was taken"),
     # The sweep files cold requests as `requested_by: sweep`; authority.cold must allow it.

@@ -10,13 +10,14 @@ import functools
 import logging
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from controller.flows import cleanup
 from controller.flows.warm_apps import read_warm_state
 from controller.registry.settings import Settings, load_settings
+from controller.registry.settings_schema import defaults, schema_of
 from controller.runtime import engine, images
 from controller.runtime.images import Image
 from controller.util.alerts import clear_alert, raise_alert
@@ -28,26 +29,28 @@ from controller.util.paths import StateDir
 log = logging.getLogger(__name__)
 
 DISK_ALERT = "disk-low"
-IMAGE_MODES = ("dangling", "unused", "none")
+IMAGE_MODES = tuple(schema_of("limits.prune_images")["enum"])
+_LIMITS = defaults()["limits"]  # without a registry, prune as one with no `limits` would
 
 
 @dataclass(frozen=True)
 class PrunePolicy:
-    images: str = "dangling"  # one of IMAGE_MODES
-    keep_images: tuple[str, ...] = ()  # fnmatch patterns of image names never removed
-    min_free_gb: float = 10.0
+    images: str = _LIMITS["prune_images"]  # one of IMAGE_MODES
+    keep_images: tuple[str, ...] = tuple(_LIMITS["prune_keep_images"])  # fnmatch patterns never removed
+    min_free_gb: float = _LIMITS["disk_min_free_gb"]
 
 
 def policy_from_settings(settings: Settings, *, images: str | None = None) -> PrunePolicy:
     """The registry's `limits.*` prune settings; `images` overrides `limits.prune_images`."""
-    return PrunePolicy(images=images or settings.prune_images, keep_images=settings.prune_keep_images,
-                       min_free_gb=settings.disk_min_free_gb)
+    limits = settings.limits
+    return PrunePolicy(images=images or limits.prune_images, keep_images=limits.prune_keep_images,
+                       min_free_gb=limits.disk_min_free_gb)
 
 
 def policy_for_registry(registry_path: Path | None, *, images: str | None = None) -> PrunePolicy:
     """The prune policy of a registry clone's ccci.yaml, or the defaults without one."""
     if registry_path is None:
-        return PrunePolicy(images=images or "dangling")
+        return replace(PrunePolicy(), images=images) if images else PrunePolicy()
     return policy_from_settings(load_settings(registry_path), images=images)
 
 

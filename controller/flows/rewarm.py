@@ -93,7 +93,7 @@ def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapsh
         return None
     with phase(ctx, result, "snapshot"):
         info = take_app_snapshot(ctx.state, app, commit, result.run,
-                                 min_free_gb=ctx.settings.disk_min_free_gb)
+                                 min_free_gb=ctx.settings.limits.disk_min_free_gb)
     result.snapshot = {"restored": bool(result.snapshot.get("restored")), "verified": True,
                        "taken": info.manifest_sha256}
     result.outcome = "pass"

@@ -55,7 +55,7 @@ def decide(ctx: Context, request: Request) -> Decision:
     """Authority and mode, by the mode table; BadInput for a request that must be rejected."""
     settings = ctx.settings
     entry = modes.requestable(request.mode, where=f"{request.rel_path}: at 'mode'")
-    if entry.authority is None or not settings.allows(entry.authority, request.requested_by):
+    if entry.authority is None or not settings.authority.allows(entry.authority, request.requested_by):
         raise BadInput(
             f"{request.rel_path}: at 'requested_by': {request.requested_by!r} is not allowed by "
             f"authority.{entry.authority or entry.name} in ccci.yaml"

@@ -40,11 +40,11 @@ class Server:
                  watch: bool = True) -> None:
         self.ctx = ctx
         self.once = once
-        self.poll_interval = poll_interval or ctx.settings.poll_interval_s
+        self.poll_interval = poll_interval or ctx.settings.serve.poll_interval_s
         self.stats = ServeStats()
         self.watcher = ChangeWatcher(ctx.registry.root)
         self.watch = watch
-        self.cold_slots = threading.BoundedSemaphore(ctx.settings.max_parallel_cold)
+        self.cold_slots = threading.BoundedSemaphore(ctx.settings.limits.max_parallel_cold)
         self.active: dict[str, threading.Thread] = {}
         self.active_lock = threading.Lock()
         self.stopping = False

@@ -65,7 +65,7 @@ def collect_status(registry_path: Path, state_dir: str | Path | None) -> dict[st
         if isinstance(doc, dict) and "pid" in doc:
             daemons.append(doc)
     running = [d.get("run") for d in results if d.get("outcome") == "running"]
-    limit = settings.disk_min_free_gb
+    limit = settings.limits.disk_min_free_gb
     disk = [{"path": path, "free_gib": round(free / 1024**3, 2), "low": free < limit * 1024**3}
             for path, free in sorted(prune.free_space(state).items())]
     return {

@@ -48,9 +48,9 @@ def sweep_due(now: dt.datetime, last: dt.datetime | None, at: str, timezone: str
 def plan(settings: Settings, last_cold: dict[str, str]) -> list[str]:
     """Pure: recipes to sweep, stalest first (never swept before come first), at most max_tests."""
     names = sorted(settings.recipes)
-    if settings.sweep_order == "stalest-first":
+    if settings.sweep.order == "stalest-first":
         names.sort(key=lambda name: (last_cold.get(name) or "", name))
-    return names[: settings.sweep_max_tests]
+    return names[: settings.sweep.max_tests]
 
 
 @dataclass
@@ -71,7 +71,7 @@ def last_cold_results(ctx: Context) -> dict[str, str]:
 def run_sweep(ctx: Context) -> SweepReport:
     """Roll the live-warm infra, then file one cold request per recipe head."""
     report = SweepReport([], {})
-    if ctx.settings.keycloak.mode == "managed":
+    if ctx.settings.warm.keycloak.mode == "managed":
         from controller.flows import keycloak
 
         try:

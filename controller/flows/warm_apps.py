@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from controller import snapshots
 from controller.flows.context import Context, open_context
 from controller.registry.documents import SnapshotIndex, snapshot_index_document
+from controller.registry.settings_schema import defaults
 from controller.registry.store import updated_text
 from controller.runtime import stack
 from controller.util import names
@@ -142,16 +144,18 @@ def restore_by_hand(state: StateDir, app: str, *, paranoid: bool) -> snapshots.R
         return restore_app(state, app, paranoid=paranoid)
 
 
-def take_by_hand(state: StateDir, app: str, *, commit: str | None, registry_path: Path | None,
-                 default_min_free_gb: float) -> tuple[snapshots.SnapshotInfo, bool]:
-    """`ccci snapshot take`, under the app's lock; with a registry, also commit its index entry.
+def take_by_hand(state: StateDir, app: str, *, commit: str | None,
+                 registry_path: Path | None) -> tuple[snapshots.SnapshotInfo, bool]:
+    """`ccci snapshot take`, under the app's lock; with a registry, also commit its index entry
+    (and keep its limits.disk_min_free_gb; without one, $CCCI_DISK_MIN_FREE_GB or the default).
     Returns the snapshot and whether an index commit was made."""
     ctx = open_context(registry_path, state.root) if registry_path else None
     with app_lock_state(state, app):
         commit = commit or read_warm_state(state, app).get("data_commit")
         if not commit:
             raise BadInput(f"--commit: which commit's data does {app} hold? (no record in the state dir)")
-        min_free = ctx.settings.disk_min_free_gb if ctx else default_min_free_gb
+        min_free = ctx.settings.limits.disk_min_free_gb if ctx else float(
+            os.environ.get("CCCI_DISK_MIN_FREE_GB", defaults()["limits"]["disk_min_free_gb"]))
         info = take_app_snapshot(state, app, commit, None, min_free_gb=min_free)
         if ctx is None:
             return info, False

@@ -12,7 +12,9 @@ from typing import Any
 from controller.registry import documents
 from controller.registry.documents import Canonical, Request, SnapshotIndex
 from controller.registry.git import PushRejected, git, git_plain, identity_env
-from controller.registry.settings import SETTINGS_FILE, SETTINGS_TEMPLATE, Settings, load_settings
+from controller.registry.settings import SETTINGS_FILE, Settings, load_settings
+from controller.registry.settings_generate import init_template
+from controller.registry.settings_schema import defaults
 from controller.util import names
 from controller.util.errors import BadInput, CcciError, ExternalError
 from controller.util.locks import exclusive
@@ -27,14 +29,17 @@ log = logging.getLogger(__name__)
 Mutation = Callable[[Path], list[str] | None]
 
 
+_DEFAULT_IDENTITY = defaults()["identity"]
+
+
 @dataclass(frozen=True)
 class Identity:
-    name: str = "ccci"
-    email: str = "ccci@localhost"
+    name: str = _DEFAULT_IDENTITY["name"]
+    email: str = _DEFAULT_IDENTITY["email"]
 
     @classmethod
     def of(cls, settings: Settings) -> Identity:
-        return cls(settings.identity_name, settings.identity_email)
+        return cls(settings.identity.name, settings.identity.email)
 
 
 class Registry:
@@ -281,10 +286,7 @@ def init_registry(path: Path, *, base_domain: str | None = None) -> None:
         raise BadInput(f"{path}: exists and is not empty; `ccci init` creates a new registry")
     path.mkdir(parents=True, exist_ok=True)
     git_plain("init", "--quiet", "--initial-branch=main", str(path))
-    template = SETTINGS_TEMPLATE
-    if base_domain:
-        template = template.replace("base_domain: ci.example.org", f"base_domain: {base_domain}")
-    (path / SETTINGS_FILE).write_text(template)
+    (path / SETTINGS_FILE).write_text(init_template(base_domain))
     for sub in REGISTRY_DIRS:
         (path / sub).mkdir(exist_ok=True)
         (path / sub / ".gitkeep").write_text("")

@@ -61,7 +61,7 @@ def deploy_keycloak(ctx: Context, result: RunResult, dep: Deployment, password: 
     with os.fdopen(fd, "w") as handle:
         handle.write(password)
     dep.extra_env.update({
-        "ADMIN_USER": ctx.settings.keycloak.admin_user,
+        "ADMIN_USER": ctx.settings.warm.keycloak.admin_user,
         "SECRET_ADMIN_PASSWORD_VERSION": admin_secret_version(ctx.state, password),
     })
     try:
@@ -103,7 +103,7 @@ def co_deploy_keycloak(ctx: Context, result: RunResult, recipe_name: str, run_id
     dep = Deployment(recipe=recipe, app=kc_app, mode="cold", run=run_id, commit=commit,
                      domain=ctx.settings.domain(kc_app), host_port=probe.free_port(), checkout=work,
                      owner=ctx.state.owner_id)
-    endpoint = KeycloakEndpoint(dep.url, service_url(kc_app, recipe), ctx.settings.keycloak.admin_user,
+    endpoint = KeycloakEndpoint(dep.url, service_url(kc_app, recipe), ctx.settings.warm.keycloak.admin_user,
                                 password, "co-deployed", kc_app)
     try:
         deploy_keycloak(ctx, result, dep, password, name="sso-keycloak-deploy")

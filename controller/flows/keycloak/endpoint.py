@@ -65,7 +65,7 @@ def managed_url(kc: KeycloakSettings) -> str:
 
 def warm_endpoint(ctx: Context) -> tuple[KeycloakEndpoint | None, str]:
     """The configured warm Keycloak, or None and the reason there is none."""
-    kc = ctx.settings.keycloak
+    kc = ctx.settings.warm.keycloak
     if kc.mode == "off":
         return None, "no warm Keycloak is configured (warm.keycloak.mode is off)"
     password = admin_password(kc)
@@ -85,7 +85,7 @@ def warm_endpoint(ctx: Context) -> tuple[KeycloakEndpoint | None, str]:
 
 
 def keycloak_recipe(ctx: Context) -> RecipeSettings:
-    name = ctx.settings.keycloak.recipe
+    name = ctx.settings.warm.keycloak.recipe
     if name not in ctx.settings.recipes:
         raise BadInput(f"ccci.yaml: at 'warm.keycloak.recipe': {name!r} is not under 'recipes'; "
                        "deploying a Keycloak needs its recipe there, with a source")

@@ -86,7 +86,7 @@ def prepare_realm(ctx: Context, result: RunResult, recipe: str, run_id: str, app
     endpoint, why = usable_warm_endpoint(ctx)
     fallback = None
     if endpoint is None:
-        kc = ctx.settings.keycloak
+        kc = ctx.settings.warm.keycloak
         if kc.fallback != "co-deploy":
             raise CcciError(f"recipe {recipe!r} needs SSO, but {why} (warm.keycloak.fallback is "
                             f"{kc.fallback})", cause="infra")
@@ -128,7 +128,7 @@ def reap_stale_realms(ctx: Context) -> list[str]:
     never master, never a realm someone else made. Returns the names deleted."""
     endpoint, why = warm_endpoint(ctx)
     if endpoint is None:
-        if ctx.settings.keycloak.mode == "off":
+        if ctx.settings.warm.keycloak.mode == "off":
             return []
         raise CcciError(f"cannot reap realms: {why}", cause="infra")
     client = endpoint.client()

@@ -96,7 +96,7 @@ class _Reconciler:
         self.ctx = ctx
         self.endpoint = endpoint
         self.recipe = recipe
-        self.app = check_infra_app(ctx.settings.keycloak.app)
+        self.app = check_infra_app(ctx.settings.warm.keycloak.app)
         self.result = RunResult(run=f"reconcile-{self.app}", recipe=recipe.name, ref=None,
                                 mode="reconcile", requested_mode=None, outcome="running",
                                 started_at=now_iso())
@@ -117,7 +117,7 @@ class _Reconciler:
         return ReconcileReport(outcome, message, commit, self.result.phases)
 
     def deploy_and_check(self, commit: str, step: str, *, baseline: stack.AppState | None = None) -> None:
-        kc = self.ctx.settings.keycloak
+        kc = self.ctx.settings.warm.keycloak
         work = deployment.workdir(self.ctx, f"infra-{self.app}-{commit[:12]}")
         try:
             recipes.export_commit(self.ctx.state, self.recipe, commit, work)
@@ -231,7 +231,7 @@ class _Reconciler:
 def reconcile(ctx: Context, *, approve: str | None = None) -> ReconcileReport:
     """Converge the warm Keycloak: external, check its health; managed, deploy it and move it
     along its recipe's tracked line behind the safety and health gates."""
-    kc = ctx.settings.keycloak
+    kc = ctx.settings.warm.keycloak
     if kc.mode == "off":
         return ReconcileReport("off", "warm.keycloak.mode is off: there is no warm Keycloak to reconcile")
     endpoint, why = warm_endpoint(ctx)

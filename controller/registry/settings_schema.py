@@ -1,0 +1,417 @@
+"""The schema of `ccci.yaml` as data: each key's type, default, description and examples."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+from controller.registry.schemas import NAME
+
+# Every key carries `description` and `examples`, and `default` where leaving it out means a
+# value; the loader, the `ccci init` template and docs/settings.md all read them from here, so
+# they cannot disagree. A key with no `default` is None when the file leaves it out.
+
+RECIPE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["source"],
+    "description": "One recipe the controller may test; only `source` is required.",
+    "examples": [{"source": "https://git.example.org/recipes/notes.git", "sso": "keycloak"}],
+    "properties": {
+        "source": {
+            "type": "string", "minLength": 1, "maxLength": 1000,
+            "description": "A local path or git URL of the recipe's repository.",
+            "examples": ["https://git.example.org/recipes/notes.git", "/srv/recipes/notes"],
+        },
+        "track": {
+            "type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$",
+            "default": "main",
+            "description": "The tracked line the sweep and canonical follow: a branch name, or `tags` "
+                           "for the recipe's release tags.",
+            "examples": ["tags"],
+        },
+        "sso": {
+            "enum": ["keycloak", None],
+            "description": "`keycloak`: each run gets its own realm on the warm Keycloak. Unset: the "
+                           "recipe needs no SSO.",
+            "examples": ["keycloak"],
+        },
+        "timeout_s": {
+            "type": "integer", "minimum": 10, "maximum": 86400,
+            "default": 600,
+            "description": "Deadline in seconds for one run, from deploy to verdict.",
+            "examples": [1800],
+        },
+        "stability_s": {
+            "type": "number", "minimum": 0, "maximum": 3600,
+            "default": 5.0,
+            "description": "Seconds every service must stay converged, with no task restarting, "
+                           "before the checks start.",
+            "examples": [20.0],
+        },
+        "http": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "The service the HTTP probe reaches, published on a free host port. "
+                           "By default the service and port the recipe's traefik labels route to, "
+                           "else `app` and 80.",
+            "examples": [{"service": "web", "port": 8080, "path": "/healthz"}],
+            "properties": {
+                "service": {
+                    "type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                    "description": "The recipe's service that answers HTTP. Unset: the one its traefik "
+                                   "labels route to, else `app`.",
+                    "examples": ["web"],
+                },
+                "port": {
+                    "type": "integer", "minimum": 1, "maximum": 65535,
+                    "description": "That service's container port. Unset: the port from its traefik "
+                                   "labels, else 80.",
+                    "examples": [8080],
+                },
+                "path": {
+                    "type": "string", "pattern": "^/",
+                    "default": "/",
+                    "description": "The path the HTTP probe requests; any answer below 500 passes.",
+                    "examples": ["/healthz"],
+                },
+                "enabled": {
+                    "type": "boolean",
+                    "default": True,
+                    "description": "`false`: the recipe serves no HTTP, so no port is published and "
+                                   "no probe runs.",
+                    "examples": [False],
+                },
+            },
+        },
+        "assert": {
+            "type": "string", "minLength": 1, "maxLength": 300,
+            "default": "tests/ccci-assert",
+            "description": "The recipe's own assert executable, relative to the recipe; exit 0 "
+                           "passes. A recipe that does not ship it skips this check.",
+            "examples": ["ci/assert.sh"],
+        },
+        "assert_timeout_s": {
+            "type": "integer", "minimum": 1, "maximum": 86400,
+            "default": 300,
+            "description": "Seconds the custom assert may run before it fails.",
+            "examples": [600],
+        },
+        "env": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "integer", "number", "boolean"]},
+            "default": {},
+            "description": "Extra stack environment, applied over the recipe's `.env.sample` and "
+                           "`abra.sh` exports.",
+            "examples": [{"SEED_ROWS": 5000, "LOG_LEVEL": "debug"}],
+        },
+    },
+}
+
+SETTINGS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["base_domain"],
+    "properties": {
+        "base_domain": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*$",
+            "description": "Apps get the domain `<app>.<base_domain>`: cold runs `<recipe>-<6 hex>`, "
+                           "canonicals `warm-<recipe>`. The only required key.",
+            "examples": ["ci.example.org"],
+        },
+        "identity": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Who the controller commits as (results, canonicals, snapshot index).",
+            "examples": [{"name": "ccci", "email": "ccci@ci.example.org"}],
+            "properties": {
+                "name": {
+                    "type": "string", "minLength": 1, "maxLength": 100,
+                    "default": "ccci",
+                    "description": "The author name of the controller's commits; the environment "
+                                   "variable `CCCI_GIT_NAME` overrides it.",
+                    "examples": ["ccci-ci01"],
+                },
+                "email": {
+                    "type": "string", "minLength": 3, "maxLength": 200,
+                    "default": "ccci@localhost",
+                    "description": "The author email of the controller's commits; `ccci audit` accepts "
+                                   "canonical changes only from it. `CCCI_GIT_EMAIL` overrides it.",
+                    "examples": ["ccci@ci.example.org"],
+                },
+            },
+        },
+        "recipes": {
+            "type": ["object", "null"],
+            "propertyNames": {"pattern": NAME},
+            "additionalProperties": RECIPE,
+            "default": {},
+            "description": "The recipes the controller tests, by name (lower-case letters, digits, "
+                           "dashes), each with where its git repository lives and its options.",
+            "examples": [{"notes": {"source": "https://git.example.org/recipes/notes.git",
+                                    "track": "main", "timeout_s": 600}}],
+        },
+        "authority": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Who may request which kind of run: lists of forge user names, where "
+                           "`'*'` allows anyone. The nightly sweep requests cold runs as `sweep`.",
+            "examples": [{"cold": ["alice", "bob", "sweep"], "quick": ["alice"]}],
+            "properties": {
+                "cold": {
+                    "type": "array", "items": {"type": "string"},
+                    "default": [],
+                    "description": "Who may request a cold run (fresh deploy; its pass can advance the "
+                                   "canonical). Empty: nobody.",
+                    "examples": [["alice", "bob", "sweep"], ["*"]],
+                },
+                "quick": {
+                    "type": "array", "items": {"type": "string"},
+                    "default": [],
+                    "description": "Who may request a quick run (an upgrade of the warm canonical, "
+                                   "rolled back after). Empty: nobody.",
+                    "examples": [["alice"]],
+                },
+            },
+        },
+        "quick": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Quick runs: a PR deployed as an upgrade of the warm canonical.",
+            "examples": [{"no_canonical": "reject"}],
+            "properties": {
+                "no_canonical": {
+                    "enum": ["fallback-cold", "reject"],
+                    "default": "fallback-cold",
+                    "description": "A quick request for a recipe with no canonical (or no "
+                                   "last-known-good snapshot on this host) yet: `fallback-cold` runs "
+                                   "it cold instead, `reject` refuses it.",
+                    "examples": ["reject"],
+                },
+            },
+        },
+        "sweep": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "The nightly sweep: one cold run of each recipe's tracked-line head.",
+            "examples": [{"at": "03:30", "timezone": "Europe/Berlin", "max_tests": 20}],
+            "properties": {
+                "at": {
+                    "type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$",
+                    "default": "02:00",
+                    "description": "The time of day (`HH:MM`, in `timezone`) the sweep is due; a "
+                                   "controller that was down then sweeps when it starts.",
+                    "examples": ["03:30"],
+                },
+                "timezone": {
+                    "type": "string",
+                    "default": "UTC",
+                    "description": "The IANA time zone of `at`.",
+                    "examples": ["Europe/Berlin"],
+                },
+                "max_tests": {
+                    "type": "integer", "minimum": 0, "maximum": 1000,
+                    "default": 10,
+                    "description": "At most this many recipes per sweep; 0 sweeps none.",
+                    "examples": [25],
+                },
+                "order": {
+                    "enum": ["stalest-first", "alphabetical"],
+                    "default": "stalest-first",
+                    "description": "Which recipes come first when there are more than `max_tests`: "
+                                   "`stalest-first` (the longest without a cold run) or `alphabetical`.",
+                    "examples": ["alphabetical"],
+                },
+            },
+        },
+        "warm": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Live-warm infrastructure that runs share.",
+            "examples": [{"keycloak": {"mode": "external", "url": "https://sso.example.org",
+                                       "admin_secret_file": "/run/ccci/kc-admin"}}],
+            "properties": {
+                "keycloak": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "description": "The live-warm Keycloak that serves SSO to runs. Its admin password "
+                                   "comes from `admin_secret_file` or the variable `admin_secret_env`, "
+                                   "never from git.",
+                    "examples": [{"mode": "managed", "recipe": "keycloak", "port": 8180}],
+                    "properties": {
+                        "mode": {
+                            "enum": ["external", "managed", "off"],
+                            "default": "off",
+                            "description": "`external`: one you run, at `url`; `managed`: the controller "
+                                           "deploys `recipe` as `app` and keeps it upgraded; `off`: "
+                                           "none.",
+                            "examples": ["external"],
+                        },
+                        "url": {
+                            "type": "string", "pattern": "^https?://",
+                            "description": "Its base URL: required when external; when managed, "
+                                           "overrides `http://127.0.0.1:<port>`.",
+                            "examples": ["https://sso.example.org"],
+                        },
+                        "admin_user": {
+                            "type": "string", "minLength": 1,
+                            "default": "admin",
+                            "description": "The admin user (of the master realm) the controller logs in as.",
+                            "examples": ["ccci-admin"],
+                        },
+                        "admin_secret_file": {
+                            "type": "string", "minLength": 1,
+                            "description": "A file holding the admin password; when set, "
+                                           "`admin_secret_env` is not read.",
+                            "examples": ["/run/ccci/kc-admin"],
+                        },
+                        "admin_secret_env": {
+                            "type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$",
+                            "default": "CCCI_KEYCLOAK_ADMIN_PASSWORD",
+                            "description": "The environment variable holding the admin password, when "
+                                           "there is no `admin_secret_file`.",
+                            "examples": ["KC_ADMIN_PASSWORD"],
+                        },
+                        "recipe": {
+                            "type": "string", "pattern": NAME,
+                            "default": "keycloak",
+                            "description": "Managed mode: the recipe deployed as the live Keycloak; "
+                                           "it must be under `recipes`.",
+                            "examples": ["keycloak"],
+                        },
+                        "app": {
+                            "type": "string", "pattern": NAME,
+                            "default": "infra-keycloak",
+                            "description": "Managed mode: the live app's name (never `warm-*`).",
+                            "examples": ["infra-sso"],
+                        },
+                        "port": {
+                            "type": "integer", "minimum": 1, "maximum": 65535,
+                            "default": 8180,
+                            "description": "Managed mode: the host port it is published on.",
+                            "examples": [8443],
+                        },
+                        "fallback": {
+                            "enum": ["co-deploy", "fail"],
+                            "default": "co-deploy",
+                            "description": "When the warm Keycloak is down: `co-deploy` a Keycloak for "
+                                           "the run, or `fail` the run.",
+                            "examples": ["fail"],
+                        },
+                    },
+                },
+            },
+        },
+        "limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Host safety: parallelism, free disk, and what prune (`ccci prune`, and "
+                           "`serve` on its own) may remove.",
+            "examples": [{"max_parallel_cold": 4, "disk_min_free_gb": 50, "prune_images": "unused"}],
+            "properties": {
+                "max_parallel_cold": {
+                    "type": "integer", "minimum": 1, "maximum": 64,
+                    "default": 2,
+                    "description": "How many cold runs one controller runs at once.",
+                    "examples": [4],
+                },
+                "disk_min_free_gb": {
+                    "type": "number", "minimum": 0,
+                    "default": 10.0,
+                    "description": "Free space (GiB) to keep: a snapshot needs a full copy plus this "
+                                   "much, and `serve` prunes and raises a `disk-low` alert below it.",
+                    "examples": [50],
+                },
+                "prune_images": {
+                    "enum": ["dangling", "unused", "none"],
+                    "default": "dangling",
+                    "description": "Which images prune removes: `dangling` (untagged, no container), "
+                                   "`unused` (also tagged images nothing live or warm needs; for hosts "
+                                   "that can pull again) or `none`.",
+                    "examples": ["unused"],
+                },
+                "prune_keep_images": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "default": [],
+                    "description": "Image name patterns (shell-style, `*` and `?`) prune never "
+                                   "removes.",
+                    "examples": [["postgres:*", "registry.example.org/base/*"]],
+                },
+                "prune_interval_s": {
+                    "type": "number", "minimum": 60,
+                    "default": 3600.0,
+                    "description": "Seconds between the prunes `serve` does on its own (it also "
+                                   "prunes whenever free space is low).",
+                    "examples": [21600.0],
+                },
+            },
+        },
+        "serve": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "The daemon, `ccci serve`.",
+            "examples": [{"poll_interval_s": 10.0}],
+            "properties": {
+                "poll_interval_s": {
+                    "type": "number", "minimum": 0.1, "maximum": 3600,
+                    "default": 30.0,
+                    "description": "Seconds between fetches of the registry's remote; "
+                                   "`ccci serve --poll-interval` overrides it.",
+                    "examples": [10.0],
+                },
+            },
+        },
+    },
+}
+
+
+def with_defaults(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a validated settings document with every key it leaves out that has a default."""
+    filled: dict[str, Any] = _fill(document, SETTINGS)
+    return filled
+
+
+def defaults() -> dict[str, Any]:
+    """Every default, as a document would spell it out (base_domain, which has none, absent)."""
+    return with_defaults({})
+
+
+def _fill(value: Any, schema: dict[str, Any]) -> Any:
+    if value is None and "default" in schema:
+        return copy.deepcopy(schema["default"])  # `recipes:` with nothing under it
+    if not isinstance(value, dict):
+        return value
+    properties: dict[str, Any] = schema.get("properties", {})
+    out = dict(value)
+    for key, sub in properties.items():
+        if key in out:
+            out[key] = _fill(out[key], sub)
+        elif "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        elif "properties" in sub:
+            out[key] = _fill({}, sub)
+    entry = schema.get("additionalProperties")
+    if isinstance(entry, dict):
+        for key in out.keys() - properties.keys():
+            out[key] = _fill(out[key], entry)
+    return out
+
+
+def keys(schema: dict[str, Any] = SETTINGS, prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(dotted path, schema) of every key, parents first; a recipe's keys are `recipes.<name>.*`."""
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        yield path, sub
+        yield from keys(sub, f"{path}.")
+        entry = sub.get("additionalProperties")
+        if isinstance(entry, dict) and "properties" in entry:
+            yield f"{path}.<name>", entry
+            yield from keys(entry, f"{path}.<name>.")
+
+
+def schema_of(path: str) -> dict[str, Any]:
+    """The schema of one key by its dotted path, as `keys` names it."""
+    return dict(keys())[path]
