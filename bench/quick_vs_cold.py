@@ -168,7 +168,7 @@ def request_and_run(state: Path, clone: Path, recipe: str, ref: str, mode: str, 
     print(f"… {label}: run {run_id}", file=sys.stderr, flush=True)
     probe = FirstInitProbe(f"{names.cold_app(recipe, run_id)}_app").start() if mode == "cold" else None
     started = time.monotonic()
-    proc = ccci(state, "run", "--registry", str(clone), run_id, check=False)
+    proc = ccci(state, "run", "--no-rewarm", "--registry", str(clone), run_id, check=False)
     wall = time.monotonic() - started
     first_init = probe.stop() if probe else None
     result = result_of(clone, run_id)

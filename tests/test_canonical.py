@@ -116,3 +116,24 @@ def test_a_tracked_branch_the_recipe_lacks_is_named_in_the_result(
     assert result["canonical"]["reason"] == (
         "not promoted: the recipe has no branch 'trunk': set recipes.static.track in ccci.yaml to its main line")
     assert known_good(clone) is None
+
+
+def test_ccci_run_of_a_promoting_cold_leaves_a_rewarmed_snapshot_as_serve_would(
+        clone: Path, state_dir: Path, static_repo: RecipeRepo) -> None:
+    v1 = static_repo.versions[1]
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe",
+                          "static", "--ref", v1, "--by", "alice", check=True).stdout.strip()
+    proc = helpers.ccci("--state-dir", str(state_dir), "run", "--registry", str(clone), run_id)
+    assert proc.returncode == 0, proc.stderr
+    results = helpers.results_in(clone)
+    assert results[run_id]["canonical"]["advanced"] is True
+    rewarms = [r for r in results.values() if r["mode"] == "rewarm"]
+    assert len(rewarms) == 1 and rewarms[0]["outcome"] == "pass" and rewarms[0]["ref"] == v1, rewarms
+    index = helpers.read_yaml(clone / "snapshots-index" / "warm-static.yaml")
+    assert index["commit"] == v1 and index["taken_by_run"] == rewarms[0]["run"]
+    assert (state_dir / "snapshots" / "warm-static" / "last-known-good").is_symlink()
+    assert not list((state_dir / "queue").glob("rewarm-*"))  # done, not left for serve
+    subjects = helpers.log_subjects(clone)
+    assert subjects[0].startswith(f"[rewarm] static@{v1[:7]} pass") and "snapshot replaced" in subjects[0]
+    assert subjects[1].startswith(f"[cold] static@{v1[:7]} pass (run {run_id})")
+    assert helpers.git(clone, "status", "--porcelain") == ""

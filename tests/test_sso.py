@@ -305,7 +305,7 @@ def test_reaper_deletes_only_this_controllers_realms_of_runs_no_longer_in_flight
 def test_sso_app_cold_run_passes_on_its_own_realm_leaves_none_and_never_shows_the_admin_password(
         bed: SsoBed, keycloak_admin: dict[str, str]) -> None:
     run_id = bed.request()
-    proc = helpers.ccci("--state-dir", str(bed.state), "--log-level", "DEBUG", "run", "--registry",
+    proc = helpers.ccci("--state-dir", str(bed.state), "--log-level", "DEBUG", "run", "--no-rewarm", "--registry",
                         str(bed.clone), run_id)
     result = helpers.results_in(bed.clone)[run_id]
     assert result["outcome"] == "pass", (result, proc.stderr[-3000:])
@@ -418,7 +418,7 @@ def test_run_falls_back_to_a_co_deployed_keycloak_when_the_warm_one_is_down_and_
     bed = make_bed(git_remote, tmp_path, state_dir,
                    external_keycloak(DOWN_URL, keycloak_admin["secret_file"]))
     run_id = bed.request()
-    proc = helpers.ccci("--state-dir", str(state_dir), "run", "--registry", str(bed.clone), run_id)
+    proc = helpers.ccci("--state-dir", str(state_dir), "run", "--no-rewarm", "--registry", str(bed.clone), run_id)
     result = helpers.results_in(bed.clone)[run_id]
     assert result["outcome"] == "pass", (result, proc.stderr[-3000:])
     app = names.cold_app("sso-app", run_id)

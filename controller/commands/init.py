@@ -1,4 +1,4 @@
-"""`ccci init PATH`: create a registry with the layout of DESIGN §3."""
+"""`ccci init PATH`: create a registry (ccci.yaml, canonicals/, snapshots-index/, requests/, results/)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("run", help="run one request in the foreground")
     options.registry_arg(parser)
     parser.add_argument("run_id")
+    parser.add_argument("--no-rewarm", action="store_true",
+                        help="leave a rewarm this run's promotion queues to `ccci serve` instead of "
+                             "running it before exiting")
     parser.set_defaults(handler=execute)
 
 
@@ -50,7 +53,7 @@ def execute(args: argparse.Namespace) -> int:
     try:
         runs.run_claimed(ctx, run)
         # As serve does: a verdict that moved the canonical queued a rewarm; do it now.
-        if request.recipe in rewarm.queued_rewarms(ctx):
+        if not args.no_rewarm and request.recipe in rewarm.queued_rewarms(ctx):
             runs.perform_queued_rewarm(ctx, request.recipe)
     finally:
         if spinner:

@@ -1,5 +1,5 @@
 """`ccci audit`: every change to canonicals/ in git history was made by the controller after a
-green cold run of exactly that commit (DESIGN §8)."""
+green cold run of exactly that commit."""
 
 from __future__ import annotations
 

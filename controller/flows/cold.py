@@ -1,4 +1,4 @@
-"""The cold flow: deploy the PR head fresh, assert, tear everything down (DESIGN §4)."""
+"""The cold flow: deploy the PR head fresh, assert, tear everything down."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Disk pruning that knows what is warm and what is live (DESIGN §5, §10): cold leftovers, dead
+"""Disk pruning that knows what is warm and what is live: cold leftovers, dead
 runs' work dirs and images — never a warm app's volume, never an image a live or data-warm app
 needs, never anything while a run is in flight on it."""
 

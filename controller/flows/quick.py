@@ -1,4 +1,4 @@
-"""The quick flow (DESIGN §4): upgrade the data-warm canonical app to the PR head; on failure
+"""The quick flow: upgrade the data-warm canonical app to the PR head; on failure
 restore the last-known-good bytes. Never promotes, never gates."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
             commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
         result.upgrade = {"from": base_commit, "to": commit}
         if base_commit == commit:
-            # DESIGN §10: an upgrade test needs a real "from" version; say so, do not hide it.
+            # An upgrade test needs a real "from" version; say so, do not hide it.
             note = "the PR head is the snapshot's commit: no upgrade path was tested"
             result.upgrade["note"] = note
             log.warning("quick run of %s: %s", request.recipe, note)

@@ -50,7 +50,7 @@ def _undeploy_warm(app: str) -> None:
 
 
 def recover_at_start(ctx: Context) -> None:
-    """Finish or undo what a killed controller left behind (DESIGN §8)."""
+    """Finish or undo what a killed controller left behind."""
     abort_orphaned_runs(ctx)
     _teardown_leftovers(ctx)
     try:

@@ -1,4 +1,4 @@
-"""Rewarm (DESIGN §4): bring `warm-<recipe>` to the known-good commit and snapshot it; and the
+"""Rewarm: bring `warm-<recipe>` to the known-good commit and snapshot it; and the
 queue of rewarms a promotion asks for."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The nightly cold sweep (DESIGN §4): file cold requests for the head of each tracked line,
+"""The nightly cold sweep: file cold requests for the head of each tracked line,
 stalest recipe first, after rolling the live-warm infra."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Data-warm canonical apps: naming, per-app locks, snapshot take/restore with runtime checks."""
+"""Data-warm canonical apps: per-app locks, what their volumes hold, their snapshots (also by hand)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run result document and its commit message (DESIGN §3)."""
+"""The run result document and its commit message."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ USER = "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$"
 TIMESTAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 RUN_ID = r"^\d{8}T\d{6}-[a-z0-9][a-z0-9-]{0,62}-[0-9a-f]{6}$"
 
-# The modes of the registry format (DESIGN §3): what a request may ask for, and what a result
+# The modes of the registry format: what a request may ask for, and what a result
 # may say ran. The controller's mode table (flows/modes.py) must agree; a test holds them equal.
 REQUEST_MODES = ("cold", "quick")
 RESULT_MODES = ("cold", "quick", "rewarm")

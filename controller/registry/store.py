@@ -281,7 +281,7 @@ def updated_text(root: Path, rel: str, updates: dict[str, Any]) -> str:
 
 
 def init_registry(path: Path, *, base_domain: str | None = None) -> None:
-    """Create a registry with the layout of DESIGN §3 and one first commit."""
+    """Create a registry (a commented ccci.yaml and the four folders) with one first commit."""
     if path.exists() and any(path.iterdir()):
         raise BadInput(f"{path}: exists and is not empty; `ccci init` creates a new registry")
     path.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from controller.runtime.compose import RecipeLayout
 
 @dataclass(frozen=True)
 class AppIdentity:
-    """Who a deploy belongs to; becomes the `ccci.*` labels (DESIGN §2)."""
+    """Who a deploy belongs to; becomes the `ccci.*` labels."""
 
     app: str
     mode: str  # cold | warm | infra

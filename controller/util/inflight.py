@@ -1,7 +1,7 @@
 """In-flight run markers under `<state>/runs/`: one file per run, flock-held while it runs.
 
 A marker whose lock nobody holds belongs to a run whose process died: a restarted
-controller finishes or aborts it. Keyed by run id, never by domain (DESIGN §10).
+controller finishes or aborts it. Keyed by run id, never by domain.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})-([a-z0-9][a-z0-9-]{0,62})-([0-9a-f]{6})$")
 
 WARM_PREFIX = "warm-"
-# Registry folders (DESIGN §3); the controller and `ccci request` write only under these.
+# Registry folders; the controller and `ccci request` write only under these.
 REQUESTS_DIR = "requests"
 RESULTS_DIR = "results"
 CANONICALS_DIR = "canonicals"
