@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 COMMANDS = (
     "init", "request", "trigger", "serve", "run", "status", "sweep", "snapshot", "canonical", "warm",
-    "leaks", "audit", "prune",
+    "leaks", "audit", "prune", "forge",
 )
 
 

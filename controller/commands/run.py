@@ -9,7 +9,8 @@ from rich.console import Console
 
 from controller.commands import entry, options
 from controller.flows import modes, rewarm, runs
-from controller.util.errors import BadInput
+from controller.flows.forge.service import Deliverer
+from controller.util.errors import BadInput, CcciError
 from controller.util.names import request_rel
 
 
@@ -58,6 +59,11 @@ def execute(args: argparse.Namespace) -> int:
     finally:
         if spinner:
             spinner.stop()
+    if ctx.settings.forge.enabled:  # what serve would deliver, now; what fails stays queued
+        try:
+            Deliverer(ctx).deliver_now()
+        except CcciError as exc:
+            console.print(f"the forge did not take the report yet (it stays queued): {exc.message}")
     result = run.result
     colour = "green" if result.outcome == "pass" else "red"
     console.print(f"[{colour}]{result.outcome}[/{colour}] {request.recipe}@{request.ref[:7]} "

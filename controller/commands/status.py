@@ -50,6 +50,12 @@ def execute(args: argparse.Namespace) -> int:
     for disk in status["disk"]:
         low = " [red](below limits.disk_min_free_gb)[/red]" if disk["low"] else ""
         console.print(f"disk: {disk['path']} {disk['free_gib']:.1f} GiB free{low}")
+    forge = status.get("forge")
+    if forge:
+        console.print(f"forge: last report delivered {forge.get('last_success_at') or 'never'}, "
+                      f"{forge['queued']} queued"
+                      + (f"; last error {forge.get('last_error_at')}: {forge['last_error']}"
+                         if forge.get("last_error") else ""))
     for daemon in status["daemons"]:
         console.print(f"serve pid {daemon.get('pid')}: last pass {daemon.get('last_pass_at')}, "
                       f"{daemon.get('claimed')} claimed, active {daemon.get('active')}")

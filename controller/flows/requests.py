@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from pathlib import Path
 
 from controller.registry.documents import Request, parse_request
@@ -12,19 +13,41 @@ from controller.util.names import check_recipe_name
 from controller.util.timeutil import new_run_id
 from controller.util.yamlio import dump_document
 
-COMMENTS = {"!testme": "cold", "!testme --quick": "quick"}
+TRIGGERS = {"!testme": "cold", "!testme --quick": "quick"}
+TRIGGER_WORD = "!testme"
+HOW_TO_TRIGGER = "write exactly `!testme` (cold) or `!testme --quick` (quick)"
+
+
+def trigger_mode(comment: str) -> str | None:
+    """The mode a comment asks for: exactly `!testme` → cold, `!testme --quick` → quick
+    (surrounding blank space aside); None for a comment that is no trigger at all. One that
+    looks like a trigger but is not exactly one (`!testme please`, a full-width look-alike, one
+    with invisible characters) is BadInput, so the commenter hears why nothing ran."""
+    text = comment.strip()
+    mode = TRIGGERS.get(text)
+    if mode is not None:
+        return mode
+    visible = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    first_word = unicodedata.normalize("NFKC", visible).split(maxsplit=1)[0].casefold() if visible else ""
+    if first_word.startswith(TRIGGER_WORD):
+        raise BadInput(f"comment: {text[:80]!r} is not a ccci trigger; {HOW_TO_TRIGGER}")
+    return None
 
 
 def mode_from_comment(comment: str) -> str:
-    """Exactly `!testme` → cold, `!testme --quick` → quick (surrounding blank space aside)."""
-    text = comment.strip()
-    mode = COMMENTS.get(text)
+    """`trigger_mode`, for `ccci trigger`: anything but a trigger is BadInput."""
+    mode = trigger_mode(comment)
     if mode is None:
-        raise BadInput(
-            f"comment: {text[:80]!r} is not a ccci trigger; write exactly `!testme` (cold) "
-            "or `!testme --quick` (quick)"
-        )
+        raise BadInput(f"comment: {comment.strip()[:80]!r} is not a ccci trigger; {HOW_TO_TRIGGER}")
     return mode
+
+
+def check_request(request: Request) -> None:
+    """The same parser the controller uses, so what is filed is what it accepts."""
+    try:
+        parse_request(dump_document(request.to_document()).encode(), f"{request.run_id}.yaml")
+    except BadInput as exc:
+        raise BadInput(exc.message.replace(f"requests/{request.run_id}.yaml", "request")) from exc
 
 
 def file_request(
@@ -42,11 +65,7 @@ def file_request(
     ref = ref.strip().lower()
     request = Request(run_id=new_run_id(recipe), recipe=recipe, ref=ref, mode=mode,
                       requested_by=requested_by, trigger=trigger, pr=pr)
-    # The same parser the controller uses, so what we file is what it accepts.
-    try:
-        parse_request(dump_document(request.to_document()).encode(), f"{request.run_id}.yaml")
-    except BadInput as exc:
-        raise BadInput(exc.message.replace(f"requests/{request.run_id}.yaml", "request")) from exc
+    check_request(request)
     registry = Registry(registry_path)
     # A request can be filed even while ccci.yaml is broken; serve will say why.
     with contextlib.suppress(BadInput):

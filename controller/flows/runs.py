@@ -17,10 +17,12 @@ from typing import Any
 
 from controller.flows import canonical, modes
 from controller.flows.context import Context, Publication, Run, Sink
+from controller.flows.forge.reporter import ForgeReporter
 from controller.flows.rewarm import RewarmQueue, dequeue_rewarm
 from controller.flows.warm_apps import app_lock
 from controller.registry.documents import Request, SnapshotIndex, snapshot_index_document
 from controller.registry.results import RunResult, commit_message
+from controller.registry.settings import Settings
 from controller.registry.store import updated_text
 from controller.util import inflight, names
 from controller.util.errors import BadInput, CcciError, CheckFailed
@@ -30,8 +32,9 @@ from controller.util.yamlio import dump_document
 
 log = logging.getLogger(__name__)
 
-# Sinks every controller has; `ctx.sinks` adds the configured ones (the forge reporter).
-BUILTIN_SINKS: tuple[Sink, ...] = (RewarmQueue(),)
+# Sinks every controller has (the forge reporter queues only when a forge is configured and
+# the run came from a PR comment); `ctx.sinks` adds more.
+BUILTIN_SINKS: tuple[Sink, ...] = (RewarmQueue(), ForgeReporter())
 CONTROLLER_USER = "ccci"  # requested_by of the runs the controller starts itself
 
 
@@ -55,7 +58,7 @@ def decide(ctx: Context, request: Request) -> Decision:
     """Authority and mode, by the mode table; BadInput for a request that must be rejected."""
     settings = ctx.settings
     entry = modes.requestable(request.mode, where=f"{request.rel_path}: at 'mode'")
-    if entry.authority is None or not settings.authority.allows(entry.authority, request.requested_by):
+    if entry.authority is None or not _authorised(settings, entry.authority, request):
         raise BadInput(
             f"{request.rel_path}: at 'requested_by': {request.requested_by!r} is not allowed by "
             f"authority.{entry.authority or entry.name} in ccci.yaml"
@@ -74,6 +77,15 @@ def decide(ctx: Context, request: Request) -> Decision:
         raise BadInput(f"{request.rel_path}: at 'mode': {entry.name} needs a {missing} for "
                        f"{request.recipe!r}{policy}")
     return Decision(fallback.mode, fallback=fallback.reason)
+
+
+def _authorised(settings: Settings, key: str, request: Request) -> bool:
+    """Named in authority.<key> (or '*'); or, for a comment on the forge, admitted there by a
+    forge rule (org:, team:, collaborator) that authority.<key> still holds."""
+    if settings.authority.allows(key, request.requested_by):
+        return True
+    allowed_by = request.forge.allowed_by if request.forge else None
+    return allowed_by is not None and allowed_by in settings.authority.rules(key)
 
 
 def admit(ctx: Context, file_name: str) -> tuple[Request, Decision]:

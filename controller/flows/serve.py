@@ -13,6 +13,7 @@ from types import FrameType
 
 from controller.flows import jobs, recover, rewarm, runs
 from controller.flows.context import Context, Run
+from controller.flows.forge.service import Deliverer
 from controller.registry import git as gitmod
 from controller.registry.watch import ChangeWatcher
 from controller.util.alerts import clear_alert, raise_alert
@@ -68,6 +69,7 @@ class Server:
         recover.recover_at_start(self.ctx)
         if self.watch:
             self.watcher.start()
+        reports = Deliverer(self.ctx).start()  # verdicts to the forge, when one is configured
         try:
             while True:
                 pending = self._pass()
@@ -79,6 +81,7 @@ class Server:
             self._join_all()
         finally:
             self.watcher.stop()
+            reports.stop()
             self._heartbeat.unlink(missing_ok=True)
         log.info("serve stopped: %d claimed, %d finished, %d rejected",
                  self.stats.claimed, self.stats.finished, self.stats.rejected)

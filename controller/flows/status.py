@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.flows import prune
+from controller.flows.forge import outbox
 from controller.registry.store import Registry
 from controller.util import names
 from controller.util.alerts import list_alerts
@@ -69,6 +70,7 @@ def collect_status(registry_path: Path, state_dir: str | Path | None) -> dict[st
     disk = [{"path": path, "free_gib": round(free / 1024**3, 2), "low": free < limit * 1024**3}
             for path, free in sorted(prune.free_space(state).items())]
     return {
+        "forge": outbox.health(state) if settings.forge.enabled else None,
         "registry": str(registry.root),
         "recipes": recipes,
         "running": running,

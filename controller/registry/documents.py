@@ -17,6 +17,22 @@ RESULT_MAX_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
+class ForgeOrigin:
+    """The PR comment a request came from: where its verdict goes back to."""
+
+    repo: str  # owner/name
+    pr: int
+    comment_id: int
+    allowed_by: str | None = None  # the forge authority rule that admitted the commenter
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"repo": self.repo, "pr": self.pr, "comment_id": self.comment_id}
+        if self.allowed_by:
+            doc["allowed_by"] = self.allowed_by
+        return doc
+
+
+@dataclass(frozen=True)
 class Request:
     run_id: str
     recipe: str
@@ -25,6 +41,7 @@ class Request:
     requested_by: str
     trigger: str | None = None
     pr: int | None = None
+    forge: ForgeOrigin | None = None
 
     @property
     def rel_path(self) -> str:
@@ -41,6 +58,8 @@ class Request:
             doc["trigger"] = self.trigger
         if self.pr is not None:
             doc["pr"] = self.pr
+        if self.forge is not None:
+            doc["forge"] = self.forge.to_document()
         return doc
 
 
@@ -90,6 +109,7 @@ def parse_request(raw: bytes, file_name: str) -> Request:
         requested_by=doc["requested_by"],
         trigger=doc.get("trigger"),
         pr=doc.get("pr"),
+        forge=ForgeOrigin(**doc["forge"]) if doc.get("forge") else None,
     )
 
 

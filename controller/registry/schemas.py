@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from controller.util.errors import BadInput
+from controller.util.names import FORGE_REPO
 
 HEX40 = "^[0-9a-f]{40}$"
 NAME = "^[a-z0-9][a-z0-9-]{0,62}$"
@@ -31,6 +33,18 @@ REQUEST: dict[str, Any] = {
         "requested_by": {"type": "string", "pattern": USER},
         "trigger": {"type": ["string", "null"], "maxLength": 1000},
         "pr": {"type": ["integer", "null"], "minimum": 0},
+        "forge": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["repo", "pr", "comment_id"],
+            "properties": {
+                "repo": {"type": "string", "pattern": FORGE_REPO},
+                "pr": {"type": "integer", "minimum": 1},
+                "comment_id": {"type": "integer", "minimum": 1},
+                # The authority rule the forge confirmed at comment time (org:…, team:…, collaborator).
+                "allowed_by": {"type": "string", "maxLength": 300},
+            },
+        },
     },
 }
 
@@ -115,6 +129,11 @@ def _describe(error: ValidationError) -> tuple[str, str]:
         return where, f"{error.instance!r} is a {type(error.instance).__name__}, expected {wanted_text}"
     if validator == "pattern":
         return where, f"{error.instance!r} does not match the required form {error.validator_value}"
+    if validator == "dependentRequired":
+        missing = re.match(r"'(.+)' is a dependency of '(.+)'", error.message)
+        if missing:
+            return where, f"{missing.group(1)!r} is required when {missing.group(2)!r} is set"
+        return where, error.message
     if validator == "propertyNames":
         return where, f"{error.instance!r} is not an allowed name ({error.message})"
     return where, error.message

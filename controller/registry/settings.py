@@ -32,11 +32,15 @@ class AuthoritySettings:
     cold: tuple[str, ...]
     quick: tuple[str, ...]
 
+    def rules(self, key: str) -> tuple[str, ...]:
+        """The list of authority `key` (cold, quick); an unknown key: nobody."""
+        lists: dict[str, tuple[str, ...]] = {f.name: getattr(self, f.name) for f in fields(self)}
+        return lists.get(key, ())
+
     def allows(self, key: str, user: str) -> bool:
-        """Whether `user` may request what the authority `key` (cold, quick) governs; an
-        unknown key allows nobody."""
-        lists = {f.name: getattr(self, f.name) for f in fields(self)}
-        allowed: tuple[str, ...] = lists.get(key, ())
+        """Whether `user` is named (or '*' is) in authority `key`. Forge rules (`org:`, `team:`,
+        `collaborator`) need the forge: see flows.forge.authority."""
+        allowed = self.rules(key)
         return "*" in allowed or user in allowed
 
 
@@ -100,6 +104,23 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class ForgeSettings:
+    """`forge`: the Gitea or Forgejo PR comments come from and verdicts go to."""
+
+    kind: str  # gitea | forgejo
+    url: str | None  # None: no forge
+    token_file: str | None
+    webhook_secret_file: str | None
+    context: str
+    results_url: str | None  # with {path}
+    poll_interval_s: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
 class ServeSettings:
     """`serve`: the daemon."""
 
@@ -138,6 +159,7 @@ class RecipeSettings:
     assert_path: str  # `assert` in the file (a Python keyword here)
     assert_timeout_s: int
     env: dict[str, str]  # extra stack env, over .env.sample
+    forge_repo: str | None  # owner/name on the forge
 
 
 @dataclass(frozen=True)
@@ -152,6 +174,7 @@ class Settings:
     sweep: SweepSettings
     warm: WarmSettings
     limits: LimitsSettings
+    forge: ForgeSettings
     serve: ServeSettings
 
     def recipe(self, name: str) -> RecipeSettings:
@@ -178,6 +201,7 @@ def _recipe(name: str, raw: dict[str, Any]) -> RecipeSettings:
         assert_path=raw["assert"],
         assert_timeout_s=raw["assert_timeout_s"],
         env={k: str(v) for k, v in raw["env"].items()},
+        forge_repo=raw.get("forge_repo"),
     )
 
 
@@ -185,7 +209,7 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
     """Settings from a validated document; what it leaves out comes from the schema's defaults."""
     full = settings_schema.with_defaults(doc)
     identity, authority, sweep = full["identity"], full["authority"], full["sweep"]
-    kc, limits = full["warm"]["keycloak"], full["limits"]
+    kc, limits, forge = full["warm"]["keycloak"], full["limits"], full["forge"]
     return Settings(
         base_domain=full["base_domain"],
         identity=IdentitySettings(name=os.environ.get("CCCI_GIT_NAME") or identity["name"],
@@ -205,6 +229,10 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
             prune_images=limits["prune_images"],
             prune_keep_images=tuple(limits["prune_keep_images"]),
             prune_interval_s=float(limits["prune_interval_s"])),
+        forge=ForgeSettings(
+            kind=forge["kind"], url=forge.get("url"), token_file=forge.get("token_file"),
+            webhook_secret_file=forge.get("webhook_secret_file"), context=forge["context"],
+            results_url=forge.get("results_url"), poll_interval_s=float(forge["poll_interval_s"])),
         serve=ServeSettings(poll_interval_s=float(full["serve"]["poll_interval_s"])),
     )
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from controller.registry.schemas import NAME
+from controller.util.names import FORGE_REPO
 
 # Every key carries `description` and `examples`, and `default` where leaving it out means a
 # value; the loader, the `ccci init` template and docs/settings.md all read them from here, so
@@ -98,6 +99,13 @@ RECIPE: dict[str, Any] = {
             "description": "Seconds the custom assert may run before it fails.",
             "examples": [600],
         },
+        "forge_repo": {
+            "type": "string", "pattern": FORGE_REPO,
+            "description": "The recipe's repository on the forge (`owner/name`): `!testme` comments on "
+                           "its pull requests file runs, and verdicts go back to them. Unset: the "
+                           "forge is not watched for this recipe.",
+            "examples": ["coop-cloud/notes"],
+        },
         "env": {
             "type": "object",
             "additionalProperties": {"type": ["string", "integer", "number", "boolean"]},
@@ -156,9 +164,11 @@ SETTINGS: dict[str, Any] = {
         "authority": {
             "type": "object",
             "additionalProperties": False,
-            "description": "Who may request which kind of run: lists of forge user names, where "
-                           "`'*'` allows anyone. The nightly sweep requests cold runs as `sweep`.",
-            "examples": [{"cold": ["alice", "bob", "sweep"], "quick": ["alice"]}],
+            "description": "Who may request which kind of run. Each list holds user names, `'*'` "
+                           "(anyone), and for comments on the forge `org:<org>` (its members), "
+                           "`team:<org>/<team>` and `collaborator` (write access to the recipe's "
+                           "repository). The nightly sweep requests cold runs as `sweep`.",
+            "examples": [{"cold": ["org:coop-cloud", "sweep"], "quick": ["team:coop-cloud/maintainers"]}],
             "properties": {
                 "cold": {
                     "type": "array", "items": {"type": "string"},
@@ -346,6 +356,62 @@ SETTINGS: dict[str, Any] = {
                     "description": "Seconds between the prunes `serve` does on its own (it also "
                                    "prunes whenever free space is low).",
                     "examples": [21600.0],
+                },
+            },
+        },
+        "forge": {
+            "type": "object",
+            "additionalProperties": False,
+            "dependentRequired": {"url": ["token_file"]},
+            "description": "The Gitea or Forgejo that hosts the recipes: `ccci forge webhook` or `ccci "
+                           "forge poll` turn `!testme` comments on pull requests into runs, and every "
+                           "run a comment asked for reports back (a commit status and one comment). "
+                           "Unset `url`: no forge. Token and webhook secret come from files, never "
+                           "from git.",
+            "examples": [{"url": "https://git.coopcloud.tech", "token_file": "/run/credentials/ccci/forge-token",
+                          "webhook_secret_file": "/run/credentials/ccci/webhook-secret"}],
+            "properties": {
+                "kind": {
+                    "enum": ["gitea", "forgejo"],
+                    "default": "gitea",
+                    "description": "Which forge: both speak the same REST API v1.",
+                    "examples": ["forgejo"],
+                },
+                "url": {
+                    "type": "string", "pattern": "^https?://[^/?#]+(/[^?#]*)?$",
+                    "description": "The forge's base URL; its API is at `<url>/api/v1`.",
+                    "examples": ["https://git.coopcloud.tech"],
+                },
+                "token_file": {
+                    "type": "string", "pattern": "^/",
+                    "description": "A file holding the bot's API token (scopes: read organization, "
+                                   "write issue, write repository for statuses).",
+                    "examples": ["/run/credentials/ccci/forge-token"],
+                },
+                "webhook_secret_file": {
+                    "type": "string", "pattern": "^/",
+                    "description": "A file holding the webhook's secret; `ccci forge webhook` refuses "
+                                   "every delivery whose signature does not match it.",
+                    "examples": ["/run/credentials/ccci/webhook-secret"],
+                },
+                "context": {
+                    "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$",
+                    "default": "ccci",
+                    "description": "Commit statuses are named `<context>/<mode>`: require "
+                                   "`<context>/cold` in branch protection; `<context>/quick` informs.",
+                    "examples": ["ci"],
+                },
+                "results_url": {
+                    "type": "string", "pattern": "^https?://.*[{]path[}]",
+                    "description": "Where a result file can be read, with `{path}` for its path in the "
+                                   "registry; the status and comment link to it.",
+                    "examples": ["https://git.coopcloud.tech/ci/registry/src/branch/main/{path}"],
+                },
+                "poll_interval_s": {
+                    "type": "number", "minimum": 1, "maximum": 3600,
+                    "default": 30.0,
+                    "description": "Seconds between polls of `ccci forge poll`.",
+                    "examples": [10.0],
                 },
             },
         },

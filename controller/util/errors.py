@@ -39,12 +39,15 @@ class ExternalError(CcciError):
         stderr: str = "",
         temporary: bool = False,
         cause: str | None = "infra",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, cause=cause)
         self.command = command
         self.returncode = returncode
         self.stderr = stderr
         self.temporary = temporary
+        # Seconds the other side asked us to wait (HTTP Retry-After), when it said.
+        self.retry_after = retry_after
 
 
 class RunTimeout(CcciError):

@@ -11,6 +11,9 @@ RECIPE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 RUN_ID_RE = re.compile(r"^(\d{8}T\d{6})-([a-z0-9][a-z0-9-]{0,62})-([0-9a-f]{6})$")
 
+# A repository on the forge, `owner/name`; never `.` or `..` (it becomes part of an API path).
+FORGE_REPO = r"^(?!\.\.?/)[A-Za-z0-9_.-]{1,100}/(?!\.\.?$)[A-Za-z0-9_.-]{1,100}$"
+
 WARM_PREFIX = "warm-"
 # Registry folders; the controller and `ccci request` write only under these.
 REQUESTS_DIR = "requests"

@@ -79,6 +79,11 @@ class StateDir:
         """Daemon heartbeats and the last run of each periodic job."""
         return self.root / "serve"
 
+    @property
+    def forge(self) -> Path:
+        """The forge: the queue of reports not yet delivered, the poll cursor, its health."""
+        return self.root / "forge"
+
     # -- files ----------------------------------------------------------------------------------
 
     def recipe_mirror(self, recipe: str) -> Path:
@@ -124,6 +129,23 @@ class StateDir:
     def jobs(self) -> Path:
         """When each of serve's periodic jobs (sweep, prune, …) last ran."""
         return self.serve / "jobs.json"
+
+    @property
+    def forge_outbox(self) -> Path:
+        """One file per report not yet on the forge (a status, a comment), in the order made."""
+        return self.forge / "outbox"
+
+    @property
+    def forge_outbox_lock(self) -> Path:
+        return self.locks / "forge-outbox.lock"
+
+    @property
+    def forge_cursor(self) -> Path:
+        return self.forge / "cursor.json"
+
+    @property
+    def forge_health(self) -> Path:
+        return self.forge / "health.json"
 
     @property
     def legacy_sweep_file(self) -> Path:

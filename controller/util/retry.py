@@ -34,6 +34,21 @@ class RandomTimesAttempt(wait_base):
         return random.uniform(self.low, self.high) * retry_state.attempt_number
 
 
+class AsAskedOrExponential(wait_base):
+    """What the server asked for (Retry-After, capped), else exponential back-off."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.exponential = tenacity.wait_exponential(multiplier=first, max=cap)
+        self.cap = cap
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        asked = getattr(error, "retry_after", None)
+        if isinstance(asked, int | float) and asked >= 0:
+            return min(float(asked), self.cap)
+        return float(self.exponential(retry_state))
+
+
 @dataclass(frozen=True)
 class Policy:
     """How many attempts and how far apart. What is retried is not a policy's choice: see
@@ -53,6 +68,9 @@ ENGINE_CLEANUP = Policy("engine cleanup", attempts=None, wait=tenacity.wait_fixe
 # Controllers pushing to one registry remote collide; random waits keep them from colliding
 # again in step, and growing ones let a busy remote settle.
 REGISTRY_PUSH = Policy("registry push", attempts=12, wait=RandomTimesAttempt(0.05, 0.3))
+# A forge behind a proxy drops a request now and then, and a rate limit says when to come back;
+# a longer outage is the reporter's business (its queue is on disk and is retried for hours).
+FORGE = Policy("forge", attempts=4, wait=AsAskedOrExponential(first=0.5, cap=10.0))
 
 
 def is_temporary(error: BaseException) -> bool:
