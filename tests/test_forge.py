@@ -451,3 +451,50 @@ def test_the_token_and_webhook_secret_never_reach_logs_results_or_git(bed: Bed, 
         assert secret not in webhook.log()
         assert secret not in history
         assert all(secret not in text for text in files)
+
+
+# -- end to end, on the real swarm --------------------------------------------------------------
+
+@pytest.mark.docker
+def test_pr_comments_become_runs_on_the_swarm_and_their_verdicts_come_back_to_the_pr(
+        bed: Bed, webhook: Webhook, docker_host: str) -> None:
+    forge = bed.forge
+    main_head = bed.recipe.versions[1]
+    forge.pull(REPO, 9, main_head)  # a PR whose head is already on main: its cold run promotes
+    serve = helpers.ServeProcess(bed.remote.clone("serve"), bed.state, "--poll-interval", "0.5")
+    try:
+        def statuses(sha: str, count: int) -> list[tuple[str, str]] | None:
+            found = forge.statuses_of(sha)
+            return found if len(found) >= count and found[-1][1] != "pending" else None
+
+        # 1. quick asked, no canonical yet: cold runs instead, and says so.
+        forge.send(webhook.url, SECRET, forge.delivery(REPO, 9, "alice", "!testme --quick"))
+        assert wait_for(lambda: statuses(main_head, 2), 300, "the fallback's statuses") == [
+            ("ccci/cold", "pending"), ("ccci/cold", "success")], serve.log()[-3000:]
+        fallback = wait_for(lambda: forge.posted_comments(REPO, 9), 60, "the fallback's comment")
+        assert len(fallback) == 1 and "**ccci cold: pass**" in fallback[0]
+        assert "You asked for *quick*; *cold* ran instead: no-canonical" in fallback[0]
+        # Its promotion is rewarmed by serve: a last-known-good to run quick against.
+        wait_for(lambda: "snapshots-index/warm-static.yaml" in helpers.git(
+            bed.remote.bare, "ls-tree", "-r", "--name-only", "main"), 300, "the rewarm's snapshot index")
+
+        # 2. quick by a maintainer on a PR head: ccci/quick, informational.
+        pr_head = forge.repo(REPO).pulls[7]["sha"]
+        forge.send(webhook.url, SECRET, forge.delivery(REPO, 7, "alice", "!testme --quick"))
+        assert wait_for(lambda: statuses(pr_head, 2), 300, "the quick run's statuses") == [
+            ("ccci/quick", "pending"), ("ccci/quick", "success")], serve.log()[-3000:]
+        # 3. cold by an org member on the same head: ccci/cold, which gates.
+        forge.send(webhook.url, SECRET, forge.delivery(REPO, 7, "carol", "!testme"))
+        assert wait_for(lambda: statuses(pr_head, 4), 300, "the cold run's statuses")[2:] == [
+            ("ccci/cold", "pending"), ("ccci/cold", "success")], serve.log()[-3000:]
+        verdicts = wait_for(lambda: (c := forge.posted_comments(REPO, 7)) and len(c) >= 2 and c, 60,
+                            "both verdict comments")
+        assert len(verdicts) == 2, verdicts
+        assert "**ccci quick: pass**" in verdicts[0] and "never gates a merge (`ccci/quick`)" in verdicts[0]
+        assert "**ccci cold: pass**" in verdicts[1] and "it gates merging (`ccci/cold`)" in verdicts[1]
+        status = json.loads(helpers.ccci("--state-dir", str(bed.state), "status", "--registry", str(bed.clone),
+                                         "--json", check=True).stdout)
+        assert status["forge"]["queued"] == 0 and status["forge"]["last_success_at"], status["forge"]
+    finally:
+        assert serve.stop() == 0, serve.log()
+    assert forge.token not in serve.log()

@@ -12,6 +12,7 @@ from controller.registry.settings import RecipeSettings
 from controller.registry.store import updated_text
 from controller.util import names
 from controller.util.errors import CcciError
+from controller.util.files import write_whole
 from controller.util.timeutil import now_iso
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def advance_canonical(ctx: Context, root: Path, run: Run) -> str | None:
         "promoted_at": now_iso(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(updated_text(root, rel, doc))
+    write_whole(path, updated_text(root, rel, doc))
     result.canonical["after"] = request.ref
     result.canonical["advanced"] = True
     return rel

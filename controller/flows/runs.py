@@ -26,6 +26,7 @@ from controller.registry.settings import Settings
 from controller.registry.store import updated_text
 from controller.util import inflight, names
 from controller.util.errors import BadInput, CcciError, CheckFailed
+from controller.util.files import write_whole
 from controller.util.log import run_context
 from controller.util.timeutil import new_run_id, now_iso
 from controller.util.yamlio import dump_document
@@ -228,7 +229,7 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
             index_rel = names.snapshot_index_rel(index.app)
             target = root / index_rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(updated_text(root, index_rel, snapshot_index_document(index)))
+            write_whole(target, updated_text(root, index_rel, snapshot_index_document(index)))
             touched.append(index_rel)
         _write_result(root, rel, result)
         return touched
@@ -358,7 +359,7 @@ def perform_queued_rewarm(ctx: Context, recipe: str) -> RunResult | None:
 def _write_result(root: Path, rel: str, result: RunResult) -> None:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_document(result.to_document()))
+    write_whole(path, dump_document(result.to_document()))
 
 
 def _message(result: RunResult, extra: str = "") -> str:

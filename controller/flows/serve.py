@@ -81,11 +81,20 @@ class Server:
             self._join_all()
         finally:
             self.watcher.stop()
+            self._last_delivery(reports)
             reports.stop()
             self._heartbeat.unlink(missing_ok=True)
         log.info("serve stopped: %d claimed, %d finished, %d rejected",
                  self.stats.claimed, self.stats.finished, self.stats.rejected)
         return 0
+
+    def _last_delivery(self, reports: Deliverer) -> None:
+        """What the runs of this serve queued for the forge, once more before exiting (what the
+        forge does not take stays queued for the next start)."""
+        try:
+            reports.deliver_now()
+        except CcciError as exc:
+            log.warning("forge reports stay queued: %s", exc.message)
 
     def _active_count(self) -> int:
         with self.active_lock:

@@ -18,7 +18,7 @@ from controller.registry.store import updated_text
 from controller.runtime import stack
 from controller.util import names
 from controller.util.errors import BadInput, CheckFailed
-from controller.util.files import atomic_write_json, read_json
+from controller.util.files import atomic_write_json, read_json, write_whole
 from controller.util.locks import exclusive
 from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso
@@ -113,7 +113,7 @@ def commit_index(ctx: Context, info: snapshots.SnapshotInfo, label: str = "snaps
     def write(root: Path) -> list[str] | None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(updated_text(root, rel, snapshot_index_document(index_from_info(info))))
+        write_whole(path, updated_text(root, rel, snapshot_index_document(index_from_info(info))))
         return [rel]
 
     message = f"[{label}] {info.app}@{info.commit[:7]} taken (run {info.taken_by_run or '-'})"

@@ -17,6 +17,7 @@ from controller.registry.settings_generate import init_template
 from controller.registry.settings_schema import defaults
 from controller.util import names
 from controller.util.errors import BadInput, CcciError, ExternalError
+from controller.util.files import write_whole
 from controller.util.locks import exclusive
 from controller.util.names import REGISTRY_DIRS
 from controller.util.retry import REGISTRY_PUSH, call_with_retries
@@ -263,7 +264,7 @@ class Registry:
             if path.exists():
                 raise BadInput(f"{rel}: a request with this run id already exists")
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(dump_document(request.to_document()))
+            write_whole(path, dump_document(request.to_document()))
             return [rel]
 
         label = label or request.mode

@@ -44,6 +44,12 @@ def write_durably(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     fsync_path(path.parent)
 
 
+def write_whole(path: Path, text: str) -> None:
+    """A registry file a mutation writes: whole or not at all for a reader of the same clone
+    (another ccci process reads it without the clone's lock)."""
+    write_durably(path, text.encode())
+
+
 def atomic_write_json(path: Path, doc: Any, *, mode: int = 0o644) -> None:
     """A JSON state file, written durably (sorted keys, so diffs and tests are stable)."""
     write_durably(path, (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode(), mode=mode)
