@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.flows.requests import mode_from_comment
+from controller.flows.requests import trigger_mode
 from controller.registry import documents
 from controller.util import names
 from controller.util.errors import BadInput
@@ -102,13 +102,18 @@ def test_new_documents_load_back() -> None:
     ("comment", "mode"), [("!testme", "cold"), ("!testme --quick", "quick"), ("  !testme\n", "cold")]
 )
 def test_trigger_comments(comment: str, mode: str) -> None:
-    assert mode_from_comment(comment) == mode
+    assert trigger_mode(comment) == mode
 
 
-@pytest.mark.parametrize("comment", ["!testme --fast", "please !testme", "!TESTME", "!testme  --quick", ""])
-def test_other_comments_are_rejected_with_a_reason(comment: str) -> None:
+@pytest.mark.parametrize("comment", ["!testme --fast", "!TESTME", "!testme  --quick", "!testme please"])
+def test_look_alike_triggers_are_rejected_with_a_reason(comment: str) -> None:
     with pytest.raises(BadInput, match="write exactly `!testme`"):
-        mode_from_comment(comment)
+        trigger_mode(comment)
+
+
+@pytest.mark.parametrize("comment", ["please !testme", "", "LGTM", "see the docs"])
+def test_ordinary_comments_are_no_trigger(comment: str) -> None:
+    assert trigger_mode(comment) is None
 
 
 def test_project_examples_are_valid_documents() -> None:

@@ -195,9 +195,24 @@ def test_load_settings_reads_the_registry_file(tmp_path: Path) -> None:
 def test_init_template_loads_to_exactly_the_schema_defaults() -> None:
     example = schema_of("base_domain")["examples"][0]
     doc = load_untrusted(init_template().encode(), "ccci.yaml")
-    assert doc == {"base_domain": example, **defaults()}
+    # `recipes:` is left empty (null) so that the example entry under it can be uncommented.
+    assert doc == {"base_domain": example, **defaults(), "recipes": None}
     schemas.validate(doc, settings_schema.SETTINGS, "ccci.yaml")
     assert settings_from_document(doc) == settings_from_document({"base_domain": example})
+
+
+def test_init_templates_example_recipe_is_valid_once_uncommented() -> None:
+    out, inside = [], False
+    for line in init_template().splitlines():
+        if line.startswith("recipes:"):
+            inside = True
+        elif inside and line.startswith("#  "):
+            line = line[2:]  # remove the `# ` the template says to remove
+        elif inside and not line.startswith("#"):
+            inside = False
+        out.append(line)
+    settings = parse_settings("\n".join(out).encode())
+    assert list(settings.recipes) == ["notes"] and settings.recipes["notes"].forge_repo == "coop-cloud/notes"
 
 
 def test_init_template_explains_every_key() -> None:

@@ -38,11 +38,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ccci: {message} (see `{self.prog} --help`)\n")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ccci", description="CI for Docker Swarm recipes, driven by a git registry.")
     parser.add_argument("--version", action="version", version=f"ccci {__version__}")
     parser.add_argument("--state-dir", help="controller state (default $CCCI_STATE_DIR or /var/lib/ccci)")
-    parser.add_argument("--log-level", default=os.environ.get("CCCI_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("CCCI_LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO (default, or $CCCI_LOG_LEVEL), WARNING, ERROR")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines (daemon)")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
@@ -50,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The global options work after the subcommand too (`ccci status --state-dir …`).
     for sub in subparsers.choices.values():
         sub.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        sub.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

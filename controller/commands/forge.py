@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     poll = actions.add_parser("poll", help="poll PR comments since a persisted cursor")
     options.registry_arg(poll)
     poll.add_argument("--once", action="store_true", help="one poll, deliver what is queued, exit")
-    poll.add_argument("--interval", type=float, default=None,
+    poll.add_argument("--interval", type=options.positive_seconds, default=None,
                       help="seconds between polls (default forge.poll_interval_s)")
     poll.set_defaults(handler=execute_poll)
 
@@ -38,8 +38,6 @@ def execute_webhook(args: argparse.Namespace) -> int:
 
 
 def execute_poll(args: argparse.Namespace) -> int:
-    if args.interval is not None and args.interval <= 0:
-        raise BadInput("--interval: must be a positive number of seconds")
     return service.run_poller(options.context(args, sync=False), once=args.once, interval=args.interval)
 
 

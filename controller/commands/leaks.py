@@ -7,6 +7,7 @@ import sys
 
 from controller.commands import entry
 from controller.flows.leaks import find_leaks
+from controller.util.errors import BadInput, ExternalError
 from controller.util.paths import StateDir
 
 
@@ -16,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute(args: argparse.Namespace) -> int:
-    leaks = find_leaks(StateDir.from_env(args.state_dir))
+    try:
+        leaks = find_leaks(StateDir.from_env(args.state_dir))
+    except ExternalError as exc:  # not "leaks found" (1): nothing could be looked at
+        raise BadInput(f"cannot look for leaks: {exc.message}") from exc
     for leak in leaks:
         print(leak.sentence())
     if leaks:

@@ -17,6 +17,17 @@ def registry_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> N
                                                                          " (default $CCCI_REGISTRY)"))
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above zero (a zero or negative interval would spin)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the interval must be a positive number of seconds")
+    return value
+
+
 def registry_path(args: argparse.Namespace) -> Path:
     if not args.registry:
         raise BadInput("--registry: the registry clone is required (or set CCCI_REGISTRY)")

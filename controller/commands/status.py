@@ -43,6 +43,9 @@ def execute(args: argparse.Namespace) -> int:
             f"{row['last_run'] or '-'} {row['last_outcome'] or ''}",
         )
     console.print(table)
+    for row in status["recipes"]:
+        if row.get("source_problem"):
+            console.print(f"[red]recipe {row['recipe']}[/red]: {row['source_problem']}")
     if status["running"]:
         console.print(f"running: {', '.join(status['running'])}")
     for alert in status["alerts"]:
@@ -59,6 +62,8 @@ def execute(args: argparse.Namespace) -> int:
     for daemon in status["daemons"]:
         console.print(f"serve pid {daemon.get('pid')}: last pass {daemon.get('last_pass_at')}, "
                       f"{daemon.get('claimed')} claimed, active {daemon.get('active')}")
+        if daemon.get("claims_held"):
+            console.print(f"  [red]claiming nothing new[/red]: {daemon['claims_held']}")
         pruned = daemon.get("last_prune")
         if isinstance(pruned, dict):
             console.print(f"  last prune {pruned.get('at')}: {pruned.get('removed')} removed, "

@@ -6,7 +6,7 @@ import argparse
 
 from controller.commands import entry
 from controller.commands.options import registry_arg
-from controller.flows.requests import file_request, mode_from_comment
+from controller.flows.requests import file_request, trigger_mode
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute(args: argparse.Namespace) -> int:
-    mode = mode_from_comment(args.comment)
+    mode = trigger_mode(args.comment)  # BadInput (exit 2) for a look-alike: the commenter meant one
+    if mode is None:
+        print("ignored: not a trigger (a bot passes on every comment; only `!testme` and "
+              "`!testme --quick` file a request)")
+        return 0
     run_id = file_request(args.registry, recipe=args.recipe, ref=args.ref, mode=mode,
                           requested_by=args.requested_by, trigger=args.comment.strip(), pr=args.pr)
     print(run_id)

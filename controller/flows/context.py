@@ -80,13 +80,12 @@ class Context:
 
 def open_context(registry_path: Path, state_dir: str | Path | None, *, sync: bool = False,
                  progress: ProgressSink | None = None) -> Context:
-    """The context a command works in; `sync` fetches the remote first and reloads settings."""
+    """The context a command works in; `sync` fetches the remote before ccci.yaml is read (a fix
+    pushed there must reach a clone whose copy is broken)."""
     registry = Registry(registry_path)
-    ctx = Context.open(registry, StateDir.from_env(state_dir), progress=progress)
     if sync:
         registry.sync()
-        ctx.refresh_settings()
-    return ctx
+    return Context.open(registry, StateDir.from_env(state_dir), progress=progress)
 
 
 @contextmanager

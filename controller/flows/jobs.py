@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.flows import prune, sweep
+from controller.flows import keycloak, prune, sweep
 from controller.flows.context import Context
 from controller.util.errors import CcciError
 from controller.util.files import atomic_write_json, read_json
@@ -65,9 +65,34 @@ def _prune(ctx: Context) -> dict[str, Any]:
             "skipped": report.skipped}
 
 
+def every(seconds: Callable[[Context], float], *, needs_keycloak: bool = False) -> Callable[
+        [Context, dt.datetime, dt.datetime | None, bool], bool]:
+    """Due every `seconds(ctx)` (at start too), not with --once."""
+
+    def due(ctx: Context, now: dt.datetime, last: dt.datetime | None, once: bool) -> bool:
+        if once or (needs_keycloak and ctx.settings.warm.keycloak.mode == "off"):
+            return False
+        return last is None or (now - last).total_seconds() >= seconds(ctx)
+
+    return due
+
+
+def _reap(ctx: Context) -> dict[str, Any]:
+    return {"reaped": keycloak.reap_stale_realms(ctx)}
+
+
+def _reconcile(ctx: Context) -> dict[str, Any]:
+    report = keycloak.reconcile(ctx)
+    return {"outcome": report.outcome, "message": report.message}
+
+
 JOBS: tuple[Job, ...] = (
     Job("sweep", _sweep_due, _sweep, background=True),
     Job("prune", _prune_due, _prune),
+    # A realm leaked while serve runs goes without a restart; the live Keycloak is watched.
+    Job("reap", every(lambda ctx: ctx.settings.serve.reap_interval_s, needs_keycloak=True), _reap),
+    Job("reconcile", every(lambda ctx: ctx.settings.serve.reconcile_interval_s, needs_keycloak=True),
+        _reconcile, background=True),
 )
 
 

@@ -6,8 +6,10 @@ import logging
 
 from controller.flows import cleanup, keycloak, runs
 from controller.flows.context import Context
+from controller.registry import recipes
 from controller.runtime import stack
 from controller.util import inflight, names
+from controller.util.alerts import clear_alert, raise_alert
 from controller.util.errors import CcciError
 from controller.util.log import run_context
 
@@ -49,8 +51,22 @@ def _undeploy_warm(app: str) -> None:
         log.error("could not undeploy %s left by a dead run: %s", app, exc.message)
 
 
+def check_sources(ctx: Context) -> dict[str, str]:
+    """{recipe: why its source cannot be fetched}, as alerts (found at start, not by a run)."""
+    problems = {}
+    for name, recipe in sorted(ctx.settings.recipes.items()):
+        problem = recipes.source_problem(recipe)
+        if problem:
+            problems[name] = problem
+            raise_alert(ctx.state, f"recipe-source-{name}", problem)
+        else:
+            clear_alert(ctx.state, f"recipe-source-{name}")
+    return problems
+
+
 def recover_at_start(ctx: Context) -> None:
-    """Finish or undo what a killed controller left behind."""
+    """Finish or undo what a killed controller left behind; say what cannot work."""
+    check_sources(ctx)
     abort_orphaned_runs(ctx)
     _teardown_leftovers(ctx)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import unicodedata
 from pathlib import Path
 
@@ -34,14 +33,6 @@ def trigger_mode(comment: str) -> str | None:
     return None
 
 
-def mode_from_comment(comment: str) -> str:
-    """`trigger_mode`, for `ccci trigger`: anything but a trigger is BadInput."""
-    mode = trigger_mode(comment)
-    if mode is None:
-        raise BadInput(f"comment: {comment.strip()[:80]!r} is not a ccci trigger; {HOW_TO_TRIGGER}")
-    return mode
-
-
 def check_request(request: Request) -> None:
     """The same parser the controller uses, so what is filed is what it accepts."""
     try:
@@ -67,8 +58,14 @@ def file_request(
                       requested_by=requested_by, trigger=trigger, pr=pr)
     check_request(request)
     registry = Registry(registry_path)
-    # A request can be filed even while ccci.yaml is broken; serve will say why.
-    with contextlib.suppress(BadInput):
-        registry.identity = registry.identity.of(registry.settings())
+    try:
+        settings = registry.settings()
+    except BadInput:
+        settings = None  # a request can be filed while ccci.yaml is broken; serve will say why
+    if settings is not None:
+        registry.identity = registry.identity.of(settings)
+        if recipe not in settings.recipes:
+            raise BadInput(f"--recipe: {recipe!r} is not configured under 'recipes' in "
+                           f"{registry.root}/ccci.yaml (known: {', '.join(sorted(settings.recipes)) or 'none'})")
     registry.file_request(request)
     return request.run_id

@@ -7,24 +7,31 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
-from controller.flows import jobs, recover, rewarm, runs
+from controller.flows import jobs, prune, recover, rewarm, runs
 from controller.flows.context import Context, Run
 from controller.flows.forge.service import Deliverer
 from controller.registry import git as gitmod
+from controller.registry.store import DirtyClone, Registry
 from controller.registry.watch import ChangeWatcher
 from controller.util.alerts import clear_alert, raise_alert
-from controller.util.errors import BadInput, CcciError
+from controller.util.errors import BadInput, CcciError, CheckFailed, ExternalError
 from controller.util.files import atomic_write_json
 from controller.util.log import run_context
+from controller.util.paths import StateDir
 from controller.util.timeutil import now_iso, utcnow
 
 log = logging.getLogger(__name__)
 
 SETTINGS_ALERT = "settings"
+CLONE_ALERT = "clone-dirty"
+HOLD_ALERT = "claims-held"
+HOLD_INTERVAL_S = 30.0  # how often a serve that cannot read ccci.yaml at start fetches again
 
 
 @dataclass
@@ -51,6 +58,8 @@ class Server:
         self.stopping = False
         self.ledger = jobs.Ledger(ctx.state)
         self._heartbeat = ctx.state.heartbeat(os.getpid())
+        self.fatal: CcciError | None = None  # what ends a --once serve that cannot go on
+        self.claims_held: str | None = None  # why nothing new is claimed right now
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
@@ -86,6 +95,8 @@ class Server:
             self._heartbeat.unlink(missing_ok=True)
         log.info("serve stopped: %d claimed, %d finished, %d rejected",
                  self.stats.claimed, self.stats.finished, self.stats.rejected)
+        if self.fatal is not None:
+            raise self.fatal
         return 0
 
     def _last_delivery(self, reports: Deliverer) -> None:
@@ -129,7 +140,7 @@ class Server:
             self.watcher.poke()
 
     def _write_heartbeat(self) -> None:
-        prune = self.ledger.entry("prune")
+        pruned = self.ledger.entry("prune")
         atomic_write_json(self._heartbeat, {
             "pid": os.getpid(),
             "registry": str(self.ctx.registry.root),
@@ -141,7 +152,8 @@ class Server:
             "git_operations": gitmod.operations_count(),
             "started_at": self.stats.started_at,
             "last_pass_at": now_iso(),
-            "last_prune": prune.get("summary") if prune else None,
+            "last_prune": pruned.get("summary") if pruned else None,
+            "claims_held": self.claims_held,
         })
 
     def _pass(self) -> int:
@@ -153,12 +165,17 @@ class Server:
             try:
                 self.ctx.refresh_settings()
             except BadInput as exc:
-                # A bad ccci.yaml must not burn the queue: hold everything, say why, keep serving.
+                # A bad ccci.yaml must not burn the queue: hold everything, say why, keep serving
+                # (and fetching: the fix comes from the remote). --once cannot wait for it.
                 raise_alert(self.ctx.state, SETTINGS_ALERT, exc.message)
                 log.error("not dispatching: %s", exc.message)
+                if self.once:
+                    self.fatal, self.stopping = exc, True
                 return 1
             clear_alert(self.ctx.state, SETTINGS_ALERT)
+            clear_alert(self.ctx.state, CLONE_ALERT)
             self._run_due_jobs()
+            self.claims_held = self._disk_hold()
             pending_count += self._start_queued_rewarms()
             for name in self.ctx.registry.pending_request_names():
                 with self.active_lock:
@@ -177,6 +194,16 @@ class Server:
                     runs.reject(self.ctx, name, CcciError(
                         f"requests/{name}: unexpected error in the controller while dispatching: "
                         f"{type(exc).__name__}: {exc}"), outcome="error")
+            if self.claims_held and self.once and pending_count and not self._active_count():
+                self.fatal = CheckFailed(f"{pending_count} requests wait, and serve --once cannot wait "
+                                         f"for room: {self.claims_held}")
+                self.stopping = True
+        except DirtyClone as exc:
+            raise_alert(self.ctx.state, CLONE_ALERT, exc.message)
+            log.error("not dispatching: %s", exc.message)
+            if self.once:
+                self.fatal, self.stopping = exc, True
+            pending_count += 1
         except CcciError as exc:
             log.warning("registry pass failed (will retry): %s", exc.message)
             pending_count += 1
@@ -186,6 +213,17 @@ class Server:
         finally:
             self._write_heartbeat()
         return pending_count
+
+    def _disk_hold(self) -> str | None:
+        """Below limits.disk_min_free_gb nothing new is claimed (runs in flight finish): a run
+        that fills the disk fails, and may take the warm data of others with it."""
+        low = prune.disk_low(prune.free_space(self.ctx.state), self.ctx.settings.limits.disk_min_free_gb)
+        if not low:
+            clear_alert(self.ctx.state, HOLD_ALERT)
+            return None
+        reason = "disk low: " + "; ".join(low)
+        raise_alert(self.ctx.state, HOLD_ALERT, f"claiming nothing new until there is room: {reason}")
+        return reason
 
     def _run_due_jobs(self) -> None:
         now = utcnow()
@@ -217,6 +255,8 @@ class Server:
             if exc.committed:
                 self.stats.rejected += 1
             return True
+        if self.claims_held:
+            return False  # answered later, once there is room on disk
         slot = self.cold_slots if decision.mode == "cold" else None
         if slot is not None and not slot.acquire(blocking=False):
             return False
@@ -244,6 +284,32 @@ class Server:
         finally:
             if slot is not None:
                 slot.release()
+
+
+def open_for_serve(registry_path: Path, state_dir: str | Path | None, *, once: bool,
+                   poll_interval: float | None) -> Context:
+    """Fetch first, then read ccci.yaml; while it is broken (or the clone cannot follow its
+    remote), hold with an alert and fetch again, so the fix pushed to the remote is picked
+    up — never a crash loop under systemd. --once says why and gives up."""
+    registry, state = Registry(registry_path), StateDir.from_env(state_dir).ensure()
+    while True:
+        try:
+            try:
+                registry.sync()
+            except ExternalError as exc:  # the remote is down: start on what the clone has
+                log.warning("cannot fetch the registry (will retry each pass): %s", exc.message)
+            ctx = Context.open(registry, state)
+        except BadInput as exc:
+            raise_alert(state, CLONE_ALERT if isinstance(exc, DirtyClone) else SETTINGS_ALERT, exc.message)
+            if once:
+                raise
+            log.error("serve is holding: %s (fetching again in %.0f s)", exc.message,
+                      poll_interval or HOLD_INTERVAL_S)
+            time.sleep(poll_interval or HOLD_INTERVAL_S)
+            continue
+        clear_alert(state, SETTINGS_ALERT)
+        clear_alert(state, CLONE_ALERT)
+        return ctx
 
 
 def run_until_idle(ctx: Context, *, poll_interval: float = 0.5) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from controller.flows import prune
 from controller.flows.forge import outbox
+from controller.registry import recipes as recipe_sources
 from controller.registry.store import Registry
 from controller.util import names
 from controller.util.alerts import list_alerts
@@ -49,6 +50,7 @@ def collect_status(registry_path: Path, state_dir: str | Path | None) -> dict[st
         last = latest.get(name)
         recipes.append({
             "recipe": name,
+            "source_problem": recipe_sources.source_problem(settings.recipes[name]),
             "known_good": canonical.known_good if canonical else None,
             "promoted_at": canonical.promoted_at if canonical else None,
             "canonical_error": canonical_error,

@@ -53,6 +53,10 @@ def refuse_if_live(app: str, action: str) -> None:
     live = stack.live_tasks(app)
     if live:
         raise CheckFailed(f"cannot {action} {app} while it is deployed: live tasks {', '.join(live)}")
+    writers = stack.volume_writers(app)
+    if writers:
+        raise CheckFailed(f"cannot {action} {app} while a container uses its volumes: {', '.join(writers)}; "
+                          "stop it first")
 
 
 def min_free_bytes(gigabytes: float) -> int:

@@ -25,6 +25,20 @@ def _mirror(state: StateDir, recipe: RecipeSettings) -> Path:
     return state.recipe_mirror(recipe.name)
 
 
+def source_problem(recipe: RecipeSettings) -> str | None:
+    """Why the recipe's source cannot be fetched, when that can be told without a fetch (a local
+    path that does not exist, or is no git repository); None otherwise."""
+    source = recipe.source
+    if "://" in source or source.startswith("git@"):
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"ccci.yaml: at 'recipes.{recipe.name}.source': {source} does not exist"
+    if not ((path / ".git").exists() or (path / "HEAD").is_file()):
+        return f"ccci.yaml: at 'recipes.{recipe.name}.source': {source} is not a git repository"
+    return None
+
+
 def _source_url(recipe: RecipeSettings) -> str:
     source = recipe.source
     if "://" not in source and not source.startswith("git@"):

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from controller.registry import schemas, settings_schema
 from controller.util.errors import BadInput
@@ -125,6 +126,8 @@ class ServeSettings:
     """`serve`: the daemon."""
 
     poll_interval_s: float
+    reap_interval_s: float
+    reconcile_interval_s: float
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,9 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
             kind=forge["kind"], url=forge.get("url"), token_file=forge.get("token_file"),
             webhook_secret_file=forge.get("webhook_secret_file"), context=forge["context"],
             results_url=forge.get("results_url"), poll_interval_s=float(forge["poll_interval_s"])),
-        serve=ServeSettings(poll_interval_s=float(full["serve"]["poll_interval_s"])),
+        serve=ServeSettings(poll_interval_s=float(full["serve"]["poll_interval_s"]),
+                            reap_interval_s=float(full["serve"]["reap_interval_s"]),
+                            reconcile_interval_s=float(full["serve"]["reconcile_interval_s"])),
     )
 
 
@@ -243,7 +248,18 @@ def parse_settings(raw: bytes, where: str = SETTINGS_FILE) -> Settings:
     if not isinstance(doc, dict):
         raise BadInput(f"{where}: at '(top level)': expected a mapping of settings")
     schemas.validate(doc, settings_schema.SETTINGS, where)
-    return settings_from_document(doc)
+    settings = settings_from_document(doc)
+    _check_time_zone(settings.sweep.timezone, where)
+    return settings
+
+
+def _check_time_zone(name: str, where: str) -> None:
+    """Found at load, not on the second sweep."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadInput(f"{where}: at 'sweep.timezone': {name!r} is not a known time zone (an IANA "
+                       "name such as UTC or Europe/Berlin)") from None
 
 
 def load_settings(registry_root: Path) -> Settings:

@@ -86,10 +86,12 @@ def _block(key: str, schema: dict[str, Any], indent: str) -> list[str]:
         return [*_comment(schema["description"], indent), f"{indent}# {key}: {flow(schema['examples'][0])}"]
     entries = schema.get("additionalProperties")
     if isinstance(entries, dict) and "properties" in entries:
-        lines = [*_comment(schema["description"], indent), f"{indent}{key}: {flow(schema['default'])}"]
-        # A mapping of named entries (recipes): one whole entry, commented out, to copy.
+        # A mapping of named entries (recipes): the key left empty (its default), and one whole
+        # entry commented out under it, so that removing the `# ` of its lines gives valid YAML.
         name = next(iter(schema["examples"][0]))
-        lines.append(f"{indent}# To add one, write `{key}:` and under it entries like this:")
+        lines = [*_comment(schema["description"] + f" To add one, remove the `# ` of the {name!r} "
+                                                  "lines below (and copy them for the next).", indent),
+                 f"{indent}{key}:"]
         lines += [f"{indent}# {line[len(indent):]}" for line in _entry(name, entries, indent + "  ")]
         return lines
     example = schema["examples"][0]

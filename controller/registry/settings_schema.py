@@ -419,7 +419,7 @@ SETTINGS: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "description": "The daemon, `ccci serve`.",
-            "examples": [{"poll_interval_s": 10.0}],
+            "examples": [{"poll_interval_s": 10.0, "reap_interval_s": 300.0}],
             "properties": {
                 "poll_interval_s": {
                     "type": "number", "minimum": 0.1, "maximum": 3600,
@@ -427,6 +427,22 @@ SETTINGS: dict[str, Any] = {
                     "description": "Seconds between fetches of the registry's remote; "
                                    "`ccci serve --poll-interval` overrides it.",
                     "examples": [10.0],
+                },
+                "reap_interval_s": {
+                    "type": "number", "minimum": 10, "maximum": 86400,
+                    "default": 600.0,
+                    "description": "Seconds between sweeps of the per-run realms whose run is no "
+                                   "longer in flight (also done at start-up); only with a warm "
+                                   "Keycloak.",
+                    "examples": [300.0],
+                },
+                "reconcile_interval_s": {
+                    "type": "number", "minimum": 60, "maximum": 604800,
+                    "default": 3600.0,
+                    "description": "Seconds between reconciles of the live-warm Keycloak (a health "
+                                   "check when external; deploy and gated upgrades when managed), "
+                                   "besides the one before each nightly sweep.",
+                    "examples": [21600.0],
                 },
             },
         },

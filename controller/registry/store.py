@@ -43,6 +43,10 @@ class Identity:
         return cls(settings.identity.name, settings.identity.email)
 
 
+class DirtyClone(BadInput):
+    """The clone cannot follow its remote without touching someone's uncommitted work."""
+
+
 class Registry:
     """One local clone of a registry. Every write holds the clone's lock."""
 
@@ -107,8 +111,17 @@ class Registry:
         self.git("checkout", "--quiet", "HEAD", "--", *[d for d in REGISTRY_DIRS if (self.root / d).exists()])
         self.git("clean", "--quiet", "-fd", "--", *REGISTRY_DIRS)
 
+    def human_changes(self) -> list[str]:
+        """Uncommitted changes outside the controller's folders (someone edited ccci.yaml in
+        this clone): never the controller's to discard."""
+        status = self.git("status", "--porcelain", "--untracked-files=all", strip=False)
+        return [line[3:] for line in status.splitlines()
+                if line[3:] and not line[3:].startswith(tuple(f"{d}/" for d in REGISTRY_DIRS))]
+
     def sync(self) -> None:
-        """Fetch, then put local commits on top of the remote; push what is still unpushed."""
+        """Fetch, then put local commits on top of the remote; push what is still unpushed.
+        DirtyClone, moving nothing, when the remote moved and a person's uncommitted work is
+        in the way."""
         with self.locked():
             self.discard_uncommitted()
             if not self.remote:
@@ -120,6 +133,13 @@ class Registry:
             ahead = self.git("rev-list", "--count", f"{upstream}..HEAD")
             behind = self.git("rev-list", "--count", f"HEAD..{upstream}")
             if behind != "0":
+                changed = self.human_changes()
+                if changed:
+                    raise DirtyClone(
+                        f"{self.root}: uncommitted changes to {', '.join(changed[:5])} and the remote "
+                        "moved: the controller will not move its clone over them; commit and push "
+                        "them from this clone (or move them away) — better, edit ccci.yaml in a "
+                        "clone of your own and push, and leave this one to the controller")
                 if ahead == "0":
                     self.git("merge", "--ff-only", "--quiet", upstream)
                 else:

@@ -417,6 +417,21 @@ def live_tasks(app: str) -> list[str]:
             if t.state in ("running", "starting", "preparing", "assigned", "accepted", "pending", "new")]
 
 
+def volume_writers(app: str) -> list[str]:
+    """Containers, whatever their labels, running or paused, that mount one of `app`'s volumes
+    (a snapshot or restore under any writer would copy or leave torn data)."""
+    c = engine.client()
+    found: dict[str, str] = {}
+    for volume in volumes_of(app):
+        for status in ("running", "paused", "restarting"):
+            listed = engine.call("list containers", functools.partial(
+                c.api.containers, all=True, filters={"volume": volume.name, "status": status})) or []
+            for container in listed:
+                name = (container.get("Names") or ["?"])[0].lstrip("/")
+                found[container["Id"]] = f"{name} ({status}, mounts {volume.name})"
+    return sorted(found.values())
+
+
 @dataclass(frozen=True)
 class LabelledObject:
     kind: str  # service | container | network | config | secret | volume
