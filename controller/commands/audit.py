@@ -1,4 +1,4 @@
-"""`ccci audit`: prove the canonical invariant over the registry's whole git history."""
+"""`ccci audit`: prove over the registry's git history that its results and canonicals are the controller's."""
 
 from __future__ import annotations
 
@@ -11,21 +11,23 @@ from controller.flows.audit import audit
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("audit", help="check every canonical change in git history")
+    parser = subparsers.add_parser(
+        "audit", help="check that every result and canonical change in git history is the controller's")
     registry_arg(parser)
     parser.set_defaults(handler=execute)
 
 
 def execute(args: argparse.Namespace) -> int:
-    checked, violations = audit(args.registry)
-    for violation in violations:
+    report = audit(args.registry)
+    counted = (f"{report.canonical_changes} canonical changes and {report.result_commits} commits "
+               "writing results")
+    for violation in report.violations:
         print(violation.sentence(), file=sys.stderr)
-    if violations:
-        print(f"audit failed: {len(violations)} of {checked} canonical changes were not made by the "
-              "controller after a green cold run of that commit", file=sys.stderr)
+    if report.violations:
+        print(f"audit failed: {len(report.violations)} violations in {counted}", file=sys.stderr)
         return 1
-    print(f"audit ok: {checked} canonical changes, each made by the controller after a green cold "
-          "run of that exact commit")
+    print(f"audit ok: {counted}; every result committed by the controller, every canonical change "
+          "made by it with the result of a green cold run of that exact commit")
     return 0
 
 

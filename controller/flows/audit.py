@@ -1,16 +1,18 @@
-"""`ccci audit`: every change to canonicals/ in git history was made by the controller after a
-green cold run of exactly that commit."""
+"""`ccci audit`: the rules every result and canonical change in the registry's git history must keep.
+
+Every commit that adds or changes a result is the controller's; every change to canonicals/ is
+the controller's, in the commit that writes the result of a green cold run of exactly that commit.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.registry import documents
-from controller.registry.history import Commit, canonical_changes, file_at
-from controller.registry.settings import SETTINGS_FILE, parse_settings
-from controller.registry.settings_schema import defaults
+from controller.registry.history import Change, Commit, changes, file_at
+from controller.registry.settings import SETTINGS_FILE, default_identity, parse_settings
 from controller.registry.store import Registry
 from controller.util import names
 from controller.util.errors import CcciError
@@ -28,25 +30,51 @@ class Violation:
         return f"commit {self.commit[:12]}: {self.path}: {self.reason}"
 
 
-def _controller_email(registry: Registry, commit: str) -> str:
+@dataclass
+class AuditReport:
+    canonical_changes: int = 0
+    result_commits: int = 0  # commits that add or change a result
+    violations: list[Violation] = field(default_factory=list)
+
+
+def _is_document(path: str, folder: str) -> bool:
+    """A document the controller reads: a .yaml under `folder` (a .gitkeep or README is not)."""
+    return path.startswith(f"{folder}/") and path.endswith(".yaml")
+
+
+def controller_email(registry: Registry, commit: str, previous: str) -> str:
+    """The email the controller commits as, by ccci.yaml at `commit` (CCCI_GIT_EMAIL overrides
+    it, as it does for the controller). A ccci.yaml that does not load leaves it as it was: the
+    controller keeps its last good settings while the file is broken."""
     raw = file_at(registry, commit, SETTINGS_FILE)
-    default: str = defaults()["identity"]["email"]
     if raw is None:
-        return default
+        return default_identity().email
     try:
         return parse_settings(raw).identity.email
     except CcciError:
-        return default
+        return previous
 
 
-def check_change(registry: Registry, commit: Commit, status: str, path: str) -> str | None:
-    """Pure-ish rule for one changed canonical file; returns why it is not allowed, or None."""
-    if status.startswith("D"):
+def _not_the_controller(commit: Commit, expected_email: str) -> str:
+    return f"authored by {commit.author_name} <{commit.author_email}>, not the controller <{expected_email}>"
+
+
+def check_result_commit(commit: Commit, written: list[str], expected_email: str) -> list[Violation]:
+    """Pure rule: results are written only by the controller (claims, verdicts, rejections, aborts)."""
+    if commit.author_email == expected_email:
+        return []
+    reason = "a result " + _not_the_controller(commit, expected_email)
+    return [Violation(commit.sha, path, reason) for path in written]
+
+
+def check_canonical_change(registry: Registry, commit: Commit, change: Change, expected_email: str,
+                           written_results: set[str]) -> str | None:
+    """Why one change of a canonical file is not allowed, or None."""
+    path = change.path
+    if change.deleted:
         return "the canonical was deleted (only the controller writes canonicals, and it never deletes)"
-    expected_email = _controller_email(registry, commit.sha)
     if commit.author_email != expected_email:
-        return (f"authored by {commit.author_name} <{commit.author_email}>, not the controller "
-                f"<{expected_email}>")
+        return _not_the_controller(commit, expected_email)
     raw = file_at(registry, commit.sha, path)
     if raw is None:
         return "the file cannot be read at this commit"
@@ -66,7 +94,7 @@ def check_change(registry: Registry, commit: Commit, status: str, path: str) -> 
     result_rel = names.result_rel(canonical.promoted_by_run)
     result_raw = file_at(registry, commit.sha, result_rel)
     if result_raw is None:
-        return f"no result {result_rel} in the same commit"
+        return f"no result {result_rel} at this commit"
     try:
         result = documents.parse_result(result_raw, result_rel)
     except CcciError as exc:
@@ -76,19 +104,33 @@ def check_change(registry: Registry, commit: Commit, status: str, path: str) -> 
     if result.get("ref") != canonical.known_good or result.get("recipe") != recipe:
         return f"its result tested {result.get('recipe')}@{str(result.get('ref'))[:12]}, not " \
                f"{recipe}@{canonical.known_good[:12]}"
+    if result_rel not in written_results:
+        return f"the commit does not write {result_rel}, the result of the run that promoted it"
+    moved = result.get("canonical")
+    if not isinstance(moved, dict) or moved.get("advanced") is not True or moved.get("after") != canonical.known_good:
+        return f"its result does not record advancing the canonical to {canonical.known_good[:12]}"
     return None
 
 
-def audit(registry_path: Path) -> tuple[int, list[Violation]]:
-    """(changes checked, violations) over the whole history of canonicals/."""
+def audit(registry_path: Path) -> AuditReport:
+    """Every result and canonical change on the registry's first-parent line, oldest first, in
+    one pass over the history (one git call, plus a file read per canonical change and per
+    change of ccci.yaml)."""
     registry = Registry(registry_path)
-    checked = 0
-    violations = []
-    for commit, status, path in canonical_changes(registry):
-        if not path.endswith(".yaml"):
-            continue
-        checked += 1
-        reason = check_change(registry, commit, status, path)
-        if reason:
-            violations.append(Violation(commit.sha, path, reason))
-    return checked, violations
+    report = AuditReport()
+    expected_email = default_identity().email
+    for commit, changed in changes(registry, SETTINGS_FILE, f"{names.CANONICALS_DIR}/", f"{names.RESULTS_DIR}/"):
+        if any(c.path == SETTINGS_FILE for c in changed):
+            expected_email = controller_email(registry, commit.sha, expected_email)
+        written = [c.path for c in changed if _is_document(c.path, names.RESULTS_DIR) and not c.deleted]
+        if written:
+            report.result_commits += 1
+            report.violations += check_result_commit(commit, written, expected_email)
+        for change in changed:
+            if not _is_document(change.path, names.CANONICALS_DIR):
+                continue
+            report.canonical_changes += 1
+            reason = check_canonical_change(registry, commit, change, expected_email, set(written))
+            if reason:
+                report.violations.append(Violation(commit.sha, change.path, reason))
+    return report

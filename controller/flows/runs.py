@@ -17,6 +17,7 @@ from typing import Any
 
 from controller.flows import canonical, modes
 from controller.flows.context import Context, Publication, Run, Sink
+from controller.flows.forge.authority import is_forge_rule
 from controller.flows.forge.reporter import ForgeReporter
 from controller.flows.rewarm import RewarmQueue, dequeue_rewarm
 from controller.flows.warm_apps import app_lock
@@ -59,11 +60,9 @@ def decide(ctx: Context, request: Request) -> Decision:
     """Authority and mode, by the mode table; BadInput for a request that must be rejected."""
     settings = ctx.settings
     entry = modes.requestable(request.mode, where=f"{request.rel_path}: at 'mode'")
-    if entry.authority is None or not _authorised(settings, entry.authority, request):
-        raise BadInput(
-            f"{request.rel_path}: at 'requested_by': {request.requested_by!r} is not allowed by "
-            f"authority.{entry.authority or entry.name} in ccci.yaml"
-        )
+    refusal = authority_refusal(settings, entry.authority or entry.name, request)
+    if refusal is not None:
+        raise BadInput(refusal)
     if request.recipe not in settings.recipes:
         raise BadInput(
             f"{request.rel_path}: at 'recipe': {request.recipe!r} is not configured under "
@@ -80,13 +79,35 @@ def decide(ctx: Context, request: Request) -> Decision:
     return Decision(fallback.mode, fallback=fallback.reason)
 
 
-def _authorised(settings: Settings, key: str, request: Request) -> bool:
-    """Named in authority.<key> (or '*'); or, for a comment on the forge, admitted there by a
-    forge rule (org:, team:, collaborator) that authority.<key> still holds."""
-    if settings.authority.allows(key, request.requested_by):
-        return True
+def authority_refusal(settings: Settings, key: str, request: Request) -> str | None:
+    """None when `requested_by` may ask for this run; else the sentence that rejects it.
+
+    Whoever can push to the registry can write any `requested_by`, so a name or '*' in
+    authority.<key> admits any request that names it. A forge rule (org:, team:, collaborator)
+    is different: only the forge can answer it, so it admits only a request the forge intake
+    filed — which records the rule it checked at comment time in `forge.allowed_by` — and only
+    while a forge is configured and authority.<key> still holds that rule."""
+    user = request.requested_by
+    if settings.authority.allows(key, user):
+        return None
+    where = request.rel_path
+    forge_rules = [rule for rule in settings.authority.rules(key) if is_forge_rule(rule)]
     allowed_by = request.forge.allowed_by if request.forge else None
-    return allowed_by is not None and allowed_by in settings.authority.rules(key)
+    if allowed_by:
+        if not settings.forge.enabled:
+            return (f"{where}: at 'forge.allowed_by': {user!r} was admitted on a forge by {allowed_by!r}, "
+                    "but ccci.yaml configures no forge (forge.url), so forge rules admit nobody")
+        if is_forge_rule(allowed_by) and allowed_by in forge_rules:
+            return None
+        return (f"{where}: at 'forge.allowed_by': {user!r} was admitted on the forge by {allowed_by!r}, "
+                f"which authority.{key} in ccci.yaml does not hold")
+    if not forge_rules:
+        return f"{where}: at 'requested_by': {user!r} is not allowed by authority.{key} in ccci.yaml"
+    field = "forge.allowed_by" if settings.forge.enabled else "requested_by"
+    return (f"{where}: at '{field}': {user!r} is not named in authority.{key} in ccci.yaml, and its "
+            f"forge rules ({', '.join(forge_rules)}) apply only to requests the forge intake filed, "
+            "which carry the rule that admitted the commenter as forge.allowed_by"
+            + ("" if settings.forge.enabled else " (and ccci.yaml configures no forge)"))
 
 
 def admit(ctx: Context, file_name: str) -> tuple[Request, Decision]:

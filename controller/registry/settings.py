@@ -208,6 +208,16 @@ def _recipe(name: str, raw: dict[str, Any]) -> RecipeSettings:
     )
 
 
+def _identity(raw: dict[str, Any]) -> IdentitySettings:
+    return IdentitySettings(name=os.environ.get("CCCI_GIT_NAME") or raw["name"],
+                            email=os.environ.get("CCCI_GIT_EMAIL") or raw["email"])
+
+
+def default_identity() -> IdentitySettings:
+    """Who the controller commits as when no ccci.yaml says otherwise."""
+    return _identity(settings_schema.defaults()["identity"])
+
+
 def settings_from_document(doc: dict[str, Any]) -> Settings:
     """Settings from a validated document; what it leaves out comes from the schema's defaults."""
     full = settings_schema.with_defaults(doc)
@@ -215,8 +225,7 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
     kc, limits, forge = full["warm"]["keycloak"], full["limits"], full["forge"]
     return Settings(
         base_domain=full["base_domain"],
-        identity=IdentitySettings(name=os.environ.get("CCCI_GIT_NAME") or identity["name"],
-                                  email=os.environ.get("CCCI_GIT_EMAIL") or identity["email"]),
+        identity=_identity(identity),
         recipes={name: _recipe(name, raw) for name, raw in full["recipes"].items()},
         authority=AuthoritySettings(cold=tuple(authority["cold"]), quick=tuple(authority["quick"])),
         quick=QuickSettings(no_canonical=full["quick"]["no_canonical"]),

@@ -146,7 +146,8 @@ SETTINGS: dict[str, Any] = {
                     "type": "string", "minLength": 3, "maxLength": 200,
                     "default": "ccci@localhost",
                     "description": "The author email of the controller's commits; `ccci audit` accepts "
-                                   "canonical changes only from it. `CCCI_GIT_EMAIL` overrides it.",
+                                   "results and canonical changes only from it, as this file says at "
+                                   "each commit. `CCCI_GIT_EMAIL` overrides it (for audit too).",
                     "examples": ["ccci@ci.example.org"],
                 },
             },
@@ -167,7 +168,9 @@ SETTINGS: dict[str, Any] = {
             "description": "Who may request which kind of run. Each list holds user names, `'*'` "
                            "(anyone), and for comments on the forge `org:<org>` (its members), "
                            "`team:<org>/<team>` and `collaborator` (write access to the recipe's "
-                           "repository). The nightly sweep requests cold runs as `sweep`.",
+                           "repository). A name or `'*'` admits any request that names it (whoever "
+                           "can push to the registry can); a forge rule admits only requests the "
+                           "forge intake filed. The nightly sweep requests cold runs as `sweep`.",
             "examples": [{"cold": ["org:coop-cloud", "sweep"], "quick": ["team:coop-cloud/maintainers"]}],
             "properties": {
                 "cold": {
