@@ -35,6 +35,8 @@ class Deployment:
     layout: RecipeLayout | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
+    # The run a warm deploy serves (its objects carry no run label: the app outlives runs).
+    serves_run: str | None = None
 
     @property
     def url(self) -> str:
@@ -57,7 +59,7 @@ class Deployment:
             "CCCI_URL": self.url,
             "CCCI_APP": self.app,
             "CCCI_DOMAIN": self.domain,
-            "CCCI_RUN": self.run or "",
+            "CCCI_RUN": self.run or self.serves_run or "",
             "CCCI_COMMIT": self.commit,
             "STACK_NAME": self.app,
             "DOMAIN": self.domain,

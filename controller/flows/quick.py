@@ -90,14 +90,16 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
             with phase(ctx, result, "sso"):
                 realm = keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app)
                 sso_env = realm.env()
-        base = Deployment(recipe=recipe, app=app, mode="warm", run=None, commit=base_commit,
+        base = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=request.run_id,
+                          commit=base_commit,
                           domain=ctx.settings.domain(app), host_port=port, checkout=work / "base",
                           extra_env=dict(sso_env), owner=ctx.state.owner_id)
         deployment.deploy_app(ctx, result, base, name="reattach")
         with phase(ctx, result, "converge (reattach)"):
             before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
                                           expected_commit=base_commit)
-        head = Deployment(recipe=recipe, app=app, mode="warm", run=None, commit=commit,
+        head = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=request.run_id,
+                          commit=commit,
                           domain=base.domain, host_port=port, checkout=work / "head",
                           extra_env=dict(sso_env), owner=ctx.state.owner_id)
         deployment.deploy_app(ctx, result, head, name="upgrade")

@@ -68,7 +68,7 @@ def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapsh
     try:
         with phase(ctx, result, "fetch"):
             commit = deployment.checkout_commit(ctx, recipe, run.request.ref, work / "recipe")
-        dep = Deployment(recipe=recipe, app=app, mode="warm", run=None, commit=commit,
+        dep = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=result.run, commit=commit,
                          domain=ctx.settings.domain(app), host_port=probe.free_port(),
                          checkout=work / "recipe", owner=ctx.state.owner_id)
         if recipe.sso:
