@@ -145,7 +145,8 @@ def test_prune_removes_what_nothing_needs_and_keeps_warm_live_and_in_flight(
     engine.import_image("pinned:1", b"pinned")
     engine.import_image("used:1", b"used")
     engine.containers.append(engine.client.containers.create(f"{p}/used:1", command=["/marker"]))
-    engine.client.images.get("ccci-test/busybox:latest").tag(f"{p}/live", "1")
+    # Its own image (not busybox's id, which any other container on the engine may be using).
+    engine.import_image("live:1", b"live")
     engine.services.append(engine.client.services.create(
         f"{p}/live:1", command=["sleep", "3600"], name=f"{p}-live", mode={"Replicated": {"Replicas": 0}}))
     # A data-warm app with a last-known-good and the images its snapshot's commit runs.

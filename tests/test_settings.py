@@ -22,6 +22,7 @@ from controller.registry.settings import (
     QuickSettings,
     RecipeSettings,
     ServeSettings,
+    ServiceLimits,
     Settings,
     SweepSettings,
     WarmSettings,
@@ -72,10 +73,13 @@ def test_each_section_dataclass_has_exactly_the_keys_of_its_section() -> None:
         "identity": IdentitySettings, "authority": AuthoritySettings, "quick": QuickSettings,
         "sweep": SweepSettings, "warm": WarmSettings, "warm.keycloak": KeycloakSettings,
         "limits": LimitsSettings, "serve": ServeSettings, "recipes.<name>.http": HttpSettings,
+        "recipes.<name>.limits": ServiceLimits,
     }
     for path, cls in sections.items():
         assert {f.name for f in dataclasses.fields(cls)} == set(schema_of(path)["properties"]), path
-    recipe_keys = {"assert_path" if k == "assert" else k for k in schema_of("recipes.<name>")["properties"]}
+    # `assert` is a Python keyword; `policy.allow` is flattened to `allow`.
+    renamed = {"assert": "assert_path", "policy": "allow"}
+    recipe_keys = {renamed.get(k, k) for k in schema_of("recipes.<name>")["properties"]}
     assert {f.name for f in dataclasses.fields(RecipeSettings)} == recipe_keys | {"name"}
     top = set(SETTINGS["properties"])
     assert {f.name for f in dataclasses.fields(Settings)} == top

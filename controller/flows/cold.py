@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 
-from controller.flows import deployment, keycloak
+from controller.flows import deployment, keycloak, policy
 from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
 from controller.registry import recipes
@@ -14,6 +16,15 @@ from controller.util.errors import CcciError
 from controller.util.timeutil import Deadline
 
 log = logging.getLogger(__name__)
+
+
+def _known_good(ctx: Context, dep: Deployment, dest: Path) -> Deployment | None:
+    """The recipe's known-good, checked out beside the head, to compare what each asks of the host."""
+    canonical = ctx.registry.canonical(dep.recipe.name)
+    if canonical is None or canonical.known_good == dep.commit:
+        return None
+    commit = deployment.checkout_commit(ctx, dep.recipe, canonical.known_good, dest)
+    return dataclasses.replace(dep, commit=commit, checkout=dest, layout=None)
 
 
 def run_cold(ctx: Context, run: Run) -> None:
@@ -30,6 +41,7 @@ def run_cold(ctx: Context, run: Run) -> None:
         dep = Deployment(recipe=recipe, app=app, mode="cold", run=request.run_id, commit=commit,
                          domain=ctx.settings.domain(app), host_port=probe.free_port(),
                          checkout=work / "recipe", owner=ctx.state.owner_id)
+        policy.judge(ctx, result, dep, known_good=lambda: _known_good(ctx, dep, work / "known-good"))
         if recipe.sso:
             with phase(ctx, result, "sso"):
                 realm = keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app)

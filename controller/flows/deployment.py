@@ -13,7 +13,7 @@ from controller.registry.results import AssertOutcome, RunResult
 from controller.registry.settings import RecipeSettings
 from controller.runtime import probe, stack
 from controller.runtime.compose import RecipeLayout, read_layout
-from controller.runtime.spec import AppIdentity, DeploySpec
+from controller.runtime.spec import AppIdentity, DeploySpec, ResourceLimits
 from controller.util.errors import CcciError
 from controller.util.timeutil import Deadline
 
@@ -52,6 +52,8 @@ class Deployment:
             http_port=port,
             host_port=self.host_port if http.enabled else None,
             env=dict(self.recipe.env),
+            limits=ResourceLimits(self.recipe.limits.memory, self.recipe.limits.cpus, self.recipe.limits.pids)
+            if self.mode in ("cold", "warm") else None,
         )
 
     def assert_env(self) -> dict[str, str]:
@@ -109,8 +111,13 @@ def converge_and_assert(
             state = stack.wait_converged(dep.app, deadline, stability_s=dep.recipe.stability_s,
                                          expected_commit=dep.commit, baseline=baseline)
         except CcciError as exc:
+            killed = stack.killed_by_memory_limit(dep.app)
+            if killed:
+                exc = CcciError(f"{', '.join(killed)} killed by its memory limit "
+                                f"({dep.recipe.limits.memory}; recipes.{dep.recipe.name}.limits.memory "
+                                f"in ccci.yaml raises it): {exc.message}", cause="limit")
             result.asserts.append(AssertOutcome(f"converged{label}", False, exc.message))
-            raise
+            raise exc from None
     with phase(ctx, result, f"asserts{label}"):
         outcomes = generic_asserts(dep, state, deadline, label)
         outcomes.append(custom_assert(dep, label))

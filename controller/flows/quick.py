@@ -4,11 +4,12 @@ restore the last-known-good bytes. Never promotes, never gates."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 
 from controller import snapshots
-from controller.flows import deployment, keycloak
+from controller.flows import deployment, keycloak, policy
 from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
 from controller.flows.warm_apps import app_lock, restore_app, restore_summary, write_warm_state
@@ -64,6 +65,22 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
         raise CcciError(f"{app}: the snapshot in snapshots-index/ is not on this host; run "
                         f"`ccci canonical rewarm {request.recipe}`", cause="infra")
     deadline = Deadline(timeout_s)
+    work = deployment.workdir(ctx, request.run_id)
+    port = probe.free_port()
+    try:
+        with phase(ctx, result, "fetch"):
+            base_commit = deployment.checkout_commit(ctx, recipe, index.commit, work / "base")
+            commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
+        base = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=request.run_id,
+                          commit=base_commit, domain=ctx.settings.domain(app), host_port=port,
+                          checkout=work / "base", owner=ctx.state.owner_id)
+        head = dataclasses.replace(base, commit=commit, checkout=work / "head")
+        # Before the warm app is touched: a stack the policy refuses never reaches its data.
+        policy.judge(ctx, result, base)
+        policy.judge(ctx, result, head, known_good=lambda: base)
+    except BaseException:
+        deployment.remove_workdir(work)
+        raise
     stack.undeploy(app, remove_volumes=False)  # a crashed run's deploy must not hold the volumes
     # Hermetic: every quick run starts from the last-known-good bytes.
     with phase(ctx, result, "restore"):
@@ -71,37 +88,24 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
             report = restore_app(ctx.state, app)
             result.snapshot = restore_summary(report)
     snapshots.mark_volumes_dirty(ctx.state.snapshots, app)
-    work = deployment.workdir(ctx, request.run_id)
     realm = None
     passed = False
-    port = probe.free_port()
     try:
-        with phase(ctx, result, "fetch"):
-            base_commit = deployment.checkout_commit(ctx, recipe, index.commit, work / "base")
-            commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
         result.upgrade = {"from": base_commit, "to": commit}
         if base_commit == commit:
             # An upgrade test needs a real "from" version; say so, do not hide it.
             note = "the PR head is the snapshot's commit: no upgrade path was tested"
             result.upgrade["note"] = note
             log.warning("quick run of %s: %s", request.recipe, note)
-        sso_env: dict[str, str] = {}
         if recipe.sso:
             with phase(ctx, result, "sso"):
                 realm = keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app)
-                sso_env = realm.env()
-        base = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=request.run_id,
-                          commit=base_commit,
-                          domain=ctx.settings.domain(app), host_port=port, checkout=work / "base",
-                          extra_env=dict(sso_env), owner=ctx.state.owner_id)
+                base.extra_env.update(realm.env())
+                head.extra_env.update(realm.env())
         deployment.deploy_app(ctx, result, base, name="reattach")
         with phase(ctx, result, "converge (reattach)"):
             before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
                                           expected_commit=base_commit)
-        head = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=request.run_id,
-                          commit=commit,
-                          domain=base.domain, host_port=port, checkout=work / "head",
-                          extra_env=dict(sso_env), owner=ctx.state.owner_id)
         deployment.deploy_app(ctx, result, head, name="upgrade")
         passed = deployment.converge_and_assert(ctx, result, head, deadline, baseline=before)
         result.outcome = "pass" if passed else "fail"
@@ -110,7 +114,7 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
             result.error = "asserts failed after the upgrade: " + ", ".join(
                 a.name for a in result.asserts if not a.ok)
     except CcciError as exc:
-        result.outcome = "fail" if exc.cause in ("recipe", "timeout") else "error"
+        result.outcome = "fail" if exc.cause in ("recipe", "timeout", "limit") else "error"
         result.cause = exc.cause or "infra"
         result.error = exc.message
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from controller import snapshots
-from controller.flows import deployment, keycloak
+from controller.flows import deployment, keycloak, policy
 from controller.flows.context import Context, Publication, Run, phase
 from controller.flows.deployment import Deployment
 from controller.flows.warm_apps import (
@@ -20,7 +20,7 @@ from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.runtime import images, probe, stack
 from controller.util import names
-from controller.util.errors import CcciError
+from controller.util.errors import BadInput, CcciError
 from controller.util.files import write_durably
 from controller.util.timeutil import Deadline, now_iso
 
@@ -38,8 +38,10 @@ def run_rewarm(ctx: Context, run: Run) -> None:
     result.canonical = {"before": run.request.ref, "after": run.request.ref, "advanced": False}
     try:
         info = _rewarm_locked(ctx, run, recipe_name, app)
+    except BadInput:
+        raise  # refused (the host policy): rejected, nothing was deployed
     except CcciError as exc:
-        result.outcome = "fail" if exc.cause in ("recipe", "timeout") else "error"
+        result.outcome = "fail" if exc.cause in ("recipe", "timeout", "limit") else "error"
         result.cause = result.cause or exc.cause or "infra"
         result.error = result.error or exc.message
         return
@@ -71,6 +73,7 @@ def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapsh
         dep = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=result.run, commit=commit,
                          domain=ctx.settings.domain(app), host_port=probe.free_port(),
                          checkout=work / "recipe", owner=ctx.state.owner_id)
+        policy.judge(ctx, result, dep)
         if recipe.sso:
             with phase(ctx, result, "sso"):
                 realm = keycloak.prepare_realm(ctx, result, recipe_name, result.run, app)

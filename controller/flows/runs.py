@@ -185,6 +185,7 @@ def execute(ctx: Context, run: Run) -> RunResult:
             entry.runner(ctx, run)
         except BadInput as exc:
             result.outcome = "rejected"
+            result.cause = exc.cause  # policy, when the host policy refused the stack
             result.error = exc.message
         except CcciError as exc:
             if result.outcome in ("running", "pass"):

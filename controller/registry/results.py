@@ -47,6 +47,7 @@ class RunResult:
     sso: dict[str, Any] | None = None
     lock: dict[str, Any] | None = None  # warm runs: when the app lock was taken and given back
     upgrade: dict[str, Any] | None = None  # quick runs: the commits upgraded from and to
+    policy: dict[str, Any] | None = None  # what the stack asks of the host: asks, added, granted
     # Not written: set by a green cold run whose commit may become known-good.
     promote: bool = False
 
@@ -82,6 +83,8 @@ class RunResult:
             doc["lock"] = dict(self.lock)
         if self.upgrade is not None:
             doc["upgrade"] = dict(self.upgrade)
+        if self.policy is not None:
+            doc["policy"] = dict(self.policy)
         return doc
 
 

@@ -102,6 +102,9 @@ class LimitsSettings:
     prune_images: str  # dangling | unused | none
     prune_keep_images: tuple[str, ...]  # fnmatch patterns of image names prune never removes
     prune_interval_s: float
+    service_memory: str
+    service_cpus: float
+    service_pids: int
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,15 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class ServiceLimits:
+    """The resource limits every service of a run gets."""
+
+    memory: str
+    cpus: float
+    pids: int
+
+
+@dataclass(frozen=True)
 class RecipeSettings:
     """`recipes.<name>`: one recipe and its options."""
 
@@ -163,6 +175,8 @@ class RecipeSettings:
     assert_timeout_s: int
     env: dict[str, str]  # extra stack env, over .env.sample
     forge_repo: str | None  # owner/name on the forge
+    allow: tuple[str, ...]  # host policy grants (policy.allow)
+    limits: ServiceLimits  # limits.service_*, with this recipe's overrides
 
 
 @dataclass(frozen=True)
@@ -190,8 +204,9 @@ class Settings:
         return f"{app}.{self.base_domain}"
 
 
-def _recipe(name: str, raw: dict[str, Any]) -> RecipeSettings:
+def _recipe(name: str, raw: dict[str, Any], limits: dict[str, Any]) -> RecipeSettings:
     http = raw["http"]
+    own = raw.get("limits") or {}
     return RecipeSettings(
         name=name,
         source=raw["source"],
@@ -205,6 +220,10 @@ def _recipe(name: str, raw: dict[str, Any]) -> RecipeSettings:
         assert_timeout_s=raw["assert_timeout_s"],
         env={k: str(v) for k, v in raw["env"].items()},
         forge_repo=raw.get("forge_repo"),
+        allow=tuple(raw["policy"]["allow"]),
+        limits=ServiceLimits(memory=str(own.get("memory", limits["service_memory"])),
+                             cpus=float(own.get("cpus", limits["service_cpus"])),
+                             pids=int(own.get("pids", limits["service_pids"]))),
     )
 
 
@@ -226,7 +245,7 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
     return Settings(
         base_domain=full["base_domain"],
         identity=_identity(identity),
-        recipes={name: _recipe(name, raw) for name, raw in full["recipes"].items()},
+        recipes={name: _recipe(name, raw, limits) for name, raw in full["recipes"].items()},
         authority=AuthoritySettings(cold=tuple(authority["cold"]), quick=tuple(authority["quick"])),
         quick=QuickSettings(no_canonical=full["quick"]["no_canonical"]),
         sweep=SweepSettings(at=sweep["at"], timezone=sweep["timezone"], max_tests=sweep["max_tests"],
@@ -240,7 +259,9 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
             disk_min_free_gb=float(limits["disk_min_free_gb"]),
             prune_images=limits["prune_images"],
             prune_keep_images=tuple(limits["prune_keep_images"]),
-            prune_interval_s=float(limits["prune_interval_s"])),
+            prune_interval_s=float(limits["prune_interval_s"]),
+            service_memory=str(limits["service_memory"]), service_cpus=float(limits["service_cpus"]),
+            service_pids=int(limits["service_pids"])),
         forge=ForgeSettings(
             kind=forge["kind"], url=forge.get("url"), token_file=forge.get("token_file"),
             webhook_secret_file=forge.get("webhook_secret_file"), context=forge["context"],

@@ -9,6 +9,12 @@ from typing import Any
 from controller.registry.schemas import NAME
 from controller.util.names import FORGE_REPO
 
+MEMORY = r"^[0-9]+(\.[0-9]+)?[bkmgBKMG]?$"
+# The host policy's grants (controller/runtime/policy.py names what each allows).
+GRANT_PATTERN = (r"^(docker_socket|host_network|privileged|sysctls|pid_host|ipc_host|userns_host|devices|"
+                 r"ports|security_opt|volume_driver|bind:/[^\s]*|cap_add:[A-Z_]{1,40}|"
+                 r"external:(network|secret|config):[A-Za-z0-9][A-Za-z0-9_.-]{0,200})$")
+
 # Every key carries `description` and `examples`, and `default` where leaving it out means a
 # value; the loader, the `ccci init` template and docs/settings.md all read them from here, so
 # they cannot disagree. A key with no `default` is None when the file leaves it out.
@@ -105,6 +111,41 @@ RECIPE: dict[str, Any] = {
                            "its pull requests file runs, and verdicts go back to them. Unset: the "
                            "forge is not watched for this recipe.",
             "examples": ["coop-cloud/notes"],
+        },
+        "policy": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "What this recipe's stack may ask of the CI host beyond what every run "
+                           "gets. A PR head is outside code: a bind mount, the Docker socket, the "
+                           "host network, capabilities and the rest are refused (a `rejected` "
+                           "result, cause `policy`) unless granted here, by reviewers.",
+            "examples": [{"allow": ["docker_socket", "bind:/srv/backups", "cap_add:NET_ADMIN"]}],
+            "properties": {
+                "allow": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": GRANT_PATTERN},
+                    "default": [],
+                    "description": "Grants: docker_socket, bind:<host path> (and below), host_network, "
+                                   "cap_add:<CAP>, security_opt, sysctls, pid_host, ipc_host, userns_host, "
+                                   "privileged, devices, ports, volume_driver, "
+                                   "external:<network|secret|config>:<name>.",
+                    "examples": [["docker_socket", "bind:/srv/backups"]],
+                },
+            },
+        },
+        "limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "This recipe's resource limits per service, over `limits.service_*`.",
+            "examples": [{"memory": "2g", "cpus": 2}],
+            "properties": {
+                "memory": {"type": "string", "pattern": MEMORY,
+                           "description": "Memory per service (`512M`, `2g`).", "examples": ["2g"]},
+                "cpus": {"type": "number", "exclusiveMinimum": 0, "maximum": 256,
+                         "description": "CPUs per service.", "examples": [2]},
+                "pids": {"type": "integer", "minimum": 16, "maximum": 1000000,
+                         "description": "Processes per service.", "examples": [4096]},
+            },
         },
         "env": {
             "type": "object",
@@ -352,6 +393,27 @@ SETTINGS: dict[str, Any] = {
                     "description": "Image name patterns (shell-style, `*` and `?`) prune never "
                                    "removes.",
                     "examples": [["postgres:*", "registry.example.org/base/*"]],
+                },
+                "service_memory": {
+                    "type": "string", "pattern": MEMORY,
+                    "default": "2g",
+                    "description": "The memory limit of every service a run deploys (a PR cannot "
+                                   "starve the host or the other runs); a service killed by it fails "
+                                   "its run with cause `limit`. `recipes.<r>.limits.memory` overrides.",
+                    "examples": ["512M"],
+                },
+                "service_cpus": {
+                    "type": "number", "exclusiveMinimum": 0, "maximum": 256,
+                    "default": 2.0,
+                    "description": "The CPU limit of every service a run deploys.",
+                    "examples": [0.5],
+                },
+                "service_pids": {
+                    "type": "integer", "minimum": 16, "maximum": 1000000,
+                    "default": 4096,
+                    "description": "The process limit of every service a run deploys (applied where "
+                                   "the recipe's compose version allows it: 3.9 or later).",
+                    "examples": [512],
                 },
                 "prune_interval_s": {
                     "type": "number", "minimum": 60,

@@ -112,6 +112,23 @@ def load_compose(path: Path) -> dict[str, Any]:
     return doc
 
 
+def interpolate_document(value: Any, env: dict[str, str]) -> Any:
+    """Every string of a compose document with the stack's env substituted, as the deploy does."""
+    if isinstance(value, str):
+        return interpolate(value, env)
+    if isinstance(value, dict):
+        return {k: interpolate_document(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate_document(v, env) for v in value]
+    return value
+
+
+def rendered_files(checkout: Path, layout: RecipeLayout, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each compose file the deploy reads (COMPOSE_FILE's selection), anchors and merge keys
+    resolved, env substituted: what the host policy judges."""
+    return {name: interpolate_document(load_compose(checkout / name), env) for name in layout.compose_files}
+
+
 @dataclass
 class RecipeLayout:
     """What the controller needs to know about a recipe checkout."""

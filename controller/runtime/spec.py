@@ -47,6 +47,30 @@ class DeploySpec:
     env: dict[str, str] = field(default_factory=dict)
     endpoint_mode: str | None = field(
         default_factory=lambda: os.environ.get("CCCI_ENDPOINT_MODE", "dnsrr") or None)
+    limits: ResourceLimits | None = None  # on every service; None: the recipe's own
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    memory: str  # compose's notation: 512M, 1g
+    cpus: float
+    pids: int
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in (text or "").split("."))
+    except ValueError:
+        return ()
+
+
+def limits_document(limits: ResourceLimits, compose_version: str | None) -> dict[str, Any]:
+    """`deploy.resources.limits` in the recipe's compose version: `pids` exists from 3.9 on (and
+    in the unversioned format); the CLI refuses it in older ones."""
+    doc: dict[str, Any] = {"memory": limits.memory, "cpus": f"{limits.cpus:g}"}
+    if compose_version is None or _version(compose_version) >= (3, 9):
+        doc["pids"] = limits.pids
+    return doc
 
 
 def stack_env(layout: RecipeLayout, spec: DeploySpec, extra: dict[str, str]) -> dict[str, str]:
@@ -82,6 +106,9 @@ def overlay_document(layout: RecipeLayout, spec: DeploySpec) -> dict[str, Any]:
         if spec.endpoint_mode:
             # Service VIPs need IPVS, which CI hosts often lack; DNS round-robin needs nothing.
             service["deploy"]["endpoint_mode"] = spec.endpoint_mode
+        if spec.limits is not None:
+            # Last file wins: a recipe's own limits cannot lift these (only ccci.yaml can).
+            service["deploy"]["resources"] = {"limits": limits_document(spec.limits, layout.version)}
         if name == spec.http_service and spec.host_port is not None:
             service["ports"] = [{
                 "target": spec.http_port,

@@ -417,6 +417,19 @@ def live_tasks(app: str) -> list[str]:
             if t.state in ("running", "starting", "preparing", "assigned", "accepted", "pending", "new")]
 
 
+def killed_by_memory_limit(app: str) -> list[str]:
+    """Services of `app` with a container the kernel killed for its memory limit."""
+    c = engine.client()
+    killed = set()
+    for container in containers_of(app):
+        found = engine.call("inspect container", functools.partial(c.api.inspect_container, container["Id"]),
+                            missing_ok=True) or {}
+        if (found.get("State") or {}).get("OOMKilled"):
+            labels = (found.get("Config") or {}).get("Labels") or {}
+            killed.add(labels.get("com.docker.swarm.service.name") or container["Id"][:12])
+    return sorted(killed)
+
+
 def volume_writers(app: str) -> list[str]:
     """Containers, whatever their labels, running or paused, that mount one of `app`'s volumes
     (a snapshot or restore under any writer would copy or leave torn data)."""
