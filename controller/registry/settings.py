@@ -204,7 +204,7 @@ class Settings:
         return f"{app}.{self.base_domain}"
 
 
-def _recipe(name: str, raw: dict[str, Any], limits: dict[str, Any]) -> RecipeSettings:
+def _recipe(name: str, raw: dict[str, Any], limits: LimitsSettings) -> RecipeSettings:
     http = raw["http"]
     own = raw.get("limits") or {}
     return RecipeSettings(
@@ -221,9 +221,9 @@ def _recipe(name: str, raw: dict[str, Any], limits: dict[str, Any]) -> RecipeSet
         env={k: str(v) for k, v in raw["env"].items()},
         forge_repo=raw.get("forge_repo"),
         allow=tuple(raw["policy"]["allow"]),
-        limits=ServiceLimits(memory=str(own.get("memory", limits["service_memory"])),
-                             cpus=float(own.get("cpus", limits["service_cpus"])),
-                             pids=int(own.get("pids", limits["service_pids"]))),
+        limits=ServiceLimits(memory=str(own.get("memory", limits.service_memory)),
+                             cpus=float(own.get("cpus", limits.service_cpus)),
+                             pids=int(own.get("pids", limits.service_pids))),
     )
 
 
@@ -242,10 +242,18 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
     full = settings_schema.with_defaults(doc)
     identity, authority, sweep = full["identity"], full["authority"], full["sweep"]
     kc, limits, forge = full["warm"]["keycloak"], full["limits"], full["forge"]
+    limit_settings = LimitsSettings(
+        max_parallel_cold=limits["max_parallel_cold"],
+        disk_min_free_gb=float(limits["disk_min_free_gb"]),
+        prune_images=limits["prune_images"],
+        prune_keep_images=tuple(limits["prune_keep_images"]),
+        prune_interval_s=float(limits["prune_interval_s"]),
+        service_memory=str(limits["service_memory"]), service_cpus=float(limits["service_cpus"]),
+        service_pids=int(limits["service_pids"]))
     return Settings(
         base_domain=full["base_domain"],
         identity=_identity(identity),
-        recipes={name: _recipe(name, raw, limits) for name, raw in full["recipes"].items()},
+        recipes={name: _recipe(name, raw, limit_settings) for name, raw in full["recipes"].items()},
         authority=AuthoritySettings(cold=tuple(authority["cold"]), quick=tuple(authority["quick"])),
         quick=QuickSettings(no_canonical=full["quick"]["no_canonical"]),
         sweep=SweepSettings(at=sweep["at"], timezone=sweep["timezone"], max_tests=sweep["max_tests"],
@@ -254,14 +262,7 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
             mode=kc["mode"], url=kc.get("url"), admin_user=kc["admin_user"],
             admin_secret_file=kc.get("admin_secret_file"), admin_secret_env=kc["admin_secret_env"],
             recipe=kc["recipe"], app=kc["app"], port=kc["port"], fallback=kc["fallback"])),
-        limits=LimitsSettings(
-            max_parallel_cold=limits["max_parallel_cold"],
-            disk_min_free_gb=float(limits["disk_min_free_gb"]),
-            prune_images=limits["prune_images"],
-            prune_keep_images=tuple(limits["prune_keep_images"]),
-            prune_interval_s=float(limits["prune_interval_s"]),
-            service_memory=str(limits["service_memory"]), service_cpus=float(limits["service_cpus"]),
-            service_pids=int(limits["service_pids"])),
+        limits=limit_settings,
         forge=ForgeSettings(
             kind=forge["kind"], url=forge.get("url"), token_file=forge.get("token_file"),
             webhook_secret_file=forge.get("webhook_secret_file"), context=forge["context"],
