@@ -1,0 +1,210 @@
+"""Loops on the real swarm that no other test drives end to end: the sweep and the rewarm inside
+a running `ccci serve`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import snapshots
+from controller.flows import jobs
+from controller.flows.keycloak.reconcile import running_commit
+from controller.runtime import probe, stack
+from controller.util import names
+from controller.util.paths import StateDir
+from controller.util.timeutil import utcnow
+from controller.util.yamlio import load_untrusted
+from testbed.fixtures import RecipeRepo, build_recipe
+from tests import helpers
+from tests.helpers import SETTINGS_HEAD, STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
+from tests.test_sso import KEYCLOAK_OPTIONS
+
+pytestmark = pytest.mark.docker
+
+
+@dataclass
+class Bed:
+    """One static recipe under a name of its own (the test bed is shared), its registry on a
+    bare remote, a controller clone and a state dir."""
+
+    remote: RemoteRegistry
+    clone: Path
+    state: Path
+    recipe: str
+    repo: RecipeRepo
+
+    @property
+    def app(self) -> str:
+        return names.warm_app(self.recipe)
+
+    @property
+    def index_rel(self) -> str:
+        return names.snapshot_index_rel(self.app)
+
+    def ccci(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return helpers.ccci("--state-dir", str(self.state), *args)
+
+    def request(self, ref: str, mode: str = "cold") -> str:
+        return self.ccci("request", "--registry", str(self.clone), "--recipe", self.recipe, "--ref", ref,
+                         "--mode", mode, "--by", "alice").stdout.strip()
+
+    def run(self, run_id: str, *extra: str) -> dict[str, Any]:
+        """`ccci run` (which also performs the rewarm a promotion queues, unless --no-rewarm)."""
+        proc = self.ccci("run", "--registry", str(self.clone), run_id, *extra)
+        results = helpers.results_in(self.clone)
+        assert run_id in results, proc.stdout + proc.stderr
+        return results[run_id]
+
+    def remote_text(self, rel: str) -> str | None:
+        """A file as the bare remote (the truth every controller reads) has it on main."""
+        proc = subprocess.run(["git", "show", f"main:{rel}"], cwd=self.remote.bare, capture_output=True,
+                              text=True, check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def remote_results(self) -> dict[str, dict[str, Any]]:
+        listed = helpers.git(self.remote.bare, "ls-tree", "-r", "--name-only", "main", "results/")
+        out = {}
+        for rel in listed.splitlines():
+            if rel.count("/") != 2 or not rel.endswith(".yaml"):
+                continue  # results/<month>/<run>.yaml; not .gitkeep
+            text = self.remote_text(rel)
+            if text is not None:
+                out[Path(rel).stem] = load_untrusted(text.encode(), rel, max_bytes=1 << 20)
+        return out
+
+    def remote_subjects(self) -> list[str]:
+        return helpers.git(self.remote.bare, "log", "--format=%s", "main").splitlines()
+
+    def index_history(self) -> list[str]:
+        return helpers.git(self.remote.bare, "log", "--format=%H", "main", "--", self.index_rel).splitlines()
+
+    def snapshot(self) -> snapshots.SnapshotInfo:
+        info = snapshots.current_snapshot(self.state / "snapshots", self.app)
+        assert info is not None, f"{self.app} has no last-known-good"
+        return info
+
+    def generation(self) -> str:
+        return os.readlink(self.state / "snapshots" / self.app / "last-known-good")
+
+    def live_volumes(self) -> str:
+        """What `ccci snapshot verify --paranoid` says of the live volumes against the snapshot."""
+        proc = self.ccci("snapshot", "verify", self.app, "--paranoid")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        line = next((ln for ln in proc.stdout.splitlines() if ": live volumes " in ln), "")
+        return line.split(": live volumes ", 1)[-1]
+
+    def leaks(self) -> subprocess.CompletedProcess[str]:
+        return self.ccci("leaks")
+
+    def queued_rewarms(self) -> list[str]:
+        queue = self.state / "queue"
+        return sorted(p.name for p in queue.iterdir()) if queue.is_dir() else []
+
+    def seed(self) -> dict[str, Any]:
+        """A green cold run of main's head seeds the canonical; its rewarm the snapshot. Returns
+        the rewarm's result."""
+        cold = self.run(self.request(self.repo.head()))
+        assert cold["outcome"] == "pass" and cold["canonical"]["advanced"], cold
+        rewarms = [r for r in helpers.results_in(self.clone).values() if r["mode"] == "rewarm"]
+        assert [r["outcome"] for r in rewarms] == ["pass"], rewarms
+        return rewarms[0]
+
+
+@pytest.fixture
+def bed(git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path, docker_host: str) -> Iterator[Bed]:
+    repo = build_recipe("static", tmp_path / "recipes" / "static", versions=[1])
+    recipe = f"loop-{secrets.token_hex(3)}"
+    git_remote.set_recipes(recipe_entry(recipe, repo.path, **STATIC_OPTIONS))
+    made = Bed(git_remote, git_remote.clone("controller"), state_dir, recipe, repo)
+    try:
+        yield made
+    finally:
+        stack.undeploy(made.app, remove_volumes=True)  # warm data outlives runs by design
+
+
+def phases(result: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: p["status"] for p in result["phases"]}
+
+
+# -- 1 and 2: the sweep and the rewarm inside a running serve ------------------------------------
+
+def test_serve_sweeps_at_its_hour_after_reconciling_the_live_keycloak_and_rewarms_what_the_sweep_promoted(
+        git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path, docker_host: str) -> None:
+    """The sweep job due at `sweep.at` runs inside `ccci serve`: it first reconciles the managed
+    Keycloak (deployed here for the first time), then files a `[sweep]` cold request, which serve
+    runs; the green run on main promotes, so serve queues and performs the rewarm."""
+    static = build_recipe("static", tmp_path / "recipes" / "static", versions=[1])
+    keycloak = build_recipe("keycloak", tmp_path / "recipes" / "keycloak", versions=[1])
+    hexa = secrets.token_hex(3)
+    recipe, kc_recipe, kc_app = f"loop-{hexa}", f"sso-{hexa}", f"infra-kc-loop-{hexa}"
+    secret_file = tmp_path / "kc-admin"
+    secret_file.write_text(secrets.token_urlsafe(18))
+    secret_file.chmod(0o600)
+    now = utcnow()
+    # Due because the slot a minute ago is after the last sweep three minutes ago (not because
+    # a day has passed, nor because the ledger is empty).
+    at = (now - dt.timedelta(minutes=1)).strftime("%H:%M")
+    jobs.Ledger(StateDir(state_dir)).record("sweep", now - dt.timedelta(minutes=3), {"filed": []})
+    # One recipe a sweep, alphabetical: the static recipe is swept; the Keycloak recipe is here
+    # for the reconcile, and its own cold run would only cost time.
+    sweep = f"sweep: {{at: '{at}', timezone: UTC, max_tests: 1, order: alphabetical}}"
+    git_remote.edit({"ccci.yaml": SETTINGS_HEAD.replace("sweep: {max_tests: 0}", sweep)
+                     + f"warm:\n  keycloak: {{mode: managed, recipe: {kc_recipe}, app: {kc_app}, "
+                       f"port: {probe.free_port()}, admin_secret_file: '{secret_file}'}}\n"
+                     + "recipes:\n" + recipe_entry(recipe, static.path, **STATIC_OPTIONS)
+                     + recipe_entry(kc_recipe, keycloak.path, **KEYCLOAK_OPTIONS)}, "settings")
+    made = Bed(git_remote, git_remote.clone("controller"), state_dir, recipe, static)
+    v1 = static.versions[1]
+    ledger = jobs.Ledger(StateDir(state_dir))
+    serve = helpers.ServeProcess(made.clone, state_dir, "--poll-interval", "0.5")
+    try:
+        swept = wait_for(lambda: (ledger.entry("sweep") or {}).get("summary", {}).get("filed"), 420,
+                         "the sweep job to file its requests")
+        assert len(swept) == 1, ledger.entry("sweep")
+        run_id = swept[0]
+        rewarm = wait_for(lambda: next((r for r in made.remote_results().values()
+                                        if r["mode"] == "rewarm" and r["outcome"] != "running"), None),
+                          240, "serve to run the sweep's request and the rewarm it queues")
+        wait_for(lambda: not made.queued_rewarms(), 30, "the rewarm queue to empty")
+        assert serve.stop() == 0, serve.log()[-3000:]
+
+        # The ledger records tonight's sweep.
+        entry = ledger.entry("sweep")
+        last = ledger.last_run("sweep")
+        assert entry and last and last >= now and entry["summary"]["skipped"] == {}, entry
+        # The live Keycloak was reconciled (its first deploy) before the sweep filed anything.
+        assert running_commit(kc_app) == keycloak.versions[1]
+        infra = json.loads((state_dir / "infra" / f"{kc_app}.json").read_text())
+        assert infra["commit"] == keycloak.versions[1], infra
+        log = (state_dir / "logs" / "ccci.log").read_text()
+        assert log.index(f"reconcile of {kc_app}: deployed") < log.index("sweep filed 1 requests"), log[-3000:]
+        request = load_untrusted((made.remote_text(f"requests/{run_id}.yaml") or "").encode(), run_id)
+        assert (request["recipe"], request["ref"], request["mode"], request["requested_by"]) == (
+            recipe, v1, "cold", "sweep")
+        # Serve ran it; green on main, it seeded the canonical, and serve rewarmed.
+        cold = made.remote_results()[run_id]
+        assert cold["outcome"] == "pass" and cold["canonical"]["advanced"], cold
+        assert rewarm["outcome"] == "pass" and rewarm["ref"] == v1, rewarm
+        index = load_untrusted((made.remote_text(made.index_rel) or "").encode(), made.index_rel)
+        assert (index["commit"], index["taken_by_run"]) == (v1, rewarm["run"]), index
+        assert index["manifest_sha256"] == made.snapshot().manifest_sha256
+        subjects = made.remote_subjects()
+        assert subjects[0].startswith(f"[rewarm] {recipe}@{v1[:7]} pass") and "snapshot replaced" in subjects[0]
+        assert f"[cold] {recipe}@{v1[:7]} pass (run {run_id}); canonical advanced" in subjects, subjects
+        assert any(s.startswith(f"[sweep] {recipe}@{v1[:7]}") for s in subjects), subjects
+        assert made.queued_rewarms() == []
+        assert made.leaks().returncode == 0  # the live Keycloak is infra, the warm volume data
+    finally:
+        serve.stop()
+        stack.undeploy(kc_app, remove_volumes=True)
+        stack.undeploy(made.app, remove_volumes=True)
+
