@@ -1,5 +1,5 @@
 """Loops on the real swarm that no other test drives end to end: the sweep and the rewarm inside
-a running `ccci serve`."""
+a running `ccci serve`, and a rewarm that fails."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from controller import snapshots
@@ -207,4 +208,53 @@ def test_serve_sweeps_at_its_hour_after_reconciling_the_live_keycloak_and_rewarm
         serve.stop()
         stack.undeploy(kc_app, remove_volumes=True)
         stack.undeploy(made.app, remove_volumes=True)
+
+
+# -- 3: a rewarm that fails ---------------------------------------------------------------------
+
+@pytest.fixture
+def own_image(docker_host: str) -> Iterator[str]:
+    """The test bed's busybox under a tag of this test's own, which it may remove (`ccci-test/*`
+    is what the test bed's prunes keep)."""
+    client = docker.from_env(timeout=30)
+    ref = f"ccci-test/loop-{secrets.token_hex(3)}:1"
+    repository, tag = ref.rsplit(":", 1)
+    client.images.get("ccci-test/busybox:latest").tag(repository, tag)
+    try:
+        yield ref
+    finally:
+        if any(ref in image.tags for image in client.images.list(name=repository)):
+            client.images.remove(ref)
+        client.close()
+
+
+def test_a_rewarm_that_fails_keeps_the_old_snapshot_and_the_old_index(bed: Bed, own_image: str) -> None:
+    """The known-good's image is gone from the host (pruned, or deleted upstream): its rewarm
+    cannot converge, says fail, and the last-known-good and `snapshots-index/` stay as they were."""
+    compose = bed.repo.read(bed.repo.head(), "compose.yml")
+    known_good = bed.repo.commit_files("main", {
+        "compose.yml": compose.replace("ccci-test/busybox:latest", own_image)}, message="own image")
+    first = bed.seed()
+    assert first["ref"] == known_good
+    before = bed.snapshot()
+    generation, index_text, history = bed.generation(), bed.remote_text(bed.index_rel), bed.index_history()
+
+    client = docker.from_env(timeout=30)
+    client.images.remove(own_image)  # only the tag: busybox keeps its own
+    client.close()
+    proc = bed.ccci("canonical", "rewarm", bed.recipe, "--registry", str(bed.clone))
+
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rewarms = [r for r in helpers.results_in(bed.clone).values() if r["mode"] == "rewarm"]
+    failed = next(r for r in rewarms if r["run"] != first["run"])
+    assert (failed["outcome"], failed["cause"], failed["ref"]) == ("fail", "recipe", known_good), failed
+    assert f"No such image: {own_image}" in failed["error"], failed["error"]
+    assert "taken" not in failed["snapshot"], failed["snapshot"]
+    assert bed.remote_subjects()[0].startswith(f"[rewarm] {bed.recipe}@{known_good[:7]} fail")
+    # The same last-known-good, byte for byte, and the same index entry in the same commit.
+    after = bed.snapshot()
+    assert (after.manifest_sha256, bed.generation()) == (before.manifest_sha256, generation)
+    assert snapshots.verify_snapshot(bed.state / "snapshots", bed.app) == before
+    assert (bed.remote_text(bed.index_rel), bed.index_history()) == (index_text, history)
+    assert stack.live_tasks(bed.app) == [] and bed.leaks().returncode == 0
 
