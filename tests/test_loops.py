@@ -1,5 +1,6 @@
 """Loops on the real swarm that no other test drives end to end: the sweep and the rewarm inside
-a running `ccci serve`, and a rewarm that fails."""
+a running `ccci serve`, a rewarm that fails, and SIGKILLs mid-snapshot and mid-upgrade with the
+restart after them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import datetime as dt
 import json
 import os
 import secrets
+import signal
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,4 +261,127 @@ def test_a_rewarm_that_fails_keeps_the_old_snapshot_and_the_old_index(bed: Bed, 
     assert snapshots.verify_snapshot(bed.state / "snapshots", bed.app) == before
     assert (bed.remote_text(bed.index_rel), bed.index_history()) == (index_text, history)
     assert stack.live_tasks(bed.app) == [] and bed.leaks().returncode == 0
+
+
+# -- 4: SIGKILL mid-snapshot and mid-upgrade, then a restart -------------------------------------
+
+# `ccci` whose snapshot takes SIGKILL the process once the new generation is copied and verified,
+# before it becomes last-known-good: the exact middle of a rewarm's snapshot.
+KILLED_AT_THE_SWAP = """
+import os, signal, sys
+from controller.snapshots import store
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+store.swap_link = die
+from controller.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_killed_mid_rewarm_snapshot_keeps_the_old_one_and_the_next_serve_redoes_the_rewarm(
+        bed: Bed) -> None:
+    first = bed.seed()
+    before = bed.snapshot()
+    generation, index_text, history = bed.generation(), bed.remote_text(bed.index_rel), bed.index_history()
+    v2 = bed.repo.commit_version(2)  # merged: its green cold run promotes and queues a rewarm
+    cold_run = bed.request(v2)
+    with (bed.state.parent / "killed-serve.log").open("w") as out:
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_AT_THE_SWAP, "--state-dir", str(bed.state), "serve", "--registry",
+             str(bed.clone), "--once", "--poll-interval", "0.3"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=helpers.REPO_ROOT, timeout=300, check=False)
+    assert killed.returncode == -signal.SIGKILL, (bed.state.parent / "killed-serve.log").read_text()[-3000:]
+
+    cold = bed.remote_results()[cold_run]
+    assert cold["outcome"] == "pass" and cold["canonical"]["advanced"], cold
+    markers = [json.loads(p.read_text()) for p in (bed.state / "runs").glob("*.json")]
+    assert [(m["mode"], m["recipe"]) for m in markers] == [("rewarm", bed.recipe)], markers
+    killed_rewarm = markers[0]["run"]
+    # Killed before the swap: the old last-known-good stands, the index still names it, the
+    # volumes are dirty (they hold v2's start), and the rewarm is still queued.
+    assert (bed.snapshot().manifest_sha256, bed.generation()) == (before.manifest_sha256, generation)
+    assert snapshots.verify_snapshot(bed.state / "snapshots", bed.app) == before
+    assert (bed.remote_text(bed.index_rel), bed.index_history()) == (index_text, history)
+    assert not snapshots.volumes_clean(bed.state / "snapshots", bed.app)
+    assert bed.queued_rewarms() == [f"rewarm-{bed.recipe}"]
+
+    restarted = bed.ccci("serve", "--registry", str(bed.clone), "--once", "--poll-interval", "0.3")
+
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    results = bed.remote_results()
+    assert killed_rewarm not in results  # a rewarm has no claim: nothing to abort
+    assert not list((bed.state / "runs").iterdir())
+    redone = [r for r in results.values() if r["mode"] == "rewarm" and r["run"] != first["run"]]
+    assert [(r["outcome"], r["ref"]) for r in redone] == [("pass", v2)], redone
+    # It started from the last-known-good bytes, and its snapshot is the new last-known-good.
+    assert redone[0]["snapshot"] == {"restored": True, "verified": True, "taken": bed.snapshot().manifest_sha256}
+    index = load_untrusted((bed.remote_text(bed.index_rel) or "").encode(), bed.index_rel)
+    assert (index["commit"], index["taken_by_run"]) == (v2, redone[0]["run"]), index
+    assert bed.queued_rewarms() == []
+    assert bed.live_volumes() == "equal the snapshot"
+    assert bed.leaks().returncode == 0
+
+
+class ForegroundRun:
+    """`ccci run` in a session of its own, its progress lines (`… phase`, `✓ phase`) read as
+    they come, so the test can SIGKILL it — `docker` children and all — at an exact phase."""
+
+    def __init__(self, bed: Bed, run_id: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "--state-dir", str(bed.state), "run", "--registry",
+             str(bed.clone), run_id], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=helpers.REPO_ROOT, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.strip())
+
+    def kill_at(self, line: str, timeout: float) -> None:
+        try:
+            wait_for(lambda: line in self.lines or self.proc.poll() is not None, timeout, repr(line))
+        finally:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self._reader.join(timeout=10)
+        assert line in self.lines, self.lines
+
+
+def test_quick_run_killed_mid_upgrade_is_aborted_at_restart_and_the_next_quick_restores_the_snapshot(
+        bed: Bed) -> None:
+    bed.seed()
+    index_text = bed.remote_text(bed.index_rel)
+    pr_head = bed.repo.branch_commit("pr-upgrade", 2)
+    run_id = bed.request(pr_head, mode="quick")
+    # Killed once the PR head is deployed over the reattached known-good: swarm is replacing
+    # the task, the volume already holds the new starts.
+    ForegroundRun(bed, run_id).kill_at("✓ upgrade", timeout=120)
+
+    assert bed.remote_results()[run_id]["outcome"] == "running"
+    assert stack.inspect_app(bed.app).services, "the kill should have left the app deployed"
+    leaks = bed.leaks()
+    assert leaks.returncode == 1 and bed.app in leaks.stdout, leaks.stdout
+    assert bed.live_volumes() == "differ"
+
+    restarted = bed.ccci("serve", "--registry", str(bed.clone), "--once", "--poll-interval", "0.3")
+
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    aborted = bed.remote_results()[run_id]
+    assert (aborted["outcome"], aborted["cause"], aborted["mode"]) == ("aborted", "infra", "quick"), aborted
+    assert bed.remote_subjects()[0].startswith(f"[quick] {bed.recipe}@{pr_head[:7]} aborted (run {run_id})")
+    assert not stack.inspect_app(bed.app).services
+    assert bed.leaks().returncode == 0
+    assert bed.remote_text(bed.index_rel) == index_text
+
+    # The next quick run starts from the last-known-good bytes, then tests the upgrade again.
+    again = bed.run(bed.request(pr_head, mode="quick"))
+    assert again["outcome"] == "pass", again
+    assert again["snapshot"] == {"restored": True, "verified": True}, again["snapshot"]
+    assert list(phases(again))[:3] == ["lock", "restore", "fetch"]
+    assert bed.leaks().returncode == 0
 
