@@ -1,9 +1,10 @@
 """Loops on the real swarm that no other test drives end to end: the sweep and the rewarm inside
-a running `ccci serve`, a rewarm that fails, and SIGKILLs mid-snapshot and mid-upgrade with the
-restart after them."""
+a running `ccci serve`, a rewarm that fails, SIGKILLs mid-snapshot and mid-upgrade with the
+restart after them, and a quick upgrade the swarm refuses to deploy."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -28,7 +29,7 @@ from controller.util import names
 from controller.util.paths import StateDir
 from controller.util.timeutil import utcnow
 from controller.util.yamlio import load_untrusted
-from testbed.fixtures import RecipeRepo, build_recipe
+from testbed.fixtures import RECIPES, RecipeRepo, build_recipe
 from tests import helpers
 from tests.helpers import SETTINGS_HEAD, STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
 from tests.test_sso import KEYCLOAK_OPTIONS
@@ -385,3 +386,69 @@ def test_quick_run_killed_mid_upgrade_is_aborted_at_restart_and_the_next_quick_r
     assert list(phases(again))[:3] == ["lock", "restore", "fetch"]
     assert bed.leaks().returncode == 0
 
+
+# -- 5: a quick upgrade the swarm refuses to deploy -----------------------------------------------
+
+@contextlib.contextmanager
+def configs_seen(app: str) -> Iterator[set[str]]:
+    """The names of every swarm config of `app` that existed while the block ran."""
+    seen: set[str] = set()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        client = docker.from_env(timeout=30)
+        try:
+            while not stop.is_set():
+                found = client.configs.list(filters={"label": f"com.docker.stack.namespace={app}"})
+                seen.update(c.name for c in found)
+                stop.wait(0.1)
+        except BaseException as exc:  # a dead watcher would make `seen` meaningless
+            errors.append(exc)
+        finally:
+            client.close()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join()
+    assert not errors, errors
+
+
+def test_quick_upgrade_that_docker_refuses_to_deploy_fails_as_the_recipe_and_is_rolled_back(bed: Bed) -> None:
+    """Not an unhealthy app: `docker stack deploy` of the PR head fails — once in the CLI before
+    anything changes (a duration without a valid unit), once in the swarm after the CLI made the
+    new version's config (a placement constraint with `=` for `==`). Either way: fail, cause
+    recipe, the known-good's bytes restored and verified, nothing left behind."""
+    bed.seed()
+    index_text = bed.remote_text(bed.index_rel)
+    v1 = bed.repo.head()
+    compose = bed.repo.read(v1, "compose.yml")
+    v2_files = {rel: (RECIPES / "static" / "2" / rel).read_text()
+                for rel in ("abra.sh", "index.html", "tests/ccci-assert")}
+    cli_refuses = bed.repo.commit_files("pr-grace", {
+        **v2_files, "compose.yml": compose.replace("stop_grace_period: 1s", "stop_grace_period: 1min")})
+    swarm_refuses = bed.repo.commit_files("pr-placement", {
+        **v2_files, "compose.yml": compose.replace(
+            "    deploy:\n", "    deploy:\n      placement:\n        constraints: [\"node.role = manager\"]\n")})
+    refusals = {cli_refuses: "stop_grace_period Does not match format 'duration'",
+                swarm_refuses: "constraint expected one operator from ==, !="}
+
+    for head, refusal in refusals.items():
+        with configs_seen(bed.app) as seen:
+            result = bed.run(bed.request(head, mode="quick"))
+
+        assert (result["outcome"], result["cause"]) == ("fail", "recipe"), result
+        assert f"deploy of {bed.app} failed" in result["error"] and refusal in result["error"], result["error"]
+        assert phases(result)["upgrade"] == "failed" and phases(result)["rollback"] == "ok", result["phases"]
+        assert result["snapshot"] == {"restored": True, "verified": True}, result["snapshot"]
+        assert bed.live_volumes() == "equal the snapshot"
+        # The CLI refuses before it creates anything; the swarm after the new config exists.
+        assert (f"{bed.app}_index_v2" in seen) is (head == swarm_refuses), seen
+        # Undeployed, the PR's new config (index v2) included: only the warm volume stays.
+        assert helpers.objects_of_app(bed.app) == [f"volume {bed.app}_data"]
+        assert bed.leaks().returncode == 0
+    assert bed.remote_text(bed.index_rel) == index_text
