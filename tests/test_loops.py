@@ -343,14 +343,22 @@ class ForegroundRun:
         for line in self.proc.stderr:
             self.lines.append(line.strip())
 
+    def wait_for_line(self, line: str, timeout: float) -> None:
+        wait_for(lambda: line in self.lines or self.proc.poll() is not None, timeout, repr(line))
+        assert line in self.lines, self.lines
+
+    def stop(self) -> None:
+        """SIGKILL the whole session (a no-op once the run has ended)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._reader.join(timeout=10)
+
     def kill_at(self, line: str, timeout: float) -> None:
         try:
-            wait_for(lambda: line in self.lines or self.proc.poll() is not None, timeout, repr(line))
+            self.wait_for_line(line, timeout)
         finally:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            self._reader.join(timeout=10)
-        assert line in self.lines, self.lines
+            self.stop()
 
 
 def test_quick_run_killed_mid_upgrade_is_aborted_at_restart_and_the_next_quick_restores_the_snapshot(
@@ -384,6 +392,38 @@ def test_quick_run_killed_mid_upgrade_is_aborted_at_restart_and_the_next_quick_r
     assert again["outcome"] == "pass", again
     assert again["snapshot"] == {"restored": True, "verified": True}, again["snapshot"]
     assert list(phases(again))[:3] == ["lock", "restore", "fetch"]
+    assert bed.leaks().returncode == 0
+
+
+
+def test_restart_aborts_a_killed_quick_run_without_touching_the_next_one_in_flight_on_the_app(
+        bed: Bed) -> None:
+    """A controller sharing the state dir restarts while the app's next quick run is mid-way:
+    recovery aborts the dead run, but the app now belongs to the live one (it holds the app's
+    lock), so recovery must leave its deployment alone."""
+    bed.seed()
+    pr_head = bed.repo.branch_commit("pr-upgrade", 2)
+    killed = bed.request(pr_head, mode="quick")
+    ForegroundRun(bed, killed).kill_at("✓ upgrade", timeout=120)
+    live = bed.request(pr_head, mode="quick")
+    in_flight = ForegroundRun(bed, live)
+    try:
+        in_flight.wait_for_line("✓ upgrade", timeout=120)
+        os.killpg(in_flight.proc.pid, signal.SIGSTOP)  # held right there while the restart recovers
+        try:
+            restarted = bed.ccci("serve", "--registry", str(bed.clone), "--once", "--poll-interval", "0.3")
+            services = stack.inspect_app(bed.app).services
+        finally:
+            os.killpg(in_flight.proc.pid, signal.SIGCONT)
+        assert restarted.returncode == 0, restarted.stderr[-3000:]
+        assert bed.remote_results()[killed]["outcome"] == "aborted"
+        assert [s.commit for s in services] == [pr_head], "recovery undeployed the live run's app"
+        assert in_flight.proc.wait(timeout=120) == 0, in_flight.lines
+    finally:
+        in_flight.stop()
+    result = bed.remote_results()[live]
+    assert result["outcome"] == "pass", result
+    assert result["snapshot"] == {"restored": True, "verified": True}, result["snapshot"]
     assert bed.leaks().returncode == 0
 
 
