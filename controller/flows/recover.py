@@ -6,6 +6,7 @@ import logging
 
 from controller.flows import cleanup, keycloak, runs
 from controller.flows.context import Context
+from controller.flows.warm_apps import app_lock_if_free
 from controller.registry import recipes
 from controller.runtime import stack
 from controller.util import inflight, names
@@ -33,7 +34,7 @@ def abort_orphaned_runs(ctx: Context) -> list[str]:
                 existing = None
             recipe = marker.data.get("recipe")
             if marker.data.get("mode") in WARM_MODES and isinstance(recipe, str):
-                _undeploy_warm(names.warm_app(recipe))
+                _undeploy_warm(ctx, names.warm_app(recipe))
             if existing is not None and existing.get("outcome") == "running":
                 runs.abort(ctx, run_id, existing)
                 aborted.append(run_id)
@@ -42,13 +43,18 @@ def abort_orphaned_runs(ctx: Context) -> list[str]:
     return aborted
 
 
-def _undeploy_warm(app: str) -> None:
+def _undeploy_warm(ctx: Context, app: str) -> None:
     """A warm run died mid-way: take its app down; the volume stays dirty, so the next warm
-    run restores the last-known-good first."""
-    try:
-        stack.undeploy(app, remove_volumes=False)
-    except CcciError as exc:
-        log.error("could not undeploy %s left by a dead run: %s", app, exc.message)
+    run restores the last-known-good first. Not while a live run holds the app's lock: the app
+    is that run's now (it cleared what the dead one left before it deployed)."""
+    with app_lock_if_free(ctx.state, app) as free:
+        if not free:
+            log.info("not undeploying %s: a live run holds it", app)
+            return
+        try:
+            stack.undeploy(app, remove_volumes=False)
+        except CcciError as exc:
+            log.error("could not undeploy %s left by a dead run: %s", app, exc.message)
 
 
 def check_sources(ctx: Context) -> dict[str, str]:

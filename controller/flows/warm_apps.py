@@ -17,7 +17,7 @@ from controller.registry.settings_schema import defaults
 from controller.registry.store import updated_text
 from controller.runtime import stack
 from controller.util import names
-from controller.util.errors import BadInput, CheckFailed
+from controller.util.errors import BadInput, CcciError, CheckFailed
 from controller.util.files import atomic_write_json, read_json, write_whole
 from controller.util.locks import exclusive
 from controller.util.paths import StateDir
@@ -36,6 +36,18 @@ def app_lock_state(state: StateDir, app: str) -> Iterator[None]:
 
 def app_lock(ctx: Context, app: str) -> contextlib.AbstractContextManager[None]:
     return app_lock_state(ctx.state, app)
+
+
+@contextlib.contextmanager
+def app_lock_if_free(state: StateDir, app: str) -> Iterator[bool]:
+    """The app's lock if nobody holds it (True); False at once when a live run has the app."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive(state.app_lock(app), timeout=0, what=f"warm app {app}"))
+            free = True
+        except CcciError:
+            free = False
+        yield free
 
 
 def read_warm_state(state: StateDir, app: str) -> dict[str, Any]:
