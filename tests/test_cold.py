@@ -51,7 +51,7 @@ def test_cold_notes_v1_passes_and_leaves_nothing(controller_clone: Path, state_d
     asserts = {a["name"]: a["ok"] for a in result["asserts"]}
     assert asserts == {"converged": True, "no-restart-loop": True, "healthchecks": True, "http": True,
                      "commit": True, "custom:tests/ccci-assert": True}
-    assert [p["name"] for p in result["phases"]] == ["fetch", "deploy", "converge", "asserts", "teardown"]
+    assert [p["name"] for p in result["phases"]] == ["fetch", "policy", "deploy", "converge", "asserts", "teardown"]
     custom = next(a for a in result["asserts"] if a["name"] == "custom:tests/ccci-assert")
     assert f"{helpers.NOTES_SEED_ROWS} notes" in custom["detail"]  # ccci.yaml env reached the stack
     assert helpers.objects_of_app(names.cold_app("notes", run_id)) == []

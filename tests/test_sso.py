@@ -314,7 +314,7 @@ def test_sso_app_cold_run_passes_on_its_own_realm_leaves_none_and_never_shows_th
     assert result["sso"]["keycloak"] == "external" and result["sso"]["released"] is True
     custom = next(a for a in result["asserts"] if a["name"].startswith("custom:"))
     assert "discovery ok" in custom["detail"] and "password grant ok" in custom["detail"], custom
-    assert [p["name"] for p in result["phases"]][:3] == ["fetch", "sso-realm", "sso"]
+    assert [p["name"] for p in result["phases"]][:4] == ["fetch", "policy", "sso-realm", "sso"]
     assert realm not in realm_names(admin_client(keycloak_admin))
     assert helpers.objects_of_app(names.cold_app("sso-app", run_id)) == []
     password = Path(keycloak_admin["secret_file"]).read_text().strip()
