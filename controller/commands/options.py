@@ -8,6 +8,7 @@ from pathlib import Path
 
 from controller.flows.context import Context, ProgressSink, open_context
 from controller.util.errors import BadInput
+from controller.util.names import check_recipe_name
 
 
 def registry_arg(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -26,6 +27,14 @@ def positive_seconds(text: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: the interval must be a positive number of seconds")
     return value
+
+
+def recipe_name(text: str) -> str:
+    """An argparse type: a recipe name as the registry spells them."""
+    try:
+        return check_recipe_name(text)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def registry_path(args: argparse.Namespace) -> Path:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.commands import entry, options
-from controller.commands.options import registry_arg
+from controller.commands.options import recipe_name, registry_arg
 from controller.flows.status import collect_status
 
 
@@ -17,11 +17,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("status", help="show recipes, known-good and last results")
     registry_arg(parser)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--recipe", type=recipe_name, default=None,
+                        help="also show this recipe's recent runs")
     parser.set_defaults(handler=execute)
 
 
 def execute(args: argparse.Namespace) -> int:
-    status = collect_status(options.registry_path(args), args.state_dir)
+    status = collect_status(options.registry_path(args), args.state_dir, recipe=args.recipe)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
@@ -43,6 +45,15 @@ def execute(args: argparse.Namespace) -> int:
             f"{row['last_run'] or '-'} {row['last_outcome'] or ''}",
         )
     console.print(table)
+    if status["history"] is not None:
+        history = Table(title=f"recent runs of {args.recipe}")
+        for column in ("run", "mode", "ref", "outcome", "requested by", "finished"):
+            history.add_column(column)
+        for run in status["history"]:
+            history.add_row(str(run.get("run")), str(run.get("mode") or run.get("requested_mode") or "-"),
+                            str(run.get("ref") or "-")[:7], str(run.get("outcome")),
+                            str(run.get("requested_by") or "-"), str(run.get("finished_at") or "-"))
+        console.print(history)
     for row in status["recipes"]:
         if row.get("source_problem"):
             console.print(f"[red]recipe {row['recipe']}[/red]: {row['source_problem']}")

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from controller.flows.context import Context
 from controller.registry import recipes
 from controller.registry.documents import Request
+from controller.registry.index import ResultsIndex
 from controller.registry.settings import Settings
 from controller.util.errors import BadInput, CcciError
 from controller.util.timeutil import new_run_id
@@ -60,12 +61,10 @@ class SweepReport:
 
 
 def last_cold_results(ctx: Context) -> dict[str, str]:
-    latest: dict[str, str] = {}
-    for doc in ctx.registry.all_results():
-        recipe, finished = doc.get("recipe"), doc.get("finished_at")
-        if doc.get("mode") == "cold" and isinstance(recipe, str) and isinstance(finished, str):
-            latest[recipe] = max(latest.get(recipe, ""), finished)
-    return latest
+    """{recipe: when its last cold run finished}, from the results index (not the history)."""
+    index = ResultsIndex(ctx.registry, ctx.state.results_index(ctx.registry.root)).refresh()
+    return {recipe: str(entry["last_cold_finished_at"]) for recipe, entry in index.recipes.items()
+            if entry.get("last_cold_finished_at")}
 
 
 def run_sweep(ctx: Context) -> SweepReport:

@@ -16,7 +16,7 @@ from controller.registry.settings import SETTINGS_FILE, Settings, load_settings
 from controller.registry.settings_generate import init_template
 from controller.registry.settings_schema import defaults
 from controller.util import names
-from controller.util.errors import BadInput, CcciError, ExternalError
+from controller.util.errors import BadInput, ExternalError
 from controller.util.files import write_whole
 from controller.util.locks import exclusive
 from controller.util.names import REGISTRY_DIRS
@@ -247,18 +247,6 @@ class Registry:
         if not path.is_file():
             return None
         return documents.read_result(path, rel)
-
-    def all_results(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        results_dir = self.root / names.RESULTS_DIR
-        if not results_dir.is_dir():
-            return out
-        for path in sorted(results_dir.glob("*/*.yaml")):
-            try:
-                out.append(documents.read_result(path, str(path.relative_to(self.root))))
-            except CcciError as exc:
-                log.warning("skipping unreadable result: %s", exc.message)
-        return out
 
     def canonical(self, recipe: str) -> Canonical | None:
         rel = names.canonical_rel(recipe)

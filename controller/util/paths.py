@@ -147,6 +147,11 @@ class StateDir:
     def forge_health(self) -> Path:
         return self.forge / "health.json"
 
+    def results_index(self, registry_root: Path) -> Path:
+        """The derived index of one registry clone's results (a cache: rebuilt when missing)."""
+        key = hashlib.sha256(str(registry_root.resolve()).encode()).hexdigest()[:16]
+        return self.root / "cache" / f"results-{key}.json"
+
     @property
     def legacy_sweep_file(self) -> Path:
         """Where the sweep kept its last run before the job table (read, never written)."""

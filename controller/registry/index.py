@@ -1,0 +1,155 @@
+"""A derived index of `results/`: per recipe its last runs and recent history, and the runs in
+flight — kept in the state dir, named by the commit it was built from, and brought up to date
+from git's own record of what changed since. Reading it costs what changed, not the history.
+
+The registry stays the truth: the index is rebuilt whenever it is missing, unreadable or its
+commit is not in the clone's history, and nothing that decides a verdict or a promotion reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from controller.registry.git import git, is_ancestor
+from controller.registry.store import Registry
+from controller.util import names
+from controller.util.errors import CcciError
+from controller.util.files import atomic_write_json, read_json
+from controller.util.yamlio import load_untrusted
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when what an entry holds changes: older indexes are rebuilt
+RECENT = 20  # runs kept per recipe for `ccci status --recipe`
+FIELDS = ("run", "recipe", "ref", "mode", "requested_mode", "outcome", "cause", "requested_by", "pr",
+          "started_at", "finished_at")
+MODES = ("cold", "quick", "rewarm")
+_TOP_LEVEL = re.compile(r"^([a-z_]+): ?(.*)$")
+
+
+def brief_of(text: str, where: str) -> dict[str, Any]:
+    """The fields the index keeps, read from a result's text. The controller writes them as
+    plain top-level scalars, so a line scan reads them; anything else gets the full, safe parser."""
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        match = _TOP_LEVEL.match(line)
+        if not match or match.group(1) not in FIELDS:
+            continue
+        value = match.group(2).strip()
+        if value.startswith(("'", '"', "[", "{", "&", "*", "!", "|", ">")):
+            doc = load_untrusted(text.encode(), where, max_bytes=1024 * 1024)
+            return {k: doc.get(k) for k in FIELDS} if isinstance(doc, dict) else {}
+        found[match.group(1)] = None if value in ("", "null", "~") else (int(value) if value.isdigit() and
+                                                                          match.group(1) == "pr" else value)
+    return found
+
+
+def _empty(commit: str | None) -> dict[str, Any]:
+    return {"format": FORMAT, "commit": commit, "count": 0, "recipes": {}, "running": []}
+
+
+class ResultsIndex:
+    """`refresh()` brings it to the clone's HEAD; then read `recipes`, `running`, `count`."""
+
+    def __init__(self, registry: Registry, path: Path) -> None:
+        self.registry = registry
+        self.path = path
+        self.doc: dict[str, Any] = _empty(None)
+
+    @property
+    def recipes(self) -> dict[str, dict[str, Any]]:
+        return dict(self.doc["recipes"])
+
+    @property
+    def running(self) -> list[str]:
+        return list(self.doc["running"])
+
+    @property
+    def count(self) -> int:
+        return int(self.doc["count"])
+
+    def refresh(self) -> ResultsIndex:
+        head = self.registry.head()
+        cached = read_json(self.path)
+        if isinstance(cached, dict) and cached.get("format") == FORMAT and isinstance(cached.get("commit"), str):
+            if cached["commit"] == head:
+                self.doc = cached
+                return self
+            if self._apply_changes(cached, head):
+                self._save()
+                return self
+        self._rebuild(head)
+        self._save()
+        return self
+
+    def _apply_changes(self, cached: dict[str, Any], head: str) -> bool:
+        """Fold in the results changed since the cached commit; False when that cannot be done
+        (history rewritten, a result deleted): then the index is rebuilt."""
+        root = self.registry.root
+        try:
+            if not is_ancestor(root, cached["commit"], head):
+                return False
+            changes = git(root, "diff", "--name-status", "--no-renames", cached["commit"], head, "--",
+                          f"{names.RESULTS_DIR}/")
+        except CcciError:
+            return False
+        self.doc = cached
+        for line in changes.splitlines():
+            status, _, rel = line.partition("\t")
+            if status.startswith("D"):
+                return False
+            self._add(rel)
+        self.doc["commit"] = head
+        return True
+
+    def _rebuild(self, head: str) -> None:
+        log.info("building the results index of %s", self.registry.root)
+        self.doc = _empty(head)
+        listed = git(self.registry.root, "ls-tree", "-r", "--name-only", head, "--", f"{names.RESULTS_DIR}/")
+        for rel in sorted(listed.splitlines(), key=lambda r: Path(r).name):  # oldest run first
+            self._add(rel)
+
+    def _add(self, rel: str) -> None:
+        if not rel.endswith(".yaml"):
+            return
+        try:
+            brief = brief_of((self.registry.root / rel).read_text(), rel)
+        except (OSError, UnicodeDecodeError, CcciError) as exc:
+            log.warning("results index: %s left out: %s", rel, getattr(exc, "message", exc))
+            return
+        run, recipe = brief.get("run"), brief.get("recipe")
+        if not isinstance(run, str):
+            return
+        if not isinstance(recipe, str):
+            recipe = "(unreadable request)"  # rejections of requests nobody could read
+        running = set(self.doc["running"])
+        entry = self.doc["recipes"].setdefault(str(recipe), {"recent": []})
+        seen = run in running or any(r.get("run") == run for r in entry["recent"])
+        if not seen:
+            self.doc["count"] += 1
+        if brief.get("outcome") == "running":
+            running.add(run)
+        else:
+            running.discard(run)
+        self.doc["running"] = sorted(running)
+        recent = [r for r in entry["recent"] if r.get("run") != run] + [brief]
+        recent.sort(key=lambda r: str(r.get("started_at") or ""))
+        entry["recent"] = recent[-RECENT:]
+        entry["last"] = recent[-1]
+        mode = brief.get("mode")
+        if mode in MODES:
+            last = entry.get(f"last_{mode}")
+            if last is None or str(brief.get("started_at") or "") >= str(last.get("started_at") or ""):
+                entry[f"last_{mode}"] = brief
+            if mode == "cold" and brief.get("finished_at"):
+                entry["last_cold_finished_at"] = max(str(entry.get("last_cold_finished_at") or ""),
+                                                     str(brief["finished_at"]))
+
+    def _save(self) -> None:
+        try:
+            atomic_write_json(self.path, self.doc)
+        except OSError as exc:  # a read-only state dir: the index is only a cache
+            log.warning("results index not saved: %s", exc)
