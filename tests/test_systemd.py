@@ -1,5 +1,5 @@
-"""ccci under systemd: sd_notify (ready, watchdog, stopping) over a real socket, and the journal as
-the one log with each line's priority."""
+"""ccci under systemd: sd_notify (ready, watchdog, stopping) over a real socket, the journal as
+the one log with each line's priority, and secrets as the unit's credentials."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.flows.forge.connect import webhook_secret
+from controller.registry.settings import parse_settings
+from controller.util.credentials import secret_file
+from controller.util.errors import BadInput
 from controller.util.systemd import NOTIFY_VARIABLES, Notifier, notify_address, watchdog_seconds
 from tests import helpers
 from tests.helpers import RemoteRegistry
@@ -166,3 +170,43 @@ def test_under_the_journal_each_line_goes_once_with_its_priority(
     assert not text.startswith("<") and " INFO [-] controller.flows.serve: serve stopped" in text
     assert "serve stopped" in log_file.read_text()
 
+
+CREDENTIAL_SETTINGS = b"""\
+base_domain: ci.test
+forge:
+  url: https://git.test
+  token_file: $CREDENTIALS_DIRECTORY/forge-token
+  webhook_secret_file: $CREDENTIALS_DIRECTORY/forge-webhook-secret
+warm:
+  keycloak: {mode: external, url: 'https://sso.test', admin_secret_file: $CREDENTIALS_DIRECTORY/keycloak-admin-password}
+"""
+
+
+def test_a_secret_named_in_the_credentials_directory_is_read_from_the_units_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = parse_settings(CREDENTIAL_SETTINGS)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(BadInput, match=r"^ccci\.yaml: at 'forge\.webhook_secret_file': \$CREDENTIALS_DIRECTORY/"
+                                       r"forge-webhook-secret is a systemd credential, and this process was "
+                                       r"given none"):
+        webhook_secret(settings)
+    assert settings.warm.keycloak.admin_password() is None
+
+    # systemd's LoadCredential= puts them in a directory of the unit's own.
+    credentials = tmp_path / "credentials" / "ccci-forge.service"
+    credentials.mkdir(parents=True)
+    (credentials / "forge-webhook-secret").write_text("hook-secret-42\n")
+    (credentials / "keycloak-admin-password").write_text("kc-admin-42\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    assert webhook_secret(settings) == b"hook-secret-42"
+    assert settings.warm.keycloak.admin_password() == "kc-admin-42"
+    assert secret_file("/etc/ccci/forge-token") == Path("/etc/ccci/forge-token")  # a path is a path
+
+
+@pytest.mark.parametrize("name", ["forge-token", "$CREDENTIALS_DIRECTORY/../../etc/shadow",
+                                  "$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/forge-token"])
+def test_a_secret_file_is_an_absolute_path_or_one_credential(name: str) -> None:
+    text = CREDENTIAL_SETTINGS.replace(b"$CREDENTIALS_DIRECTORY/forge-token", name.encode())
+    with pytest.raises(BadInput, match=r"ccci\.yaml: at 'forge\.token_file'"):
+        parse_settings(text)
