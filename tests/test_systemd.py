@@ -130,6 +130,26 @@ def test_serve_tells_systemd_ready_then_watchdog_then_stopping(
     assert "READY=1" not in serve.log()  # the protocol goes to the socket, never to the log
 
 
+
+def test_serve_holding_on_a_broken_ccci_yaml_is_ready_and_says_why(
+    git_remote: RemoteRegistry, state_dir: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """A registry's mistake must neither hang `systemctl start` nor crash-loop the unit."""
+    sock, name = notify_socket
+    git_remote.edit({"ccci.yaml": "base_domain: [not, a, domain]\n"})
+    clone = git_remote.clone("controller")
+    serve = helpers.ServeProcess(clone, state_dir, "--poll-interval", "0.3", env={
+        "NOTIFY_SOCKET": name, "DOCKER_HOST": NO_ENGINE})
+    try:
+        ready = _messages(sock, "READY=1", 60)[-1]
+        assert "STATUS=holding: ccci.yaml: at 'base_domain'" in ready, ready
+        serve.proc.terminate()
+        # Before the loop started SIGTERM ends it at once: 130, which the units count as success.
+        assert serve.proc.wait(timeout=60) == 130, serve.log()
+    finally:
+        serve.stop()
+
+
 def _run_ccci_with_stderr(path: Path, journal_stream: str | None, *args: str) -> int:
     env = {**os.environ, "DOCKER_HOST": NO_ENGINE}
     env.pop("JOURNAL_STREAM", None)
