@@ -178,6 +178,11 @@ def test_under_the_journal_each_line_goes_once_with_its_priority(
     log_file = state_dir / "logs" / "ccci.log"
     assert not log_file.exists() or log_file.read_text() == ""  # the journal is the log
 
+    # The sentence a failed command ends with is an error, too.
+    assert _run_ccci_with_stderr(journal, "this file", "--state-dir", str(state_dir), "serve", "--registry",
+                                 str(tmp_path / "nowhere"), "--once") == 2
+    assert journal.read_text().splitlines()[-1].startswith("<3>ccci: "), journal.read_text()
+
     # JSON lines keep their shape behind the priority.
     assert _run_ccci_with_stderr(journal, "this file", "--log-json", *serve_once) == 0
     assert all(line.startswith(("<3>{", "<6>{")) for line in journal.read_text().splitlines())

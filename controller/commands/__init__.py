@@ -97,10 +97,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so a foreground run's `finally` tears its app down.
         signal.signal(signal.SIGTERM, _terminate)
+    # The one sentence a failed command ends with is an error to the journal too.
+    error_prefix = "<3>" if journal else ""
     try:
         return int(args.handler(args))
     except CcciError as exc:
-        print(f"ccci: {exc.message}", file=sys.stderr)
+        print(f"{error_prefix}ccci: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ccci: interrupted", file=sys.stderr)
@@ -111,7 +113,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception:
         log.error("unexpected error:\n%s", traceback.format_exc())
-        print(f"ccci: unexpected error; details in {log_file or 'the journal'}", file=sys.stderr)
+        print(f"{error_prefix}ccci: unexpected error; details in {log_file or 'the journal'}", file=sys.stderr)
         return 3
 
 
