@@ -130,14 +130,15 @@ def request_doc(recipe: str, ref: str = HEX_A, mode: str = "cold", by: str = "al
 class ServeProcess:
     """A real `ccci serve` in a subprocess; stopped with SIGTERM (graceful)."""
 
-    def __init__(self, clone: Path, state: Path, *args: str, log_path: Path | None = None) -> None:
+    def __init__(self, clone: Path, state: Path, *args: str, log_path: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.log_path = log_path or (state.parent / f"serve-{clone.name}.log")
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller", "--state-dir", str(state), "serve",
              "--registry", str(clone), *args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            env={**os.environ, "CCCI_STATE_DIR": str(state)},
+            env={**os.environ, "CCCI_STATE_DIR": str(state), **(env or {})},
         )
 
     def stop(self, timeout: float = 120) -> int:

@@ -23,6 +23,7 @@ from controller import __version__
 from controller.util.errors import CcciError
 from controller.util.log import setup_logging
 from controller.util.paths import StateDir
+from controller.util.systemd import stderr_is_journal
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,20 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:
         return int(exc.code or 0)
-    log_file = _log_file(args.state_dir)
-    setup_logging(level=args.log_level, json_lines=args.log_json, log_file=log_file)
+    # Under systemd the journal is the log: every line once, with its priority, and no copy in
+    # the state dir's file (which the commands an operator runs by hand keep writing).
+    journal = stderr_is_journal()
+    log_file = None if journal else _log_file(args.state_dir)
+    setup_logging(level=args.log_level, json_lines=args.log_json, log_file=log_file, journal=journal)
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so a foreground run's `finally` tears its app down.
         signal.signal(signal.SIGTERM, _terminate)
+    # The one sentence a failed command ends with is an error to the journal too.
+    error_prefix = "<3>" if journal else ""
     try:
         return int(args.handler(args))
     except CcciError as exc:
-        print(f"ccci: {exc.message}", file=sys.stderr)
+        print(f"{error_prefix}ccci: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ccci: interrupted", file=sys.stderr)
@@ -107,7 +113,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception:
         log.error("unexpected error:\n%s", traceback.format_exc())
-        print(f"ccci: unexpected error; details in {log_file}", file=sys.stderr)
+        print(f"{error_prefix}ccci: unexpected error; details in {log_file or 'the journal'}", file=sys.stderr)
         return 3
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from controller.commands import entry, options
 from controller.flows.serve import Server, open_for_serve
+from controller.util.systemd import Notifier
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,9 +21,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def execute(args: argparse.Namespace) -> int:
+    systemd = Notifier.from_environment()  # READY=1, WATCHDOG=1, STOPPING=1 under Type=notify
     ctx = open_for_serve(options.registry_path(args), args.state_dir, once=args.once,
-                         poll_interval=args.poll_interval)
-    return Server(ctx, once=args.once, poll_interval=args.poll_interval, watch=not args.no_watch).serve()
+                         poll_interval=args.poll_interval, systemd=systemd)
+    return Server(ctx, once=args.once, poll_interval=args.poll_interval, watch=not args.no_watch,
+                  systemd=systemd).serve()
 
 
 main = entry("serve")

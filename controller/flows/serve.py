@@ -24,6 +24,7 @@ from controller.util.errors import BadInput, CcciError, CheckFailed, ExternalErr
 from controller.util.files import atomic_write_json
 from controller.util.log import run_context
 from controller.util.paths import StateDir
+from controller.util.systemd import Notifier
 from controller.util.timeutil import now_iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class ServeStats:
 
 class Server:
     def __init__(self, ctx: Context, *, once: bool = False, poll_interval: float | None = None,
-                 watch: bool = True) -> None:
+                 watch: bool = True, systemd: Notifier | None = None) -> None:
         self.ctx = ctx
+        self.systemd = systemd or Notifier(None, None)  # readiness and watchdog, under systemd
         self.once = once
         self.poll_interval = poll_interval or ctx.settings.serve.poll_interval_s
         self.stats = ServeStats()
@@ -67,6 +69,7 @@ class Server:
             os._exit(130)
         log.info("signal %d: finishing in-flight runs, claiming nothing new", signum)
         self.stopping = True
+        self.systemd.stopping("stopping: finishing the runs in flight, claiming nothing new")
         self.watcher.poke()
 
     def serve(self) -> int:
@@ -75,18 +78,21 @@ class Server:
             signal.signal(signal.SIGINT, self._on_signal)
             # `kill -USR1 <pid>` prints every thread's stack: what is the daemon doing?
             faulthandler.register(signal.SIGUSR1, all_threads=True)
+        self.systemd.status("recovering what an earlier controller left behind")
         recover.recover_at_start(self.ctx)
         if self.watch:
             self.watcher.start()
         reports = Deliverer(self.ctx).start()  # verdicts to the forge, when one is configured
+        self.systemd.ready(self._status_line())
         try:
             while True:
                 pending = self._pass()
                 if self.stopping:
                     break
+                self.systemd.status(self._status_line())
                 if self.once and not pending and not self._active_count():
                     break
-                self.watcher.wait(self.poll_interval)
+                self._wait_for_change()
             self._join_all()
         finally:
             self.watcher.stop()
@@ -98,6 +104,24 @@ class Server:
         if self.fatal is not None:
             raise self.fatal
         return 0
+
+    def _wait_for_change(self) -> None:
+        """Until the clone changes, a run ends or `poll_interval` passes; telling systemd's
+        watchdog meanwhile that the loop is alive (a wedged loop is restarted)."""
+        deadline = time.monotonic() + self.poll_interval
+        while True:
+            self.systemd.keep_alive()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.watcher.wait(min(remaining, self.systemd.ping_every)):
+                return
+
+    def _status_line(self) -> str:
+        """What `systemctl status` shows."""
+        with self.active_lock:
+            active = sorted(key for key, thread in self.active.items() if thread.is_alive())
+        line = (f"{self.stats.claimed} claimed, {self.stats.finished} finished, {self.stats.rejected} "
+                f"rejected; running: {', '.join(active) or 'nothing'}")
+        return f"{line}; holding claims: {self.claims_held}" if self.claims_held else line
 
     def _last_delivery(self, reports: Deliverer) -> None:
         """What the runs of this serve queued for the forge, once more before exiting (what the
@@ -117,6 +141,7 @@ class Server:
                 threads = [t for t in self.active.values() if t.is_alive()]
             if not threads:
                 return
+            self.systemd.keep_alive()  # draining is alive too: runs may take their time
             for thread in threads:
                 thread.join(timeout=1.0)
 
@@ -287,10 +312,14 @@ class Server:
 
 
 def open_for_serve(registry_path: Path, state_dir: str | Path | None, *, once: bool,
-                   poll_interval: float | None) -> Context:
+                   poll_interval: float | None, systemd: Notifier | None = None) -> Context:
     """Fetch first, then read ccci.yaml; while it is broken (or the clone cannot follow its
     remote), hold with an alert and fetch again, so the fix pushed to the remote is picked
-    up — never a crash loop under systemd. --once says why and gives up."""
+    up — never a crash loop under systemd. --once says why and gives up.
+
+    A hold tells systemd the service is ready, with the reason as its status: a broken
+    ccci.yaml in the registry must not hang `systemctl start` (or a NixOS switch) or fail it."""
+    systemd = systemd or Notifier(None, None)
     registry, state = Registry(registry_path), StateDir.from_env(state_dir).ensure()
     while True:
         try:
@@ -305,11 +334,20 @@ def open_for_serve(registry_path: Path, state_dir: str | Path | None, *, once: b
                 raise
             log.error("serve is holding: %s (fetching again in %.0f s)", exc.message,
                       poll_interval or HOLD_INTERVAL_S)
-            time.sleep(poll_interval or HOLD_INTERVAL_S)
+            systemd.ready(f"holding: {exc.message}")
+            _sleep_alive(systemd, poll_interval or HOLD_INTERVAL_S)
             continue
         clear_alert(state, SETTINGS_ALERT)
         clear_alert(state, CLONE_ALERT)
         return ctx
+
+
+def _sleep_alive(systemd: Notifier, seconds: float) -> None:
+    """Sleep, pinging the watchdog as often as it needs."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        systemd.keep_alive()
+        time.sleep(min(remaining, systemd.ping_every))
 
 
 def run_until_idle(ctx: Context, *, poll_interval: float = 0.5) -> None:

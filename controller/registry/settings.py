@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from controller.registry import schemas, settings_schema
+from controller.util.credentials import secret_file
 from controller.util.errors import BadInput
 from controller.util.yamlio import DEFAULT_MAX_BYTES, load_untrusted, read_capped
 
@@ -80,8 +81,8 @@ class KeycloakSettings:
         """From the secret file or the environment, never from git."""
         if self.admin_secret_file:
             try:
-                return Path(self.admin_secret_file).read_text().strip()
-            except OSError:
+                return secret_file(self.admin_secret_file).read_text().strip()
+            except (OSError, BadInput):
                 return None
         return os.environ.get(self.admin_secret_env)
 

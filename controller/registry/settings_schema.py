@@ -10,6 +10,8 @@ from controller.registry.schemas import NAME
 from controller.util.names import FORGE_REPO
 
 MEMORY = r"^[0-9]+(\.[0-9]+)?[bkmgBKMG]?$"
+# A secret's file: an absolute path, or a systemd credential of the unit (util/credentials.py).
+SECRET_FILE = r"^(/|\$CREDENTIALS_DIRECTORY/[^/]+$)"
 # The host policy's grants (controller/runtime/policy.py names what each allows).
 GRANT_PATTERN = (r"^(docker_socket|host_network|privileged|sysctls|pid_host|ipc_host|userns_host|devices|"
                  r"ports|security_opt|volume_driver|bind:/[^\s]*|cap_add:[A-Z_]{1,40}|"
@@ -285,7 +287,7 @@ SETTINGS: dict[str, Any] = {
             "additionalProperties": False,
             "description": "Live-warm infrastructure that runs share.",
             "examples": [{"keycloak": {"mode": "external", "url": "https://sso.example.org",
-                                       "admin_secret_file": "/run/ccci/kc-admin"}}],
+                                       "admin_secret_file": "$CREDENTIALS_DIRECTORY/keycloak-admin-password"}}],
             "properties": {
                 "keycloak": {
                     "type": "object",
@@ -318,8 +320,10 @@ SETTINGS: dict[str, Any] = {
                         "admin_secret_file": {
                             "type": "string", "minLength": 1,
                             "description": "A file holding the admin password; when set, "
-                                           "`admin_secret_env` is not read.",
-                            "examples": ["/run/ccci/kc-admin"],
+                                           "`admin_secret_env` is not read. "
+                                           "`$CREDENTIALS_DIRECTORY/<name>`: the systemd credential "
+                                           "`<name>` of the unit that reads it (`LoadCredential=`).",
+                            "examples": ["$CREDENTIALS_DIRECTORY/keycloak-admin-password", "/etc/ccci/kc-admin"],
                         },
                         "admin_secret_env": {
                             "type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$",
@@ -433,8 +437,8 @@ SETTINGS: dict[str, Any] = {
                            "run a comment asked for reports back (a commit status and one comment). "
                            "Unset `url`: no forge. Token and webhook secret come from files, never "
                            "from git.",
-            "examples": [{"url": "https://git.coopcloud.tech", "token_file": "/run/credentials/ccci/forge-token",
-                          "webhook_secret_file": "/run/credentials/ccci/webhook-secret"}],
+            "examples": [{"url": "https://git.coopcloud.tech", "token_file": "$CREDENTIALS_DIRECTORY/forge-token",
+                          "webhook_secret_file": "$CREDENTIALS_DIRECTORY/forge-webhook-secret"}],
             "properties": {
                 "kind": {
                     "enum": ["gitea", "forgejo"],
@@ -448,16 +452,19 @@ SETTINGS: dict[str, Any] = {
                     "examples": ["https://git.coopcloud.tech"],
                 },
                 "token_file": {
-                    "type": "string", "pattern": "^/",
+                    "type": "string", "pattern": SECRET_FILE,
                     "description": "A file holding the bot's API token (scopes: read organization, "
-                                   "write issue, write repository for statuses).",
-                    "examples": ["/run/credentials/ccci/forge-token"],
+                                   "write issue, write repository for statuses): an absolute path, or "
+                                   "`$CREDENTIALS_DIRECTORY/<name>`, the systemd credential `<name>` of "
+                                   "the unit that reads it (`LoadCredential=`).",
+                    "examples": ["$CREDENTIALS_DIRECTORY/forge-token", "/etc/ccci/forge-token"],
                 },
                 "webhook_secret_file": {
-                    "type": "string", "pattern": "^/",
-                    "description": "A file holding the webhook's secret; `ccci forge webhook` refuses "
-                                   "every delivery whose signature does not match it.",
-                    "examples": ["/run/credentials/ccci/webhook-secret"],
+                    "type": "string", "pattern": SECRET_FILE,
+                    "description": "A file holding the webhook's secret (a path or a credential, as "
+                                   "`token_file`); `ccci forge webhook` refuses every delivery whose "
+                                   "signature does not match it.",
+                    "examples": ["$CREDENTIALS_DIRECTORY/forge-webhook-secret"],
                 },
                 "context": {
                     "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$",

@@ -1,4 +1,4 @@
-"""Logging set-up: run-id context, secret masking, plain or JSON lines."""
+"""Logging set-up: run-id context, secret masking, plain or JSON lines, journal priorities."""
 
 from __future__ import annotations
 
@@ -44,8 +44,6 @@ def run_context(run_id: str) -> Iterator[None]:
         _run_id.reset(token)
 
 
-
-
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.run = _run_id.get()
@@ -72,19 +70,38 @@ class _JsonFormatter(logging.Formatter):
         return mask(json.dumps(doc))
 
 
-def setup_logging(*, level: str = "INFO", json_lines: bool = False, log_file: Path | None = None) -> None:
-    """Configure handlers once, at the entry point."""
+# syslog(3) priorities (crit, err, warning, info; below: debug), which journald reads from a
+# `<N>` prefix on each line of stderr.
+_JOURNAL_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+_TEXT_FORMAT = "%(asctime)s %(levelname)s [%(run)s] %(name)s: %(message)s"
+_JOURNAL_TEXT_FORMAT = "[%(run)s] %(name)s: %(message)s"  # the journal keeps time and priority
+
+
+class _JournalFormatter(logging.Formatter):
+    """Every line of a record (a traceback too) with the record's priority, so
+    `journalctl -p warning` finds it."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in _JOURNAL_PRIORITIES if record.levelno >= level), 7)
+        return "\n".join(f"<{priority}>{line}" for line in self.inner.format(record).splitlines())
+
+
+def setup_logging(*, level: str = "INFO", json_lines: bool = False, log_file: Path | None = None,
+                  journal: bool = False) -> None:
+    """Configure handlers once, at the entry point. `journal`: stderr is the journal, which is
+    then the one log (give no `log_file`): lines carry their priority and no time stamp."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(level.upper())
-    fmt: logging.Formatter
-    if json_lines:
-        fmt = _JsonFormatter()
-    else:
-        fmt = _MaskingFormatter("%(asctime)s %(levelname)s [%(run)s] %(name)s: %(message)s")
+    text_format = _JOURNAL_TEXT_FORMAT if journal else _TEXT_FORMAT
+    fmt: logging.Formatter = _JsonFormatter() if json_lines else _MaskingFormatter(text_format)
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(fmt)
+    stream.setFormatter(_JournalFormatter(fmt) if journal else fmt)
     stream.addFilter(_ContextFilter())
     root.addHandler(stream)
     if log_file is not None:
@@ -92,11 +109,7 @@ def setup_logging(*, level: str = "INFO", json_lines: bool = False, log_file: Pa
         # Several ccci processes append to one file; an operator's logrotate moves it away and
         # each of them reopens it on its next line.
         file_handler = logging.handlers.WatchedFileHandler(log_file)
-        file_handler.setFormatter(
-            _JsonFormatter() if json_lines else _MaskingFormatter(
-                "%(asctime)s %(levelname)s [%(run)s] %(name)s: %(message)s"
-            )
-        )
+        file_handler.setFormatter(_JsonFormatter() if json_lines else _MaskingFormatter(_TEXT_FORMAT))
         file_handler.addFilter(_ContextFilter())
         root.addHandler(file_handler)
     # Third-party chatter stays out of the daemon's log unless asked for.

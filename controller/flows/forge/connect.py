@@ -3,19 +3,22 @@ recipe a forge repository is."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from controller.forge import ForgeClient
 from controller.registry.settings import RecipeSettings, Settings
+from controller.util.credentials import secret_file
 from controller.util.errors import BadInput
 from controller.util.log import register_secret
 
 
-def _secret(path: str | None, key: str) -> str:
-    if not path:
+def _secret(name: str | None, key: str) -> str:
+    if not name:
         raise BadInput(f"ccci.yaml: at 'forge.{key}': not set; the forge needs it")
     try:
-        value = Path(path).read_text().strip()
+        path = secret_file(name)
+    except BadInput as exc:
+        raise BadInput(f"ccci.yaml: at 'forge.{key}': {exc.message}") from exc
+    try:
+        value = path.read_text().strip()
     except OSError as exc:
         raise BadInput(f"ccci.yaml: at 'forge.{key}': cannot read {path}: {exc.strerror}") from exc
     if not value:
