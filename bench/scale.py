@@ -48,9 +48,10 @@ def settings(recipes: int, source: Path) -> str:
 
 
 def result_doc(run: str, recipe: str, ref: str, mode: str, outcome: str, moment: dt.datetime) -> str:
+    finished = moment + dt.timedelta(minutes=3)
     result = RunResult(run=run, recipe=recipe, ref=ref, mode=mode, requested_mode=mode, outcome=outcome,
                        started_at=f"{moment:%Y-%m-%dT%H:%M:%SZ}", gating=mode == "cold",
-                       finished_at=None if outcome == "running" else f"{moment + dt.timedelta(minutes=3):%Y-%m-%dT%H:%M:%SZ}",
+                       finished_at=None if outcome == "running" else f"{finished:%Y-%m-%dT%H:%M:%SZ}",
                        requested_by="alice", app=f"{recipe}-{run[-6:]}", controller="ci01:4242")
     if outcome != "running":
         result.phases = [Phase(n, "ok", s) for n, s in (("fetch", 0.4), ("policy", 0.01), ("deploy", 2.1),
