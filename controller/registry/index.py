@@ -28,6 +28,8 @@ FIELDS = ("run", "recipe", "ref", "mode", "requested_mode", "outcome", "cause", 
           "started_at", "finished_at")
 MODES = ("cold", "quick", "rewarm")
 _TOP_LEVEL = re.compile(r"^([a-z_]+): ?(.*)$")
+# A quoted scalar with nothing inside that quoting would change ('', escapes, comments).
+_PLAIN_QUOTED = re.compile(r"""^'[^'#]*'$|^"[^"\\#]*"$""")
 
 
 def brief_of(text: str, where: str) -> dict[str, Any]:
@@ -39,7 +41,9 @@ def brief_of(text: str, where: str) -> dict[str, Any]:
         if not match or match.group(1) not in FIELDS:
             continue
         value = match.group(2).strip()
-        if value.startswith(("'", '"', "[", "{", "&", "*", "!", "|", ">")):
+        if _PLAIN_QUOTED.match(value):
+            value = value[1:-1]  # '2026-12-01T10:00:00Z': quoted so it stays a string
+        elif value.startswith(("'", '"', "[", "{", "&", "*", "!", "|", ">", "#")):
             doc = load_untrusted(text.encode(), where, max_bytes=1024 * 1024)
             return {k: doc.get(k) for k in FIELDS} if isinstance(doc, dict) else {}
         found[match.group(1)] = None if value in ("", "null", "~") else (int(value) if value.isdigit() and
