@@ -87,3 +87,33 @@ def test_status_reads_the_index_and_shows_one_recipes_recent_runs(git_remote: Re
     assert status["results"] == 4
     unknown = helpers.ccci("--state-dir", str(state_dir), "status", "--registry", str(clone), "--recipe", "nothere")
     assert unknown.returncode == 2 and "no recipe named 'nothere'" in unknown.stderr
+
+
+def test_a_cache_edited_by_hand_is_rebuilt_and_deleting_it_changes_nothing_but_time(
+        git_remote: RemoteRegistry, state_dir: Path) -> None:
+    git_remote.set_recipes("  notes: {source: /nonexistent}\n  static: {source: /nonexistent}\n")
+    clone = git_remote.clone("controller")
+    runs = [f"20261201T1{i:01d}0000-{r}-0000{i:02x}" for i, r in enumerate(("notes", "static", "notes"))]
+    commit(clone, {rel(r): result(r, r.split("-")[1], "cold", "running" if i == 2 else "pass",
+                                  f"2026-12-01T1{i}:00:00Z") for i, r in enumerate(runs)})
+
+    def status() -> dict[str, object]:
+        proc = helpers.ccci("--state-dir", str(state_dir), "status", "--registry", str(clone), "--json",
+                            "--recipe", "notes", check=True)
+        doc = json.loads(proc.stdout)
+        doc.pop("disk", None)  # free space moves on its own
+        return doc
+
+    first = status()
+    cache = next((state_dir / "cache").glob("results-*.json"))
+    # Edited by hand at the same commit (a lie that parses): the digest gives it away.
+    doc = json.loads(cache.read_text())
+    doc["recipes"]["notes"]["last_cold"]["outcome"] = "fail"
+    doc["running"] = []
+    cache.write_text(json.dumps(doc))
+    assert status() == first
+    assert json.loads(cache.read_text())["running"] == [runs[2]]
+    # Gone: built again, the same answer.
+    cache.unlink()
+    assert status() == first and cache.exists()
+    assert first["results"] == 3 and first["running"] == [runs[2]]

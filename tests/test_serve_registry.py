@@ -226,6 +226,28 @@ def test_uncommitted_leftovers_of_a_crash_do_not_pass_for_a_claim(
     leftover = clone / "results" / "2026-11" / f"{name}.yaml"
     leftover.parent.mkdir(parents=True)
     leftover.write_text("run: x\noutcome: running\nmode: cold\n")
+    (clone / ".git" / "ccci-writing").write_text("")  # the writer's marker: it died before its commit
+    proc = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert "discarding uncommitted registry changes" in proc.stderr
+    result = results_in(clone)[name]
+    assert result["outcome"] == "rejected" and "has no commit" in result["error"]
+    assert helpers.git(clone, "status", "--porcelain") == ""
+    assert not (clone / ".git" / "ccci-writing").exists()
+
+
+def test_a_result_file_nobody_committed_does_not_answer_a_request(
+    static_registry: tuple[RemoteRegistry, Path], state_dir: Path
+) -> None:
+    """Only commits count, even without a crash marker: a result file left in the clone's
+    results/ (the controller's folder) that no commit has does not answer the request."""
+    remote, _recipe = static_registry
+    name = f"{STAMP}-static-0000c2"
+    remote.edit({f"requests/{name}.yaml": request_doc("static", ref="e" * 40)})
+    clone = remote.clone("controller")
+    stray = clone / "results" / "2026-11" / f"{name}.yaml"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("run: x\noutcome: pass\nmode: cold\n")
     proc = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
     assert proc.returncode == 0, proc.stderr
     assert "discarding uncommitted registry changes" in proc.stderr

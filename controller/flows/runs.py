@@ -151,8 +151,8 @@ def claim(ctx: Context, request: Request, decision: Decision) -> Run | None:
     rel = names.result_rel(result.run)
 
     def write(root: Path) -> list[str] | None:
-        path = root / rel
-        if path.exists():
+        ctx.registry.drop_uncommitted(rel)
+        if (root / rel).exists():
             return None
         _write_result(root, rel, result)
         return [rel]

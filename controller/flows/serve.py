@@ -17,6 +17,7 @@ from controller.flows import jobs, prune, recover, rewarm, runs
 from controller.flows.context import Context, Run
 from controller.flows.forge.service import Deliverer
 from controller.registry import git as gitmod
+from controller.registry.index import ResultsIndex
 from controller.registry.store import DirtyClone, Registry
 from controller.registry.watch import ChangeWatcher
 from controller.util.alerts import clear_alert, raise_alert
@@ -202,7 +203,7 @@ class Server:
             self._run_due_jobs()
             self.claims_held = self._disk_hold()
             pending_count += self._start_queued_rewarms()
-            for name in self.ctx.registry.pending_request_names():
+            for name in self._pending():
                 with self.active_lock:
                     if name in self.active:
                         continue
@@ -238,6 +239,11 @@ class Server:
         finally:
             self._write_heartbeat()
         return pending_count
+
+    def _pending(self) -> list[str]:
+        """Requests without a result, from the results index (what changed since the last pass,
+        not every request ever filed); each claim still checks the registry itself."""
+        return ResultsIndex(self.ctx.registry, self.ctx.state.results_index(self.ctx.registry.root)).refresh().pending
 
     def _disk_hold(self) -> str | None:
         """Below limits.disk_min_free_gb nothing new is claimed (runs in flight finish): a run

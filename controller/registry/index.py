@@ -2,12 +2,18 @@
 flight — kept in the state dir, named by the commit it was built from, and brought up to date
 from git's own record of what changed since. Reading it costs what changed, not the history.
 
-The registry stays the truth: the index is rebuilt whenever it is missing, unreadable or its
-commit is not in the clone's history, and nothing that decides a verdict or a promotion reads it.
+It also keeps the requests still waiting for a result, so a `serve` pass finds its work without
+listing every request ever filed.
+
+The registry stays the truth: the index is rebuilt whenever it is missing, unreadable, not
+matching its digest, or its commit is not in the clone's history; nothing that decides a verdict
+or a promotion reads it, and a claim checks the registry itself (a stale entry costs a look).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -22,7 +28,7 @@ from controller.util.yamlio import load_untrusted
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what an entry holds changes: older indexes are rebuilt
+FORMAT = 2  # bump when what an entry holds changes: older indexes are rebuilt
 RECENT = 20  # runs kept per recipe for `ccci status --recipe`
 FIELDS = ("run", "recipe", "ref", "mode", "requested_mode", "outcome", "cause", "requested_by", "pr",
           "started_at", "finished_at")
@@ -51,8 +57,29 @@ def brief_of(text: str, where: str) -> dict[str, Any]:
     return found
 
 
+def digest_of(doc: dict[str, Any]) -> str:
+    """What the index says, hashed: a file edited by hand (or torn by a tool) no longer matches."""
+    body = {k: v for k, v in doc.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _trusted(cached: Any, path: Path) -> bool:
+    if not isinstance(cached, dict) or cached.get("format") != FORMAT:
+        return False  # missing, torn or from another version of ccci: rebuilt without a word
+    if cached.get("digest") != digest_of(cached) or not isinstance(cached.get("commit"), str):
+        log.warning("results index %s does not match its digest (edited by hand?): rebuilding it", path)
+        return False
+    return True
+
+
 def _empty(commit: str | None) -> dict[str, Any]:
-    return {"format": FORMAT, "commit": commit, "count": 0, "recipes": {}, "running": []}
+    return {"format": FORMAT, "commit": commit, "count": 0, "recipes": {}, "running": [], "pending": []}
+
+
+def _request_name(rel: str) -> str | None:
+    """The entry of `requests/` a changed path belongs to (serve lists that folder's entries)."""
+    name = rel[len(names.REQUESTS_DIR) + 1:].split("/", 1)[0]
+    return name if name.endswith(".yaml") and not name.startswith(".") else None
 
 
 class ResultsIndex:
@@ -72,13 +99,18 @@ class ResultsIndex:
         return list(self.doc["running"])
 
     @property
+    def pending(self) -> list[str]:
+        """Committed requests without a committed result, oldest run id first."""
+        return list(self.doc["pending"])
+
+    @property
     def count(self) -> int:
         return int(self.doc["count"])
 
     def refresh(self) -> ResultsIndex:
         head = self.registry.head()
         cached = read_json(self.path)
-        if isinstance(cached, dict) and cached.get("format") == FORMAT and isinstance(cached.get("commit"), str):
+        if _trusted(cached, self.path):
             if cached["commit"] == head:
                 self.doc = cached
                 return self
@@ -97,24 +129,49 @@ class ResultsIndex:
             if not is_ancestor(root, cached["commit"], head):
                 return False
             changes = git(root, "diff", "--name-status", "--no-renames", cached["commit"], head, "--",
-                          f"{names.RESULTS_DIR}/")
+                          f"{names.RESULTS_DIR}/", f"{names.REQUESTS_DIR}/")
         except CcciError:
             return False
         self.doc = cached
+        pending = set(self.doc["pending"])
+        requests: list[str] = []
         for line in changes.splitlines():
             status, _, rel = line.partition("\t")
+            if rel.startswith(f"{names.REQUESTS_DIR}/"):
+                name = _request_name(rel)
+                if name and status.startswith("D"):
+                    pending.discard(name)  # withdrawn before anyone answered it
+                elif name:
+                    requests.append(name)
+                continue
             if status.startswith("D"):
                 return False
             self._add(rel)
+            answered = Path(rel).stem
+            pending -= {n for n in pending if names.result_id_for(n) == answered}
+        for name in requests:
+            if name not in pending and not self._answered(head, name):
+                pending.add(name)
+        self.doc["pending"] = sorted(pending)
         self.doc["commit"] = head
         return True
+
+    def _answered(self, head: str, request_name: str) -> bool:
+        rel = names.result_rel(names.result_id_for(request_name))
+        return bool(git(self.registry.root, "ls-tree", "--name-only", head, "--", rel))
 
     def _rebuild(self, head: str) -> None:
         log.info("building the results index of %s", self.registry.root)
         self.doc = _empty(head)
         listed = git(self.registry.root, "ls-tree", "-r", "--name-only", head, "--", f"{names.RESULTS_DIR}/")
+        answered = set()
         for rel in sorted(listed.splitlines(), key=lambda r: Path(r).name):  # oldest run first
             self._add(rel)
+            answered.add(Path(rel).stem)
+        requests = git(self.registry.root, "ls-tree", "--name-only", head, "--", f"{names.REQUESTS_DIR}/")
+        self.doc["pending"] = sorted(
+            name for name in (_request_name(rel) for rel in requests.splitlines())
+            if name and names.result_id_for(name) not in answered)
 
     def _add(self, rel: str) -> None:
         if not rel.endswith(".yaml"):
@@ -153,6 +210,7 @@ class ResultsIndex:
                                                      str(brief["finished_at"]))
 
     def _save(self) -> None:
+        self.doc["digest"] = digest_of(self.doc)
         try:
             atomic_write_json(self.path, self.doc)
         except OSError as exc:  # a read-only state dir: the index is only a cache

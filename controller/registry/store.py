@@ -56,6 +56,9 @@ class Registry:
             raise BadInput(f"{root}: not a git repository (the registry must be a git clone)")
         self.identity = identity or Identity()
         self._lock_path = self.root / ".git" / "ccci.lock"
+        # Present from a mutation's first write until its commit (or undo): left behind, it says
+        # a writer died in between, and only then is the (history-sized) `git status` worth it.
+        self._writing_path = self.root / ".git" / "ccci-writing"
         self._branch: str | None = None
         self._remote: str | bool | None = False
 
@@ -102,7 +105,14 @@ class Registry:
 
     def discard_uncommitted(self) -> None:
         """Only commits count: a file the controller wrote but never committed (it crashed in
-        between) would otherwise pass for a claim or a verdict. Undo such leftovers."""
+        between) would otherwise pass for a claim or a verdict. Undo such leftovers when a writer
+        left its marker (it died between its first write and its commit)."""
+        if not self._writing_path.exists():
+            return
+        self._discard()
+        self._writing_path.unlink(missing_ok=True)
+
+    def _discard(self) -> None:
         dirty = self.git("status", "--porcelain", "--untracked-files=all", "--", *REGISTRY_DIRS)
         if not dirty:
             return
@@ -110,6 +120,17 @@ class Registry:
                     ", ".join(line[3:] for line in dirty.splitlines()[:10]))
         self.git("checkout", "--quiet", "HEAD", "--", *[d for d in REGISTRY_DIRS if (self.root / d).exists()])
         self.git("clean", "--quiet", "-fd", "--", *REGISTRY_DIRS)
+
+    def committed(self, rel: str) -> bool:
+        """`rel` is in the clone's last commit (a file in the work tree alone counts for nothing)."""
+        return bool(self.git("ls-files", "--", rel))
+
+    def drop_uncommitted(self, rel: str) -> None:
+        """A file in the controller's folders that no commit knows (a crash before the marker
+        existed, a stray copy): it would pass for an answer, so it goes, loudly."""
+        if (self.root / rel).exists() and not self.committed(rel):
+            log.warning("discarding uncommitted registry changes: %s (no commit has it)", rel)
+            (self.root / rel).unlink()
 
     def human_changes(self) -> list[str]:
         """Uncommitted changes outside the controller's folders (someone edited ccci.yaml in
@@ -179,18 +200,30 @@ class Registry:
         undo, fetch, and re-apply (the mutation re-checks). Returns the commit or None."""
         env = identity_env(self.identity.name, self.identity.email)
 
+        def commit(touched: list[str] | None) -> str | None:
+            if not touched:
+                return None
+            self.git("add", "--all", "--", *touched)
+            if not self.git("status", "--porcelain", "--", *touched):
+                return None
+            text = message() if callable(message) else message
+            git(self.root, "commit", "--quiet", "--no-verify", "-m", text, env=env)
+            return self.head()
+
         def attempt() -> str | None:
             with self.locked():
                 self.sync()
-                touched = mutate(self.root)
-                if not touched:
+                write_whole(self._writing_path, "")
+                try:
+                    committed = commit(mutate(self.root))
+                except BaseException:
+                    self._discard()  # half a mutation never stays for the next one to trip on
+                    self._writing_path.unlink(missing_ok=True)
+                    raise
+                self._writing_path.unlink(missing_ok=True)
+                if committed is None:
                     return None
-                self.git("add", "--all", "--", *touched)
-                if not self.git("status", "--porcelain", "--", *touched):
-                    return None
-                text = message() if callable(message) else message
-                git(self.root, "commit", "--quiet", "--no-verify", "-m", text, env=env)
-                sha = self.head()
+                sha = committed
                 if not self.remote:
                     return sha
                 try:
@@ -220,20 +253,6 @@ class Registry:
                                 "attempts", temporary=True) from None
 
     # -- documents -------------------------------------------------------------------------
-
-    def pending_request_names(self) -> list[str]:
-        """Request files that have no result yet, oldest run id first."""
-        requests_dir = self.root / names.REQUESTS_DIR
-        if not requests_dir.is_dir():
-            return []
-        pending = []
-        for entry in sorted(requests_dir.iterdir(), key=lambda p: p.name):
-            if not entry.name.endswith(".yaml") or entry.name.startswith("."):
-                continue
-            run_id = names.result_id_for(entry.name)
-            if not (self.root / names.result_rel(run_id)).exists():
-                pending.append(entry.name)
-        return pending
 
     def read_request(self, file_name: str) -> Request:
         path = self.root / names.REQUESTS_DIR / file_name
