@@ -1,6 +1,6 @@
 """A year of history: what commands and a serve pass cost with 50 000 results, beside 50.
 
-    python bench/scale.py [--results 50,50000] [--recipes 200] [--repeat 3]
+    python bench/scale.py [--results 50,50000] [--recipes 200] [--repeat 3] [--keep DIR]
 
 For each size, a registry of `--recipes` recipes and that many runs — each a request commit, a
 `running` claim and a verdict, as the controller writes them (realistic result documents, spread
@@ -8,7 +8,12 @@ over a year of `results/<YYYY-MM>/`, some promoting a canonical) — is written 
 fast-import` into a bare remote, and a controller clone is made. Then, side by side, medians of:
 `ccci status --json` (first with no cache, then warm), one `ccci serve --once` pass that claims a
 new request (its ref is a commit the recipe lacks, so the run is claimed, then rejected at
-fetch: no Docker), `ccci request`, `ccci audit`, a fresh clone and a fetch of one new commit.
+fetch: no Docker), `ccci request`, `ccci audit`, a fresh clone, a fetch of one new commit, and a
+commit and push of one file.
+
+Writing a year takes git fast-import about 20 minutes on this machine kind (each of 150 000
+commits writes a new month tree of thousands of entries). `--keep DIR` builds into DIR and
+leaves it there; a later run with the same DIR reuses each remote it finds (and says so).
 """
 
 from __future__ import annotations
@@ -161,18 +166,23 @@ def ccci(state: Path, *args: str) -> list[str]:
 def measure(work: Path, runs: int, recipes: int, repeat: int, source: Path) -> dict[str, float]:
     base = work / f"n{runs}"
     bare = base / "remote.git"
-    bare.mkdir(parents=True)
-    git(bare, "init", "-q", "--bare", "--initial-branch=main")
-    started = time.monotonic()
-    write_history(bare, runs, recipes, source)
-    built = time.monotonic() - started
-    clone = base / "controller"
     figures: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
         figures.setdefault(name, []).append(value)
 
-    add("fast-import (setup)", built)
+    if (bare / "HEAD").exists():
+        print(f"reusing {bare}", file=sys.stderr)
+        for leftover in base.iterdir():
+            if leftover != bare:
+                shutil.rmtree(leftover)
+    else:
+        bare.mkdir(parents=True)
+        git(bare, "init", "-q", "--bare", "--initial-branch=main")
+        started = time.monotonic()
+        write_history(bare, runs, recipes, source)
+        add("fast-import (setup)", time.monotonic() - started)
+    clone = base / "controller"
     add("git clone (fresh)", timed(["git", "clone", "-q", str(bare), str(clone)]))
     for k in range(repeat):
         state = base / f"state-{k}"
@@ -186,6 +196,10 @@ def measure(work: Path, runs: int, recipes: int, repeat: int, source: Path) -> d
         add("ccci request", timed(ccci(state, "request", "--registry", str(bot), "--recipe", "r001", "--ref", ref,
                                        "--by", "alice")))
         add("git fetch (one new commit)", timed(["git", "-C", str(clone), "fetch", "-q"]))
+        (bot / "requests" / f"bench-{k}.txt").write_text(f"{time.time_ns()}\n")
+        git(bot, "add", "-A")
+        add("git commit + push (one file)", timed(["sh", "-c", f"git -C {shlex.quote(str(bot))} commit -qm one && "
+                                                               f"git -C {shlex.quote(str(bot))} push -q"]))
         add("ccci serve --once (claims one request)", timed(ccci(state, "serve", "--registry", str(clone), "--once",
                                                                 "--no-watch")))
     add("ccci audit", timed(ccci(base / "state-audit", "audit", "--registry", str(clone))))
@@ -197,11 +211,16 @@ def main() -> None:
     parser.add_argument("--results", default="50,50000")
     parser.add_argument("--recipes", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="build here and keep it; reuse what a last run left")
     args = parser.parse_args()
     sizes = [int(n) for n in args.results.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="ccci-bench-scale-"))
+    work = args.keep.absolute() if args.keep else Path(tempfile.mkdtemp(prefix="ccci-bench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    for scratch in ("home", "no-engine.sock"):
+        shutil.rmtree(work / scratch, ignore_errors=True)
     isolate_environment(work, DOCKER_HOST=f"unix://{work}/no-engine.sock")
-    source = build_recipe("static", work / "recipes" / "static", versions=[1]).path
+    recipe = work / "recipes" / "static"
+    source = recipe if (recipe / ".git").exists() else build_recipe("static", recipe, versions=[1]).path
     table = {n: measure(work, n, args.recipes, args.repeat, source) for n in sizes}
     command = "python bench/scale.py " + shlex.join(sys.argv[1:])
     print(f"## Scale: a year of history (`{command}`)\n")
@@ -210,9 +229,12 @@ def main() -> None:
           f"{args.recipes} recipes, 3 commits per run; medians of {args.repeat}\n")
     print("| | " + " | ".join(f"{n} results" for n in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
-    for name in table[sizes[0]]:
-        print(f"| {name} | " + " | ".join(f"{table[n][name]:.2f} s" for n in sizes) + " |")
-    shutil.rmtree(work, ignore_errors=True)
+    rows = list(dict.fromkeys(name for n in sizes for name in table[n]))
+    for name in rows:
+        print(f"| {name} | " + " | ".join(f"{table[n][name]:.2f} s" if name in table[n] else "reused"
+                                          for n in sizes) + " |")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
