@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 
 from controller.registry.settings import HttpSettings, settings_from_document
-from controller.runtime.compose import (interpolate, mounted_volumes, parse_env_file, proxied_service,
-                                        read_layout)
-from controller.runtime.spec import (AppIdentity, DeploySpec, overlay_document, pinned_services, secret_length,
-                                    stack_env)
+from controller.runtime.compose import interpolate, mounted_volumes, parse_env_file, proxied_service, read_layout
+from controller.runtime.spec import AppIdentity, DeploySpec, overlay_document, pinned_services, secret_length, stack_env
 from controller.util.errors import BadInput
 
 COMPOSE = """\
