@@ -1,10 +1,12 @@
 """Shared fixtures: isolated git identity, tmp state dirs, registries on real git remotes,
-and the test bed's Docker engine and Keycloak (fail under CI=true when missing)."""
+the test bed's Docker engines (the first host's, the second host's, a worker node joined to the
+second host's swarm) and Keycloak (fail under CI=true when missing)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,92 @@ def docker_host() -> str:
     if info.get("Swarm", {}).get("LocalNodeState") != "active":
         _need("Docker swarm", f"{host}: swarm is not active (run scripts/testbed up)")
     return host
+
+
+def _testbed_value(key: str) -> str | None:
+    return os.environ.get(key) or TESTBED.get(key)
+
+
+def _swarm_state(host: str, what: str) -> dict[str, object]:
+    """`docker info` of the engine at `host`; fails under CI=true when it does not answer."""
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=host, timeout=10)
+        info: dict[str, object] = client.info()
+        client.close()
+    except Exception as exc:
+        _need(what, f"{host}: {exc}")
+        raise
+    return info
+
+
+@dataclass(frozen=True)
+class SecondHost:
+    """The test bed's second host: an engine with its own swarm in network namespace `netns`.
+    Run its controller with `command` (inside the namespace, so that 127.0.0.1 is that host's
+    loopback, where its apps publish their ports); needs root."""
+
+    docker_host: str
+    netns: str
+
+    def command(self, *argv: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+
+
+@pytest.fixture(scope="session")
+def second_docker_host() -> SecondHost:
+    """The second host's engine (`scripts/testbed up`); fails under CI=true when unreachable.
+    Unlike `docker_host` it does not set DOCKER_HOST: a test says which engine it talks to."""
+    host = _testbed_value("CCCI_TESTBED_DOCKER_HOST_2")
+    netns = _testbed_value("CCCI_TESTBED_NETNS_2")
+    if not host or not netns:
+        _need("the second Docker engine", f"CCCI_TESTBED_DOCKER_HOST_2 is not in {TESTBED_ENV} (scripts/testbed up)")
+    assert host and netns
+    info = _swarm_state(host, "the second Docker engine")
+    if (info.get("Swarm") or {}).get("LocalNodeState") != "active":  # type: ignore[union-attr]
+        _need("the second swarm", f"{host}: swarm is not active (run scripts/testbed up)")
+    return SecondHost(host, netns)
+
+
+@dataclass(frozen=True)
+class JoinedWorker:
+    manager: str  # DOCKER_HOST of the swarm's manager (the second host)
+    manager_node: str  # node ids
+    worker: str  # DOCKER_HOST of the worker's own engine
+    worker_node: str
+    worker_hostname: str
+
+
+@pytest.fixture(scope="module")
+def swarm_worker(second_docker_host: SecondHost) -> Iterator[JoinedWorker]:
+    """The test bed's worker engine joined to the second host's swarm for one test module, and
+    made to leave again (a worker left over from an interrupted run is made to leave first)."""
+    import docker
+
+    worker_host = _testbed_value("CCCI_TESTBED_WORKER_DOCKER_HOST")
+    worker_addr = _testbed_value("CCCI_TESTBED_WORKER_ADDR")
+    manager_addr = _testbed_value("CCCI_TESTBED_SWARM_ADDR_2")
+    if not worker_host or not worker_addr or not manager_addr:
+        _need("the worker engine", f"CCCI_TESTBED_WORKER_DOCKER_HOST is not in {TESTBED_ENV} (scripts/testbed up)")
+    assert worker_host and worker_addr and manager_addr
+    _swarm_state(worker_host, "the worker engine")
+    manager = docker.DockerClient(base_url=second_docker_host.docker_host, timeout=30)
+    worker = docker.DockerClient(base_url=worker_host, timeout=30)
+    hostname = str(worker.info()["Name"])
+    helpers.leave_swarm(manager, worker, hostname)
+    worker.swarm.join(remote_addrs=[f"{manager_addr}:2377"], join_token=manager.swarm.attrs["JoinTokens"]["Worker"],
+                      advertise_addr=worker_addr, listen_addr=f"{worker_addr}:2377")
+    worker_node = str(worker.info()["Swarm"]["NodeID"])
+    helpers.wait_for(lambda: manager.api.inspect_node(worker_node)["Status"]["State"] == "ready", 60,
+                     "the worker node to be ready")
+    try:
+        yield JoinedWorker(second_docker_host.docker_host, str(manager.info()["Swarm"]["NodeID"]),
+                           worker_host, worker_node, hostname)
+    finally:
+        helpers.leave_swarm(manager, worker, hostname)
+        manager.close()
+        worker.close()
 
 
 @pytest.fixture(scope="session")

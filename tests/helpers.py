@@ -46,6 +46,16 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
         threading.Event().wait(interval)  # the poll's pause, bounded by the deadline above
 
 
+def leave_swarm(manager: Any, worker: Any, worker_hostname: str) -> None:
+    """The worker engine leaves the manager's swarm, and the manager forgets every node of that
+    hostname (nodes of earlier joins stay listed as down until removed)."""
+    if worker.info()["Swarm"]["LocalNodeState"] != "inactive":
+        worker.swarm.leave(force=True)
+    for node in manager.nodes.list(filters={"role": "worker"}):
+        if node.attrs["Description"]["Hostname"] == worker_hostname:
+            manager.api.remove_node(node.id, force=True)  # force: it may not be marked down yet
+
+
 def ccci(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
          check: bool = False) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess."""

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from controller.registry.settings import HttpSettings, settings_from_document
-from controller.runtime.compose import interpolate, parse_env_file, proxied_service, read_layout
-from controller.runtime.spec import AppIdentity, DeploySpec, overlay_document, secret_length, stack_env
+from controller.runtime.compose import interpolate, mounted_volumes, parse_env_file, proxied_service, read_layout
+from controller.runtime.spec import AppIdentity, DeploySpec, overlay_document, pinned_services, secret_length, stack_env
 from controller.util.errors import BadInput
 
 COMPOSE = """\
@@ -184,6 +184,35 @@ def test_overlay_labels_everything_and_publishes_the_http_service(recipe: Path) 
     assert env["LETS_ENCRYPT_ENV"] == "staging" and env["CCCI_SSO_REALM"] == "example-abc123"
     env = stack_env(layout, spec(), {})
     assert "COMPOSE_FILE" not in env and env["LETS_ENCRYPT_ENV"] == "production"
+
+
+def test_named_volume_mounts_are_read_from_both_syntaxes() -> None:
+    service = {"volumes": ["data:/var/lib/x", "/srv:/srv", "./conf:/conf:ro", "/anonymous",
+                           {"type": "volume", "source": "cache", "target": "/c"},
+                           {"type": "bind", "source": "/etc", "target": "/e"}]}
+    assert mounted_volumes(service) == {"data", "cache"}
+    assert mounted_volumes({"image": "x"}) == set()
+
+
+def test_warm_apps_are_pinned_to_the_controllers_node_cold_apps_only_where_it_must_reach_them(
+        recipe: Path) -> None:
+    layout = read_layout(recipe, {"STACK_NAME": "example-abc123", "DOMAIN": "d"})
+    assert layout.stateful == ["db"]
+    constraint = {"constraints": ["node.id==node-a"]}
+    cold = DeploySpec(spec().identity, "d", "app", 80, 24000, node="node-a")
+    doc = overlay_document(layout, cold)
+    # The probed HTTP service and the one with a named volume; here that is every service.
+    assert pinned_services(layout, cold) == ["app", "db"]
+    assert doc["services"]["app"]["deploy"]["placement"] == constraint
+    no_http = DeploySpec(spec().identity, "d", None, 80, None, node="node-a")
+    assert pinned_services(layout, no_http) == ["db"]
+    assert "placement" not in overlay_document(layout, no_http)["services"]["app"]["deploy"]
+    warm_identity = AppIdentity("warm-example", "warm", None, "f" * 40, "owner1")
+    warm = DeploySpec(warm_identity, "d", None, 80, None, node="node-a")
+    assert pinned_services(layout, warm) == ["app", "db"]
+    assert overlay_document(layout, warm)["services"]["app"]["deploy"]["placement"] == constraint
+    # Outside a swarm (no node id) nothing is constrained.
+    assert pinned_services(layout, DeploySpec(warm_identity, "d", None, 80, None)) == []
 
 
 def test_overlay_speaks_the_recipes_compose_version(recipe: Path) -> None:

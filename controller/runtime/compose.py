@@ -142,6 +142,8 @@ class RecipeLayout:
     secrets: list[str]
     external_secrets: dict[str, str]  # key -> interpolated name
     healthchecked: list[str]
+    # Services that mount one of the stack's named volumes: they run where the volume is.
+    stateful: list[str] = field(default_factory=list)
     # Top-level definitions as the recipe wrote them (later files win per key): the overlay
     # re-states each with labels added, because the CLI replaces, not merges, these entries.
     definitions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -181,6 +183,21 @@ def proxied_service(services: dict[str, Any], env: dict[str, str]) -> tuple[str,
     return None
 
 
+def mounted_volumes(service: object) -> set[str]:
+    """Pure: the named volumes a compose service mounts (short `name:/path[:ro]` or long
+    `{type: volume, source: name}`); bind mounts and anonymous volumes are not named."""
+    mounts = service.get("volumes") if isinstance(service, dict) else None
+    names: set[str] = set()
+    for mount in mounts if isinstance(mounts, list) else []:
+        if isinstance(mount, str):
+            source, sep, _ = mount.partition(":")
+            if sep and source and not source.startswith(("/", ".", "~", "$")):
+                names.add(source)
+        elif isinstance(mount, dict) and mount.get("type", "volume") == "volume" and mount.get("source"):
+            names.add(str(mount["source"]))
+    return names
+
+
 def compose_file_list(checkout: Path, env: dict[str, str]) -> list[str]:
     """COMPOSE_FILE from the env (abra's convention), else the first standard name."""
     listed = env.get("COMPOSE_FILE")
@@ -216,6 +233,7 @@ def read_layout(checkout: Path, run_env: dict[str, str]) -> RecipeLayout:
     secrets: list[str] = []
     external_secrets: dict[str, str] = {}
     healthchecked: list[str] = []
+    mounts: dict[str, set[str]] = {}
     version = None
     definitions: dict[str, dict[str, dict[str, Any]]] = {
         "volumes": {}, "networks": {}, "configs": {}, "secrets": {}}
@@ -230,6 +248,7 @@ def read_layout(checkout: Path, run_env: dict[str, str]) -> RecipeLayout:
         for svc, spec in (doc.get("services") or {}).items():
             if svc not in services:
                 services.append(svc)
+            mounts.setdefault(svc, set()).update(mounted_volumes(spec))
             if isinstance(spec, dict) and isinstance(spec.get("healthcheck"), dict) and not spec[
                     "healthcheck"].get("disable") and svc not in healthchecked:
                 healthchecked.append(svc)
@@ -259,6 +278,7 @@ def read_layout(checkout: Path, run_env: dict[str, str]) -> RecipeLayout:
         secrets=secrets,
         external_secrets=external_secrets,
         healthchecked=healthchecked,
+        stateful=[svc for svc in services if mounts.get(svc, set()) & set(volumes)],
         definitions=definitions,
         env_sample=env_sample,
         env_hints=env_comments(sample_text),

@@ -68,3 +68,10 @@ def data_root() -> str:
     info = call("info", lambda: client().info())
     assert info is not None
     return str(info.get("DockerRootDir", "/var/lib/docker"))
+
+
+def node_id() -> str | None:
+    """The swarm node id of this engine (None outside a swarm): where warm apps are pinned."""
+    info = call("info", lambda: client().info())
+    assert info is not None
+    return str((info.get("Swarm") or {}).get("NodeID") or "") or None

@@ -48,6 +48,8 @@ class DeploySpec:
     endpoint_mode: str | None = field(
         default_factory=lambda: os.environ.get("CCCI_ENDPOINT_MODE", "dnsrr") or None)
     limits: ResourceLimits | None = None  # on every service; None: the recipe's own
+    # The swarm node of the controller's own engine (its id), where `pinned_services` run.
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,25 @@ def stack_env(layout: RecipeLayout, spec: DeploySpec, extra: dict[str, str]) -> 
     return env
 
 
+def pinned_services(layout: RecipeLayout, spec: DeploySpec) -> list[str]:
+    """Pure: the services that must run on the controller's node in a multi-node swarm. A warm
+    or infra app entirely: its volumes are the ones the controller snapshots from its own disk.
+    A cold app only where the controller must reach it: the HTTP service (its host-mode port is
+    probed on 127.0.0.1) and services that mount a named volume (volumes are per node, and
+    teardown and the leak check see this node's only); the rest may run on any node."""
+    if not spec.node:
+        return []
+    if spec.identity.mode in ("warm", "infra"):
+        return list(layout.services)
+    return [name for name in layout.services
+            if name in layout.stateful or (name == spec.http_service and spec.host_port is not None)]
+
+
 def overlay_document(layout: RecipeLayout, spec: DeploySpec) -> dict[str, Any]:
     """The controller's own compose file, deployed after the recipe's: labels on every
-    object, the HTTP service published in host mode on the app's port (stop-first updates,
-    since a host port cannot be held by two tasks at once)."""
+    object, `pinned_services` constrained to the controller's node, the HTTP service published
+    in host mode on the app's port (stop-first updates, since a host port cannot be held by two
+    tasks at once)."""
     if spec.http_service and spec.http_service not in layout.services:
         known = ", ".join(layout.services)
         raise ValueError(f"http service {spec.http_service!r} is not in the recipe (services: {known}); "
@@ -101,8 +118,12 @@ def overlay_document(layout: RecipeLayout, spec: DeploySpec) -> dict[str, Any]:
     labels = spec.identity.labels()
     object_labels = spec.identity.object_labels()
     services: dict[str, Any] = {}
+    pinned = pinned_services(layout, spec)
     for name in layout.services:
         service: dict[str, Any] = {"labels": dict(labels), "deploy": {"labels": dict(labels)}}
+        if name in pinned:
+            # The CLI appends to the recipe's own constraints: both hold.
+            service["deploy"]["placement"] = {"constraints": [f"node.id=={spec.node}"]}
         if spec.endpoint_mode:
             # Service VIPs need IPVS, which CI hosts often lack; DNS round-robin needs nothing.
             service["deploy"]["endpoint_mode"] = spec.endpoint_mode

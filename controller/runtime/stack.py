@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -76,6 +77,8 @@ def deploy(checkout: Path, layout: RecipeLayout, spec: DeploySpec, extra_env: di
            *, timeout: float = 300) -> None:
     """`docker stack deploy` the recipe plus the controller's overlay."""
     overlay_path = checkout / ".ccci-overlay.yml"
+    if spec.node is None:
+        spec = dataclasses.replace(spec, node=engine.node_id())
     try:
         overlay = overlay_document(layout, spec)
     except ValueError as exc:
@@ -315,9 +318,20 @@ def containers_of(app: str) -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def tasks_of(app: str) -> list[dict[str, Any]]:
+    """The app's tasks on every node of the swarm (the manager knows them all), including
+    those of removed services until their node has removed the container."""
+    c = engine.client()
+    found: dict[str, dict[str, Any]] = {}
+    for label in (f"ccci.app={app}", f"{NAMESPACE}={app}"):
+        listed = engine.call("list tasks", functools.partial(c.api.tasks, filters={"label": label})) or []
+        found.update((task["ID"], task) for task in listed)
+    return list(found.values())
+
+
 def undeploy(app: str, *, remove_volumes: bool, timeout: float = 180) -> None:
-    """Remove the app's services and wait until their tasks and containers are really gone
-    (swarm returns long before), then its networks, configs, secrets — and, if asked, its
+    """Remove the app's services and wait until their tasks (on every node) and containers
+    are really gone (swarm returns long before), then its networks, configs, secrets — and, if asked, its
     volumes and the secrets the controller generated for it (which belong with the data)."""
     deadline = Deadline(timeout)
     labels = (f"{NAMESPACE}={app}", f"ccci.app={app}")
@@ -326,7 +340,8 @@ def undeploy(app: str, *, remove_volumes: bool, timeout: float = 180) -> None:
             engine.call(f"remove service {svc.name}", svc.remove, missing_ok=True)
 
     def gone() -> bool:
-        return not any(_objects("services", label) for label in labels) and not containers_of(app)
+        return (not any(_objects("services", label) for label in labels) and not tasks_of(app)
+                and not containers_of(app))
 
     while not gone():
         if deadline.expired():
@@ -447,13 +462,17 @@ def volume_writers(app: str) -> list[str]:
 
 @dataclass(frozen=True)
 class LabelledObject:
-    kind: str  # service | container | network | config | secret | volume
+    kind: str  # service | container | task (a container on another node) | network | config | secret | volume
     name: str
     labels: dict[str, str]
 
 
 def labelled_objects() -> list[LabelledObject]:
-    """Every object on this engine that carries `ccci.managed=true`."""
+    """Every object that carries `ccci.managed=true` and that this engine can see: services,
+    networks, configs and secrets of the whole swarm; containers and volumes of this node; and
+    the tasks on other nodes, which stand for their containers there (an engine lists only its
+    own). Volumes on other nodes are not seen: `spec.pinned_services` keeps the services that
+    mount them on this node."""
     label = "ccci.managed=true"
     out: list[LabelledObject] = []
     for kind in ("services", "networks", "configs", "secrets", "volumes"):
@@ -463,6 +482,26 @@ def labelled_objects() -> list[LabelledObject]:
     for container in _containers(label):
         name = (container.get("Names") or ["?"])[0].lstrip("/")
         out.append(LabelledObject("container", name, dict(container.get("Labels") or {})))
+    out.extend(_tasks_elsewhere(label))
+    return out
+
+
+def _tasks_elsewhere(label: str) -> list[LabelledObject]:
+    own = engine.node_id()
+    if own is None:
+        return []
+    c = engine.client()
+    nodes = {n["ID"]: (n.get("Description") or {}).get("Hostname", n["ID"][:12])
+             for n in engine.call("list nodes", lambda: c.api.nodes()) or []}
+    out = []
+    for task in engine.call("list tasks", functools.partial(c.api.tasks, filters={"label": label})) or []:
+        node = task.get("NodeID") or ""
+        if not node or node == own:
+            continue  # unassigned (no container anywhere) or this node's (listed as a container)
+        labels = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}
+        state = (task.get("Status") or {}).get("State", "?")
+        out.append(LabelledObject("task", f"{task['ID'][:12]} on node {nodes.get(node, node[:12])} ({state})",
+                                  dict(labels)))
     return out
 
 
