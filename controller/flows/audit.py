@@ -7,15 +7,20 @@ the controller's, in the commit that writes the result of a green cold run of ex
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.registry import documents
-from controller.registry.history import Change, Commit, changes, file_at
+from controller.registry.git import object_reader
+from controller.registry.history import MAX_HISTORY_BYTES, Change, Commit, changes
 from controller.registry.settings import SETTINGS_FILE, default_identity, parse_settings
 from controller.registry.store import Registry
 from controller.util import names
 from controller.util.errors import CcciError
+
+# The bytes of a path at a commit (None when absent or too large).
+FileAt = Callable[[str, str], "bytes | None"]
 
 SUBJECT = re.compile(r"^\[cold\] (?P<recipe>[a-z0-9-]+)@(?P<short>[0-9a-f]{7}) pass \(run (?P<run>[^)]+)\)")
 
@@ -42,11 +47,11 @@ def _is_document(path: str, folder: str) -> bool:
     return path.startswith(f"{folder}/") and path.endswith(".yaml")
 
 
-def controller_email(registry: Registry, commit: str, previous: str) -> str:
+def controller_email(read: FileAt, commit: str, previous: str) -> str:
     """The email the controller commits as, by ccci.yaml at `commit` (CCCI_GIT_EMAIL overrides
     it, as it does for the controller). A ccci.yaml that does not load leaves it as it was: the
     controller keeps its last good settings while the file is broken."""
-    raw = file_at(registry, commit, SETTINGS_FILE)
+    raw = read(commit, SETTINGS_FILE)
     if raw is None:
         return default_identity().email
     try:
@@ -67,7 +72,7 @@ def check_result_commit(commit: Commit, written: list[str], expected_email: str)
     return [Violation(commit.sha, path, reason) for path in written]
 
 
-def check_canonical_change(registry: Registry, commit: Commit, change: Change, expected_email: str,
+def check_canonical_change(read: FileAt, commit: Commit, change: Change, expected_email: str,
                            written_results: set[str]) -> str | None:
     """Why one change of a canonical file is not allowed, or None."""
     path = change.path
@@ -75,7 +80,7 @@ def check_canonical_change(registry: Registry, commit: Commit, change: Change, e
         return "the canonical was deleted (only the controller writes canonicals, and it never deletes)"
     if commit.author_email != expected_email:
         return _not_the_controller(commit, expected_email)
-    raw = file_at(registry, commit.sha, path)
+    raw = read(commit.sha, path)
     if raw is None:
         return "the file cannot be read at this commit"
     try:
@@ -92,7 +97,7 @@ def check_canonical_change(registry: Registry, commit: Commit, change: Change, e
     if not canonical.known_good.startswith(match.group("short")):
         return f"known_good {canonical.known_good[:12]} is not the commit the message names"
     result_rel = names.result_rel(canonical.promoted_by_run)
-    result_raw = file_at(registry, commit.sha, result_rel)
+    result_raw = read(commit.sha, result_rel)
     if result_raw is None:
         return f"no result {result_rel} at this commit"
     try:
@@ -115,13 +120,18 @@ def check_canonical_change(registry: Registry, commit: Commit, change: Change, e
 def audit(registry_path: Path) -> AuditReport:
     """Every result and canonical change on the registry's first-parent line, oldest first, in
     one pass over the history (one git call, plus a file read per canonical change and per
-    change of ccci.yaml)."""
+    change of ccci.yaml, all through one `git cat-file --batch`)."""
     registry = Registry(registry_path)
+    with object_reader(registry.root) as reader:
+        return _audit(registry, lambda commit, rel: reader(f"{commit}:{rel}", MAX_HISTORY_BYTES))
+
+
+def _audit(registry: Registry, read: FileAt) -> AuditReport:
     report = AuditReport()
     expected_email = default_identity().email
     for commit, changed in changes(registry, SETTINGS_FILE, f"{names.CANONICALS_DIR}/", f"{names.RESULTS_DIR}/"):
         if any(c.path == SETTINGS_FILE for c in changed):
-            expected_email = controller_email(registry, commit.sha, expected_email)
+            expected_email = controller_email(read, commit.sha, expected_email)
         written = [c.path for c in changed if _is_document(c.path, names.RESULTS_DIR) and not c.deleted]
         if written:
             report.result_commits += 1
@@ -130,7 +140,7 @@ def audit(registry_path: Path) -> AuditReport:
             if not _is_document(change.path, names.CANONICALS_DIR):
                 continue
             report.canonical_changes += 1
-            reason = check_canonical_change(registry, commit, change, expected_email, set(written))
+            reason = check_canonical_change(read, commit, change, expected_email, set(written))
             if reason:
                 report.violations.append(Violation(commit.sha, change.path, reason))
     return report

@@ -6,9 +6,10 @@ closed, so every call opens one `Repo` with `with` and uses `repo.git.*` only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import git as gitpython
@@ -113,3 +114,24 @@ def is_ancestor(path: Path, older: str, newer: str) -> bool:
         raise
     return True
 
+
+
+ObjectReader = Callable[[str, int], "bytes | None"]
+
+
+@contextlib.contextmanager
+def object_reader(path: Path) -> Iterator[ObjectReader]:
+    """Read many objects (`<commit>:<path>`) through one `git cat-file --batch` kept open for
+    the block, closed with its `Repo`. `read(spec, max_bytes)` gives None when the object is
+    missing or larger than `max_bytes` (its header is read first; its data only when it fits)."""
+    with gitpython.Repo(path) as repo:
+        def read(spec: str, max_bytes: int) -> bytes | None:
+            _count()
+            try:
+                _sha, _kind, size = repo.git.get_object_header(spec)
+                if size > max_bytes:
+                    return None
+                return bytes(repo.git.get_object_data(spec)[3])
+            except (ValueError, GitCommandError):
+                return None
+        yield read

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from controller.registry.documents import DOC_MAX_BYTES, RESULT_MAX_BYTES
 from controller.registry.git import git
 from controller.registry.store import Registry
-from controller.util.errors import ExternalError
 
 _SEP = "\x1f"
 _HEADER = "@@" + _SEP
@@ -64,14 +63,3 @@ def _commit(header: str) -> Commit:
 
 
 MAX_HISTORY_BYTES = max(DOC_MAX_BYTES, RESULT_MAX_BYTES)
-
-
-def file_at(registry: Registry, commit: str, rel: str, *, max_bytes: int = MAX_HISTORY_BYTES) -> bytes | None:
-    """The bytes of `rel` at `commit` (None when absent or over the cap)."""
-    try:
-        size = int(git(registry.root, "cat-file", "-s", f"{commit}:{rel}"))
-    except (ExternalError, ValueError):
-        return None
-    if size > max_bytes:
-        return None
-    return git(registry.root, "show", f"{commit}:{rel}", strip=False).encode()
