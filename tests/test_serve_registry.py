@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.registry.documents import Request
+from controller.registry.store import Registry
+from controller.util.errors import BadInput
 from testbed.fixtures import build_recipe
 from tests import helpers
 from tests.helpers import HEX_A, RemoteRegistry, request_doc, results_in, wait_for
@@ -189,7 +192,6 @@ def test_a_controller_bug_costs_one_request_not_the_daemon(
     from controller.flows import runs
     from controller.flows.context import Context
     from controller.flows.serve import run_until_idle
-    from controller.registry.documents import Request
     from controller.registry.store import Registry
     from controller.util.paths import StateDir
 
@@ -254,3 +256,36 @@ def test_a_result_file_nobody_committed_does_not_answer_a_request(
     result = results_in(clone)[name]
     assert result["outcome"] == "rejected" and "has no commit" in result["error"]
     assert helpers.git(clone, "status", "--porcelain") == ""
+
+
+def test_a_verdict_consumes_its_request_and_an_old_registrys_answered_requests_leave(
+    static_registry: tuple[RemoteRegistry, Path], state_dir: Path
+) -> None:
+    """requests/ holds what waits or runs: a verdict removes its request in the same commit, and
+    a registry kept by an older ccci (answered requests left in place) is tidied once at start —
+    but a request whose result still says `running` stays."""
+    remote, _recipe = static_registry
+    old, flying, new = f"{STAMP}-static-0000d1", f"{STAMP}-static-0000d2", f"{STAMP}-static-0000d3"
+    result = "run: {run}\nrecipe: static\nref: '{ref}'\nmode: cold\noutcome: {outcome}\n"
+    remote.edit({f"requests/{old}.yaml": request_doc("static", ref="e" * 40),
+                 f"results/2026-11/{old}.yaml": result.format(run=old, ref="e" * 40, outcome="pass"),
+                 f"requests/{flying}.yaml": request_doc("static", ref="e" * 40),
+                 f"results/2026-11/{flying}.yaml": result.format(run=flying, ref="e" * 40, outcome="running"),
+                 f"requests/{new}.yaml": request_doc("static", ref="e" * 40)})
+    clone = remote.clone("controller")
+    proc = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
+    assert proc.returncode == 0, proc.stderr
+    left = helpers.git(remote.bare, "ls-tree", "--name-only", "main", "requests/").split()
+    assert left == ["requests/.gitkeep", f"requests/{flying}.yaml"]
+    assert results_in(clone)[new]["outcome"] == "rejected"
+    # The verdict and the request's removal are one commit.
+    verdict = helpers.git(remote.bare, "log", "-1", "--format=%H", "main", "--", f"results/2026-11/{new}.yaml")
+    changed = helpers.git(remote.bare, "show", "--name-status", "--format=", verdict).splitlines()
+    assert sorted(changed) == [f"D\trequests/{new}.yaml", f"M\tresults/2026-11/{new}.yaml"]
+    tidied = helpers.git(remote.bare, "log", "--format=%s", "main", "--", f"requests/{old}.yaml").splitlines()
+    assert tidied[0].startswith("ccci: answered requests leave requests/")
+    # The same run id filed again (a webhook redelivered after the verdict) is refused: its
+    # result says it was filed, though its request file is gone.
+    with pytest.raises(BadInput, match="already exists"):
+        Registry(clone).file_request(Request(run_id=new, recipe="static", ref="e" * 40, mode="cold",
+                                             requested_by="alice"))

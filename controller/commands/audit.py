@@ -19,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def execute(args: argparse.Namespace) -> int:
     report = audit(args.registry)
-    counted = (f"{report.canonical_changes} canonical changes and {report.result_commits} commits "
-               "writing results")
+    counted = (f"{report.commits} commits ({report.others} not the controller's) and "
+               f"{report.canonical_changes} canonical changes")
     for violation in report.violations:
         print(violation.sentence(), file=sys.stderr)
     if report.violations:

@@ -41,10 +41,10 @@ def execute(args: argparse.Namespace) -> int:
     ctx = options.context(args, progress=progress)
     name = f"{args.run_id}.yaml"
     rel = request_rel(args.run_id)
-    if not (ctx.registry.root / rel).is_file():
-        raise BadInput(f"{rel}: no such request in {ctx.registry.root}")
     if ctx.registry.result(args.run_id) is not None:
         raise BadInput(f"{rel}: already has a result; file a new request to run again")
+    if not (ctx.registry.root / rel).is_file():
+        raise BadInput(f"{rel}: no such request in {ctx.registry.root}")
     request, decision = runs.admit(ctx, name)
     run = runs.claim(ctx, request, decision)
     if run is None:

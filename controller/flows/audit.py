@@ -13,7 +13,7 @@ from pathlib import Path
 
 from controller.registry import documents
 from controller.registry.git import object_reader
-from controller.registry.history import MAX_HISTORY_BYTES, Change, Commit, changes
+from controller.registry.history import MAX_HISTORY_BYTES, Change, Commit, changes, changes_of, first_parent_line
 from controller.registry.settings import SETTINGS_FILE, default_identity, parse_settings
 from controller.registry.store import Registry
 from controller.util import names
@@ -38,7 +38,8 @@ class Violation:
 @dataclass
 class AuditReport:
     canonical_changes: int = 0
-    result_commits: int = 0  # commits that add or change a result
+    commits: int = 0  # on the first-parent line, all read
+    others: int = 0  # of them not the controller's: each checked for what it did to results/
     violations: list[Violation] = field(default_factory=list)
 
 
@@ -118,9 +119,12 @@ def check_canonical_change(read: FileAt, commit: Commit, change: Change, expecte
 
 
 def audit(registry_path: Path) -> AuditReport:
-    """Every result and canonical change on the registry's first-parent line, oldest first, in
-    one pass over the history (one git call, plus a file read per canonical change and per
-    change of ccci.yaml, all through one `git cat-file --batch`)."""
+    """Every commit on the first-parent line, oldest first. A result may be written by the
+    controller only, so what a commit did to results/ matters only when someone else made it:
+    those commits (and the few that change canonicals/) are diffed there, the controller's own
+    hundred thousand are not — the cost follows the history's length, not its trees' size.
+    Git calls: the line, the changes of ccci.yaml and canonicals/, one `diff-tree --stdin`, and
+    one `cat-file --batch` for the files read."""
     registry = Registry(registry_path)
     with object_reader(registry.root) as reader:
         return _audit(registry, lambda commit, rel: reader(f"{commit}:{rel}", MAX_HISTORY_BYTES))
@@ -128,19 +132,28 @@ def audit(registry_path: Path) -> AuditReport:
 
 def _audit(registry: Registry, read: FileAt) -> AuditReport:
     report = AuditReport()
+    line = first_parent_line(registry)
+    watched = dict((commit.sha, changed) for commit, changed in
+                   changes(registry, SETTINGS_FILE, f"{names.CANONICALS_DIR}/"))
     expected_email = default_identity().email
-    for commit, changed in changes(registry, SETTINGS_FILE, f"{names.CANONICALS_DIR}/", f"{names.RESULTS_DIR}/"):
-        if any(c.path == SETTINGS_FILE for c in changed):
+    expected: dict[str, str] = {}
+    for commit in line:
+        if any(c.path == SETTINGS_FILE for c in watched.get(commit.sha, ())):
             expected_email = controller_email(read, commit.sha, expected_email)
-        written = [c.path for c in changed if _is_document(c.path, names.RESULTS_DIR) and not c.deleted]
-        if written:
-            report.result_commits += 1
-            report.violations += check_result_commit(commit, written, expected_email)
-        for change in changed:
+        expected[commit.sha] = expected_email
+    report.commits = len(line)
+    suspects = [c for c in line if c.author_email != expected[c.sha] or c.sha in watched]
+    report.others = sum(1 for c in line if c.author_email != expected[c.sha])
+    results = changes_of(registry, suspects, f"{names.RESULTS_DIR}/")
+    for commit in suspects:
+        written = [c.path for c in results.get(commit.sha, ())
+                   if _is_document(c.path, names.RESULTS_DIR) and not c.deleted]
+        report.violations += check_result_commit(commit, written, expected[commit.sha])
+        for change in watched.get(commit.sha, ()):
             if not _is_document(change.path, names.CANONICALS_DIR):
                 continue
             report.canonical_changes += 1
-            reason = check_canonical_change(read, commit, change, expected_email, set(written))
+            reason = check_canonical_change(read, commit, change, expected[commit.sha], set(written))
             if reason:
                 report.violations.append(Violation(commit.sha, change.path, reason))
     return report

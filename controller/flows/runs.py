@@ -22,6 +22,7 @@ from controller.flows.forge.reporter import ForgeReporter
 from controller.flows.rewarm import RewarmQueue, dequeue_rewarm
 from controller.flows.warm_apps import app_lock
 from controller.registry.documents import Request, SnapshotIndex, snapshot_index_document
+from controller.registry.index import ResultsIndex, brief_of
 from controller.registry.results import RunResult, commit_message
 from controller.registry.settings import Settings
 from controller.registry.store import updated_text
@@ -230,10 +231,15 @@ def run_claimed(ctx: Context, run: Run) -> Publication:
 
 
 def publish(ctx: Context, result: RunResult, request: Request | None, *,
-            index: SnapshotIndex | None = None, only_if_unanswered: bool = False) -> Publication:
+            index: SnapshotIndex | None = None, only_if_unanswered: bool = False,
+            request_file: str | None = None) -> Publication:
     """Commit `result` — with the canonical it advances and the snapshot index it replaces, in
-    the same commit, so a crash never leaves one without the other — then tell every sink."""
+    the same commit, so a crash never leaves one without the other — then tell every sink.
+    The verdict consumes the request: its file leaves `requests/` in the same commit (the result
+    keeps what it asked, git keeps the file), so `requests/` holds only what waits or runs and
+    no commit rewrites a folder the size of the history."""
     rel = names.result_rel(result.run)
+    consumed = f"{names.REQUESTS_DIR}/{request_file or result.run + '.yaml'}"
     run = Run(request, result) if request is not None else None
     advanced = False
 
@@ -254,6 +260,10 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
             write_whole(target, updated_text(root, index_rel, snapshot_index_document(index)))
             touched.append(index_rel)
         _write_result(root, rel, result)
+        answered = root / consumed
+        if answered.is_symlink() or answered.is_file():
+            answered.unlink()
+            touched.append(consumed)
         return touched
 
     def message() -> str:
@@ -271,13 +281,38 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
     return publication
 
 
+def consume_answered(ctx: Context, index: ResultsIndex) -> bool:
+    """Requests a registry of older ccci kept after their verdict leave `requests/`, in one
+    commit (their results keep what they asked; git keeps the files). A request whose result
+    still says `running` stays: its run is in flight, or recovery will answer it."""
+    waiting = set(index.pending)
+    running = set(index.running)
+
+    def write(root: Path) -> list[str] | None:
+        touched = []
+        for entry in sorted((root / names.REQUESTS_DIR).glob("*.yaml")):
+            run_id = names.result_id_for(entry.name)
+            if (entry.name in waiting or run_id in running or not (entry.is_file() or entry.is_symlink())
+                    or not (root / names.result_rel(run_id)).is_file()):
+                continue
+            rel = names.result_rel(run_id)
+            if brief_of((root / rel).read_text(errors="replace"), rel).get("outcome") in (None, "running"):
+                continue  # the index is a cache: the result itself decides
+            entry.unlink()
+            touched.append(f"{names.REQUESTS_DIR}/{entry.name}")
+        return touched or None
+
+    message = "ccci: answered requests leave requests/ (their results keep what they asked)"
+    return ctx.registry.transact(write, message) is not None
+
+
 def reject(ctx: Context, file_name: str, error: CcciError, request: Request | None = None,
            *, outcome: str = "rejected") -> bool:
     """Answer a request that never runs, unless someone else already did; True when we did."""
     result = rejection(ctx, file_name, error, request, outcome)
     with run_context(result.run):
         log.info("rejected %s: %s", file_name, error.message)
-        return publish(ctx, result, request, only_if_unanswered=True).commit is not None
+        return publish(ctx, result, request, only_if_unanswered=True, request_file=file_name).commit is not None
 
 
 def rejection(ctx: Context, file_name: str, error: CcciError, request: Request | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import os
@@ -81,6 +82,8 @@ class Server:
             faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.systemd.status("recovering what an earlier controller left behind")
         recover.recover_at_start(self.ctx)
+        with contextlib.suppress(CcciError):  # housekeeping: the next start tries again
+            runs.consume_answered(self.ctx, self._index().refresh())
         if self.watch:
             self.watcher.start()
         reports = Deliverer(self.ctx).start()  # verdicts to the forge, when one is configured
@@ -243,7 +246,10 @@ class Server:
     def _pending(self) -> list[str]:
         """Requests without a result, from the results index (what changed since the last pass,
         not every request ever filed); each claim still checks the registry itself."""
-        return ResultsIndex(self.ctx.registry, self.ctx.state.results_index(self.ctx.registry.root)).refresh().pending
+        return self._index().refresh().pending
+
+    def _index(self) -> ResultsIndex:
+        return ResultsIndex(self.ctx.registry, self.ctx.state.results_index(self.ctx.registry.root))
 
     def _disk_hold(self) -> str | None:
         """Below limits.disk_min_free_gb nothing new is claimed (runs in flight finish): a run

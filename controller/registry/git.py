@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -58,18 +59,26 @@ def identity_env(name: str, email: str) -> dict[str, str]:
     }
 
 
-def git(path: Path, *args: str, env: Mapping[str, str] | None = None, strip: bool = True) -> str:
-    """Run `git <args>` in the repository at `path` and return its stdout."""
+def git(path: Path, *args: str, env: Mapping[str, str] | None = None, strip: bool = True,
+        stdin: bytes | None = None) -> str:
+    """Run `git <args>` in the repository at `path` (fed `stdin`) and return its stdout."""
     _count()
     shown = mask("git " + " ".join(args))
     log.debug("%s (in %s)", shown, path)
     try:
-        with gitpython.Repo(path) as repo:
+        with contextlib.ExitStack() as stack:
+            repo = stack.enter_context(gitpython.Repo(path))
+            feed = None
+            if stdin is not None:
+                feed = stack.enter_context(tempfile.TemporaryFile())
+                feed.write(stdin)
+                feed.seek(0)
             runner = repo.git
             extra = dict(env or {})
             extra.setdefault("GIT_TERMINAL_PROMPT", "0")
             with runner.custom_environment(**extra):
-                out = runner.execute(["git", *args], strip_newline_in_stdout=strip)
+                out = runner.execute(["git", *args], strip_newline_in_stdout=strip,
+                                     istream=feed)
     except (InvalidGitRepositoryError, NoSuchPathError) as exc:
         raise BadInput(f"{path} is not a git repository") from exc
     except GitCommandError as exc:

@@ -19,6 +19,7 @@ class Commit:
     author_name: str
     author_email: str
     subject: str
+    parent: str | None = None  # the first parent (None for a root commit)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,45 @@ def changes(registry: Registry, *paths: str) -> Iterator[tuple[Commit, list[Chan
             changed.append(Change(token, next(tokens, "")))
     if commit is not None:
         yield commit, changed
+
+
+def first_parent_line(registry: Registry) -> list[Commit]:
+    """Every commit of the branch's first-parent line, oldest first, with its first parent —
+    no diffs, so one pass costs little per commit however large its trees."""
+    out = git(registry.root, "log", "-z", "--reverse", "--first-parent",
+              f"--format={_HEADER}%H{_SEP}%an{_SEP}%ae{_SEP}%s{_SEP}%P", strip=False)
+    line = []
+    for token in out.split("\0"):
+        token = token.lstrip("\n")
+        if not token.startswith(_HEADER):
+            continue
+        head, _, parents = token.rpartition(_SEP)
+        commit = _commit(head)
+        line.append(Commit(commit.sha, commit.author_name, commit.author_email, commit.subject,
+                           parents.split()[0] if parents.split() else None))
+    return line
+
+
+def changes_of(registry: Registry, commits: list[Commit], *paths: str) -> dict[str, list[Change]]:
+    """What each of `commits` changed under `paths` against its first parent (a root commit: all
+    it has), through one `git diff-tree --stdin`: a commit whose trees there are the same costs
+    one comparison of tree ids. Commits that changed nothing there are absent."""
+    if not commits:
+        return {}
+    lines = "".join(f"{c.sha} {c.parent}\n" if c.parent else f"{c.sha}\n" for c in commits)
+    out = git(registry.root, "diff-tree", "--stdin", "-z", "-r", "--root", "--no-renames", "--name-status",
+              f"--format={_HEADER}%H", "--", *paths, strip=False, stdin=lines.encode())
+    found: dict[str, list[Change]] = {}
+    sha: str | None = None
+    tokens = iter(out.split("\0"))
+    for raw in tokens:
+        token = raw.lstrip("\n")
+        if token.startswith(_HEADER):
+            sha = token.removeprefix(_HEADER).strip()
+            found.setdefault(sha, [])
+        elif token and sha is not None:
+            found[sha].append(Change(token, next(tokens, "")))
+    return found
 
 
 def _commit(header: str) -> Commit:
