@@ -92,7 +92,8 @@ def blob(text: str) -> bytes:
 
 
 def write_history(bare: Path, runs: int, recipes: int, source: Path) -> None:
-    """`git fast-import` a year of runs: three commits each, a promotion now and then."""
+    """`git fast-import` a year of runs: three commits each (the verdict consumes the request), a
+    promotion now and then."""
     start = dt.datetime(2025, 12, 1, tzinfo=dt.UTC)
     step = dt.timedelta(days=365) / max(runs, 1)
     rng = random.Random(42)
@@ -101,7 +102,7 @@ def write_history(bare: Path, runs: int, recipes: int, source: Path) -> None:
     out = proc.stdin
     mark = 0
 
-    def commit(who: tuple[str, str], when: dt.datetime, message: str, files: dict[str, str]) -> None:
+    def commit(who: tuple[str, str], when: dt.datetime, message: str, files: dict[str, str | None]) -> None:
         nonlocal mark
         mark += 1
         stamp = int(when.timestamp())
@@ -111,7 +112,10 @@ def write_history(bare: Path, runs: int, recipes: int, source: Path) -> None:
         if mark > 1:
             out.write(f"from :{mark - 1}\n".encode())
         for path, text in files.items():
-            out.write(f"M 100644 inline {path}\n".encode() + blob(text))
+            if text is None:
+                out.write(f"D {path}\n".encode())
+            else:
+                out.write(f"M 100644 inline {path}\n".encode() + blob(text))
         out.write(b"\n")
 
     commit(HUMAN, start - dt.timedelta(days=1), "registry", {
@@ -131,7 +135,8 @@ def write_history(bare: Path, runs: int, recipes: int, source: Path) -> None:
                {f"requests/{run}.yaml": f"recipe: {recipe}\nref: '{ref}'\nmode: {mode}\nrequested_by: alice\n"})
         commit(IDENTITY, moment, f"[{mode}] {recipe}@{ref[:7]} running (run {run})",
                {rel: result_doc(run, recipe, ref, mode, "running", moment)})
-        files = {rel: result_doc(run, recipe, ref, mode, outcome, moment)}
+        files: dict[str, str | None] = {rel: result_doc(run, recipe, ref, mode, outcome, moment),
+                                        f"requests/{run}.yaml": None}  # the verdict consumes its request
         subject = f"[{mode}] {recipe}@{ref[:7]} {outcome} (run {run})"
         if mode == "cold" and outcome == "pass" and recipe not in promoted:
             promoted.add(recipe)
@@ -139,7 +144,7 @@ def write_history(bare: Path, runs: int, recipes: int, source: Path) -> None:
                                          "domain": f"warm-{recipe}.ci.test", "promoted_by_run": run,
                                          "promoted_at": f"{moment:%Y-%m-%dT%H:%M:%SZ}"}))
             files[f"canonicals/{recipe}.yaml"] = dump_document(doc)
-            text = files[rel].replace("advanced: false", "advanced: true").replace(
+            text = str(files[rel]).replace("advanced: false", "advanced: true").replace(
                 "before:\n", "before:\n").replace("after:\n", f"after: '{ref}'\n")
             files[rel] = text
             subject += "; canonical advanced"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import logging
 import os
@@ -82,8 +81,10 @@ class Server:
             faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.systemd.status("recovering what an earlier controller left behind")
         recover.recover_at_start(self.ctx)
-        with contextlib.suppress(CcciError):  # housekeeping: the next start tries again
+        try:
             runs.consume_answered(self.ctx, self._index().refresh())
+        except Exception as exc:  # housekeeping: never the daemon's end; the next start tries again
+            log.warning("answered requests stay in requests/ for now: %s", getattr(exc, "message", exc))
         if self.watch:
             self.watcher.start()
         reports = Deliverer(self.ctx).start()  # verdicts to the forge, when one is configured

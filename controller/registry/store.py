@@ -64,8 +64,8 @@ class Registry:
 
     # -- facts about the clone -------------------------------------------------------------
 
-    def git(self, *args: str, strip: bool = True) -> str:
-        return git(self.root, *args, strip=strip)
+    def git(self, *args: str, strip: bool = True, stdin: bytes | None = None) -> str:
+        return git(self.root, *args, strip=strip, stdin=stdin)
 
     @property
     def branch(self) -> str:
@@ -209,7 +209,8 @@ class Registry:
             and a year of results is 100 000 of them)."""
             if not touched:
                 return None
-            self.git("update-index", "--add", "--remove", "--", *touched)
+            self.git("update-index", "--add", "--remove", "-z", "--stdin",
+                     stdin="".join(f"{rel}\0" for rel in touched).encode())
             tree = self.git("write-tree")
             parent = self.head()
             if tree == self.git("rev-parse", f"{parent}^{{tree}}"):
