@@ -122,6 +122,11 @@ def admit(ctx: Context, file_name: str) -> tuple[Request, Decision]:
         raise Rejected(exc, committed=reject(ctx, file_name, exc, request)) from exc
 
 
+def what_was_asked(request: Request) -> dict[str, Any]:
+    """What a result keeps of its request beyond recipe, ref, mode, requested_by and pr."""
+    return {"trigger": request.trigger, "forge": request.forge.to_document() if request.forge else None}
+
+
 def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
     return RunResult(
         run=request.run_id,
@@ -136,6 +141,7 @@ def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
         requested_by=request.requested_by,
         pr=request.pr,
         controller=ctx.controller_id,
+        **what_was_asked(request),
     )
 
 
@@ -335,6 +341,7 @@ def rejection(ctx: Context, file_name: str, error: CcciError, request: Request |
         requested_by=request.requested_by if request else None,
         pr=request.pr if request else None,
         controller=ctx.controller_id,
+        **(what_was_asked(request) if request else {}),
     )
 
 
@@ -376,6 +383,8 @@ def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any]) -> RunRe
         pr=pr if isinstance(pr, int) else None,
         app=text("app"),
         controller=ctx.controller_id,
+        trigger=text("trigger"),
+        forge=dict(existing["forge"]) if isinstance(existing.get("forge"), dict) else None,
     )
 
 

@@ -48,6 +48,9 @@ class RunResult:
     lock: dict[str, Any] | None = None  # warm runs: when the app lock was taken and given back
     upgrade: dict[str, Any] | None = None  # quick runs: the commits upgraded from and to
     policy: dict[str, Any] | None = None  # what the stack asks of the host: asks, added, granted
+    # What the request asked beyond the fields above (the verdict consumes the request file).
+    trigger: str | None = None
+    forge: dict[str, Any] | None = None
     # Not written: set by a green cold run whose commit may become known-good.
     promote: bool = False
 
@@ -85,6 +88,10 @@ class RunResult:
             doc["upgrade"] = dict(self.upgrade)
         if self.policy is not None:
             doc["policy"] = dict(self.policy)
+        if self.trigger is not None:
+            doc["trigger"] = self.trigger
+        if self.forge is not None:
+            doc["forge"] = dict(self.forge)
         return doc
 
 

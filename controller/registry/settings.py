@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -275,7 +276,14 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
 
 
 def parse_settings(raw: bytes, where: str = SETTINGS_FILE) -> Settings:
-    """Settings from the bytes of a ccci.yaml (untrusted: capped, safely loaded, schema-checked)."""
+    """Settings from the bytes of a ccci.yaml (untrusted: capped, safely loaded, schema-checked).
+    Remembered by content and the environment that overrides it (frozen, so shared safely): a
+    serve pass reads the file several times, and checking 200 recipes costs a quarter second."""
+    return _parse_settings(raw, where, os.environ.get("CCCI_GIT_NAME"), os.environ.get("CCCI_GIT_EMAIL"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_settings(raw: bytes, where: str, _name: str | None, _email: str | None) -> Settings:
     doc = load_untrusted(raw, where)
     if not isinstance(doc, dict):
         raise BadInput(f"{where}: at '(top level)': expected a mapping of settings")

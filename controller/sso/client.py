@@ -9,10 +9,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from keycloak import KeycloakAdmin, KeycloakOpenID
-from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionError, KeycloakError
+if TYPE_CHECKING:
+    from keycloak.exceptions import KeycloakError
 
 from controller.sso.naming import RealmFacts, check_deletable
 from controller.util.errors import ExternalError
@@ -47,6 +47,8 @@ def _explain(exc: KeycloakError) -> str:
 
 
 def _translate(url: str, what: str, exc: KeycloakError) -> ExternalError:
+    from keycloak.exceptions import KeycloakAuthenticationError, KeycloakConnectionError
+
     status = _status(exc)
     if isinstance(exc, KeycloakConnectionError):
         return ExternalError(f"keycloak at {url}: {what}: cannot connect", command=what,
@@ -72,6 +74,10 @@ class KeycloakAdminClient:
         self._admin: Any = None
 
     def _connection(self) -> Any:
+        # python-keycloak (and its HTTP stack) costs a quarter of a second to import: only the
+        # commands that talk to Keycloak pay it.
+        from keycloak import KeycloakAdmin
+
         if self._admin is None:
             self._admin = KeycloakAdmin(server_url=self.url, username=self._user,
                                         password=self._password, realm_name=ADMIN_REALM,
@@ -80,6 +86,8 @@ class KeycloakAdminClient:
 
     def _call(self, what: str, fn: Callable[[Any], T], *, retry: bool = False,
               missing_ok: bool = False) -> T | None:
+        from keycloak.exceptions import KeycloakError
+
         def attempt() -> T | None:
             log.debug("keycloak %s: %s", self.url, what)
             try:
@@ -157,6 +165,9 @@ def wait_ready(url: str, deadline: Deadline, *, interval: float = 1.0) -> None:
 def password_grant(url: str, realm: str, client_id: str, client_secret: str | None,
                    username: str, password: str) -> dict[str, Any]:
     """The token response of a resource-owner password grant; ExternalError when refused."""
+    from keycloak import KeycloakOpenID
+    from keycloak.exceptions import KeycloakError
+
     register_secret(password)
     if client_secret:
         register_secret(client_secret)
