@@ -54,7 +54,7 @@ class Bed:
 
     @property
     def index_rel(self) -> str:
-        return names.snapshot_index_rel(self.app)
+        return names.snapshot_index_rel(helpers.HOST, self.app)
 
     def ccci(self, *args: str) -> subprocess.CompletedProcess[str]:
         return helpers.ccci("--state-dir", str(self.state), *args)
