@@ -91,9 +91,9 @@ def test_host_name_comes_from_the_option_then_the_environment_then_the_hostname(
     assert names.host_name("ci-2") == "ci-2"
     assert names.host_name() == "from-env"
     monkeypatch.delenv("CCCI_HOST")
-    monkeypatch.setattr(names.socket, "gethostname", lambda: "CI-Box.example.org")
+    monkeypatch.setattr("socket.gethostname", lambda: "CI-Box.example.org")
     assert names.host_name() == "ci-box"
-    monkeypatch.setattr(names.socket, "gethostname", lambda: "under_score")
+    monkeypatch.setattr("socket.gethostname", lambda: "under_score")
     with pytest.raises(BadInput, match=r"the hostname .set --host or CCCI_HOST.: 'under_score' is not a valid"):
         names.host_name()
 
@@ -370,8 +370,10 @@ def test_another_host_marks_a_run_aborted_only_after_its_deadline_and_refiles_it
 
 
 def test_a_result_from_before_the_fleet_has_no_deadline_and_is_left_to_its_own_host() -> None:
-    in_flight = {"r1": {"host": "old", "deadline": None}, "r2": {"host": "alpha", "deadline": "2020-01-01T00:00:00Z"},
-                 "r3": {"host": "beta", "deadline": "2020-01-01T00:00:00Z"}}
+    in_flight: dict[str, dict[str, object]] = {
+        "r1": {"host": "old", "deadline": None},
+        "r2": {"host": "alpha", "deadline": "2020-01-01T00:00:00Z"},
+        "r3": {"host": "beta", "deadline": "2020-01-01T00:00:00Z"}}
     assert abandoned.overdue(in_flight, "alpha", utcnow()) == ["r3"]
 
 
