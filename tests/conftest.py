@@ -40,6 +40,8 @@ def isolated_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("CCCI_GIT_NAME", raising=False)
     monkeypatch.delenv("CCCI_GIT_EMAIL", raising=False)
+    # One fleet host name for every test (and its subprocesses); fleet tests name others.
+    monkeypatch.setenv("CCCI_HOST", helpers.HOST)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "test@example.org",
 }
 HEX_A = "a" * 40
+HOST = "test-host"  # CCCI_HOST of every test (conftest): snapshots-index/<HOST>/ is where its entries go
 
 
 def git(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:

@@ -129,7 +129,7 @@ def test_ccci_run_of_a_promoting_cold_leaves_a_rewarmed_snapshot_as_serve_would(
     assert results[run_id]["canonical"]["advanced"] is True
     rewarms = [r for r in results.values() if r["mode"] == "rewarm"]
     assert len(rewarms) == 1 and rewarms[0]["outcome"] == "pass" and rewarms[0]["ref"] == v1, rewarms
-    index = helpers.read_yaml(clone / "snapshots-index" / "warm-static.yaml")
+    index = helpers.read_yaml(clone / "snapshots-index" / helpers.HOST / "warm-static.yaml")
     assert index["commit"] == v1 and index["taken_by_run"] == rewarms[0]["run"]
     assert (state_dir / "snapshots" / "warm-static" / "last-known-good").is_symlink()
     assert not list((state_dir / "queue").glob("rewarm-*"))  # done, not left for serve

@@ -475,7 +475,7 @@ def test_pr_comments_become_runs_on_the_swarm_and_their_verdicts_come_back_to_th
         assert len(fallback) == 1 and "**ccci cold: pass**" in fallback[0]
         assert "You asked for *quick*; *cold* ran instead: no-canonical" in fallback[0]
         # Its promotion is rewarmed by serve: a last-known-good to run quick against.
-        wait_for(lambda: "snapshots-index/warm-static.yaml" in helpers.git(
+        wait_for(lambda: f"snapshots-index/{helpers.HOST}/warm-static.yaml" in helpers.git(
             bed.remote.bare, "ls-tree", "-r", "--name-only", "main"), 300, "the rewarm's snapshot index")
 
         # 2. quick by a maintainer on a PR head: ccci/quick, informational.

@@ -142,13 +142,18 @@ def test_results_are_committed_only_by_the_lifecycle() -> None:
             committers.add(rel)
         if "result_rel(" in text:
             result_paths.add(rel)
-    # store: defines transact (and commits requests); warm_apps: the snapshot index by hand.
+    # store: defines transact (and commits requests); warm_apps: the snapshot index by hand;
+    # sweep: its requests with sweep/last.yaml; fleet/migrate: the single-host index moved.
     assert committers == {"controller/flows/runs.py", "controller/registry/store.py",
-                          "controller/registry/results.py", "controller/flows/warm_apps.py"}
+                          "controller/registry/results.py", "controller/flows/warm_apps.py",
+                          "controller/flows/sweep.py", "controller/flows/fleet/migrate.py"}
+    for rel in ("controller/flows/sweep.py", "controller/flows/fleet/migrate.py"):
+        assert "result_rel(" not in (REPO / rel).read_text()
     # Who names a result's path: the lifecycle writes it; the rest read it or link to it.
     assert result_paths == {"controller/flows/runs.py", "controller/registry/store.py",
                             "controller/util/names.py", "controller/flows/audit.py",
-                            "controller/flows/forge/reporter.py", "controller/registry/index.py"}
+                            "controller/flows/forge/reporter.py", "controller/flows/fleet/keepers.py",
+                            "controller/registry/index.py"}
     assert "result_rel(" not in (REPO / "controller/flows/warm_apps.py").read_text()
 
 

@@ -54,7 +54,7 @@ class Bed:
 
     @property
     def index_rel(self) -> str:
-        return names.snapshot_index_rel(self.app)
+        return names.snapshot_index_rel(helpers.HOST, self.app)
 
     def ccci(self, *args: str) -> subprocess.CompletedProcess[str]:
         return helpers.ccci("--state-dir", str(self.state), *args)
@@ -206,7 +206,8 @@ def test_serve_sweeps_at_its_hour_after_reconciling_the_live_keycloak_and_rewarm
         subjects = made.remote_subjects()
         assert subjects[0].startswith(f"[rewarm] {recipe}@{v1[:7]} pass") and "snapshot replaced" in subjects[0]
         assert f"[cold] {recipe}@{v1[:7]} pass (run {run_id}); canonical advanced" in subjects, subjects
-        assert any(s.startswith(f"[sweep] {recipe}@{v1[:7]}") for s in subjects), subjects
+        assert any(s.startswith("[sweep] 1 cold requests by ") and f"{recipe}@{v1[:7]}" in s
+                   for s in subjects), subjects
         assert made.queued_rewarms() == []
         assert made.leaks().returncode == 0  # the live Keycloak is infra, the warm volume data
     finally:

@@ -129,7 +129,7 @@ def test_bad_input_corpus_is_rejected_and_serve_keeps_serving(
     assert after == before
     tracked = helpers.git(work, "ls-files").splitlines()
     assert all(p.split("/")[0] in ("ccci.yaml", "requests", "results", "canonicals",
-                                   "snapshots-index") for p in tracked), tracked
+                                   "snapshots-index", "sweep") for p in tracked), tracked
 
 
 def test_no_leaked_child_processes_after_500_git_operations(

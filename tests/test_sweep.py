@@ -54,6 +54,11 @@ def test_sweep_now_files_cold_requests_for_each_tracked_head(git_remote: RemoteR
     assert docs["static"]["ref"] == static.head() and docs["static"]["requested_by"] == "sweep"
     assert docs["notes"]["ref"] == notes.versions[2]  # newest tag
     assert all(d["mode"] == "cold" for d in docs.values())
-    assert sum(1 for s in helpers.log_subjects(clone) if s.startswith("[sweep] ")) == 2
+    # One commit: both requests and the fleet's record of the sweep.
+    assert sum(1 for s in helpers.log_subjects(clone) if s.startswith("[sweep] ")) == 1
+    record = helpers.read_yaml(clone / "sweep" / "last.yaml")
+    assert record["host"] == helpers.HOST and sorted(record["filed"]) == sorted(p.stem for p in filed)
+    assert helpers.git(clone, "show", "--name-only", "--format=", "HEAD").split() == sorted(
+        [f"requests/{p.name}" for p in filed] + ["sweep/last.yaml"])
     again = helpers.ccci("--state-dir", str(state_dir), "sweep", "--registry", str(clone))
     assert "sweep not due" in again.stdout

@@ -65,13 +65,13 @@ def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: R
         assert cold["outcome"] == "pass" and cold["canonical"]["advanced"]
         warmed = rewarm(clone, state_dir, "notes")
         assert warmed.returncode == 0, warmed.stdout + warmed.stderr
-        index = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
+        index = helpers.read_yaml(clone / "snapshots-index" / helpers.HOST / f"{app}.yaml")
         assert index["commit"] == v1
         assert helpers.log_subjects(clone)[0].startswith(f"[rewarm] notes@{v1[:7]} pass")
         # Prune must keep what reattaching the snapshot's commit needs.
         assert warm_image_refs(StateDir(state_dir))[0] == {
             "ccci-test/python:bookworm": app, "ccci-test/postgres:15": app}
-        before = tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml")
+        before = tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml")
         digest = snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256  # type: ignore[union-attr]
 
         # Quick of v2 passes: upgrade on real data; canonical and snapshot untouched.
@@ -79,7 +79,7 @@ def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: R
         assert quick2["outcome"] == "pass", quick2
         assert (quick2["mode"], quick2["gating"]) == ("quick", False)
         assert {a["name"] for a in quick2["asserts"] if a["ok"]} >= {"commit", "custom:tests/ccci-assert"}
-        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml") == before
+        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
         assert snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256 == digest  # type: ignore[union-attr]
         assert not snapshots.volumes_clean(state_dir / "snapshots", app)  # v2 migrated the data
 
@@ -87,7 +87,7 @@ def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: R
         _run, quick3 = run_request(clone, state_dir, "notes", v3, mode="quick")
         assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", quick3
         assert quick3["snapshot"] == {"restored": True, "verified": True}
-        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml") == before
+        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
         manifests_equal_snapshot(state_dir, app)
         verify = helpers.ccci("--state-dir", str(state_dir), "snapshot", "verify", app, "--paranoid")
         assert "live volumes equal the snapshot" in verify.stdout, verify.stdout + verify.stderr
@@ -222,14 +222,14 @@ def test_rewarm_from_scratch_after_losing_volumes_and_snapshot(
         _run, cold = run_request(clone, state_dir, "static-a", repo.versions[1])
         assert cold["outcome"] == "pass"
         assert rewarm(clone, state_dir, "static-a").returncode == 0
-        first = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
+        first = helpers.read_yaml(clone / "snapshots-index" / helpers.HOST / f"{app}.yaml")
         remove_warm_app(app)
         import shutil
 
         shutil.rmtree(state_dir / "snapshots" / app)
         again = rewarm(clone, state_dir, "static-a")
         assert again.returncode == 0, again.stdout + again.stderr
-        second = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
+        second = helpers.read_yaml(clone / "snapshots-index" / helpers.HOST / f"{app}.yaml")
         assert second["commit"] == first["commit"] and second["taken_by_run"] != first["taken_by_run"]
         assert snapshots.verify_snapshot(state_dir / "snapshots", app).commit == repo.versions[1]
     finally:
@@ -261,7 +261,7 @@ def test_stateless_recipe_gets_an_empty_snapshot_and_quick_runs(
         _run, cold = run_request(clone, state_dir, "static", stateless[1])
         assert cold["outcome"] == "pass" and cold["canonical"]["advanced"], cold
         assert rewarm(clone, state_dir, "static").returncode == 0
-        assert helpers.read_yaml(clone / "snapshots-index" / "warm-static.yaml")["volumes"] == {}
+        assert helpers.read_yaml(clone / "snapshots-index" / helpers.HOST / "warm-static.yaml")["volumes"] == {}
         _run, quick = run_request(clone, state_dir, "static", stateless[2], mode="quick")
         assert quick["outcome"] == "pass" and quick["mode"] == "quick", quick
         assert "note" not in quick["upgrade"]

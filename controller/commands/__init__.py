@@ -22,6 +22,7 @@ from pathlib import Path
 from controller import __version__
 from controller.util.errors import CcciError
 from controller.util.log import setup_logging
+from controller.util.names import host_name
 from controller.util.paths import StateDir
 from controller.util.systemd import stderr_is_journal
 
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", type=_log_level, default=os.environ.get("CCCI_LOG_LEVEL", "INFO"),
                         help="DEBUG, INFO (default, or $CCCI_LOG_LEVEL), WARNING, ERROR")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines (daemon)")
+    parser.add_argument("--host", default=None,
+                        help="this CI host's name in the fleet (default $CCCI_HOST, else the hostname)")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f"controller.commands.{name}").register(subparsers)
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--log-level", type=_log_level, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--host", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -100,6 +104,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     # The one sentence a failed command ends with is an error to the journal too.
     error_prefix = "<3>" if journal else ""
     try:
+        args.host = host_name(args.host)  # one sentence and exit 2 for a bad name, before any work
         return int(args.handler(args))
     except CcciError as exc:
         print(f"{error_prefix}ccci: {exc.message}", file=sys.stderr)

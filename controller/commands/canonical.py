@@ -6,6 +6,7 @@ import argparse
 
 from controller.commands import entry, options
 from controller.flows import runs
+from controller.flows.fleet.migrate import migrate_legacy_index
 from controller.util.names import check_recipe_name
 
 
@@ -19,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def execute(args: argparse.Namespace) -> int:
     recipe = check_recipe_name(args.recipe, "RECIPE")
-    result = runs.rewarm(options.context(args), recipe)
+    ctx = options.context(args)
+    migrate_legacy_index(ctx)  # this host's single-host entries first: the rewarm replaces its own
+    result = runs.rewarm(ctx, recipe)
     print(f"rewarm of {recipe}: {result.outcome}" + (f": {result.error}" if result.error else ""))
     return 0 if result.outcome == "pass" else 1
 

@@ -45,4 +45,5 @@ def registry_path(args: argparse.Namespace) -> Path:
 
 def context(args: argparse.Namespace, *, sync: bool = True, progress: ProgressSink | None = None) -> Context:
     """The registry and state dir a command names, synced with the remote unless asked not to."""
-    return open_context(registry_path(args), getattr(args, "state_dir", None), sync=sync, progress=progress)
+    return open_context(registry_path(args), getattr(args, "state_dir", None), sync=sync, progress=progress,
+                        host=getattr(args, "host", None))

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from controller.commands import entry, options
 from controller.flows import modes, rewarm, runs
+from controller.flows.fleet.migrate import migrate_legacy_index
 from controller.flows.forge.service import Deliverer
 from controller.util.errors import BadInput, CcciError
 from controller.util.names import request_rel
@@ -45,7 +46,11 @@ def execute(args: argparse.Namespace) -> int:
         raise BadInput(f"{rel}: already has a result; file a new request to run again")
     if not (ctx.registry.root / rel).is_file():
         raise BadInput(f"{rel}: no such request in {ctx.registry.root}")
-    request, decision = runs.admit(ctx, name)
+    migrate_legacy_index(ctx)  # a single-host registry: this host's snapshot entries under its name
+    try:
+        request, decision = runs.admit(ctx, name)
+    except runs.NotPlacedHere as exc:
+        raise BadInput(f"{rel}: not a run for {ctx.host} now: {exc.message}") from None
     run = runs.claim(ctx, request, decision)
     if run is None:
         raise BadInput(f"{rel}: another controller claimed it first")

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def execute(args: argparse.Namespace) -> int:
     systemd = Notifier.from_environment()  # READY=1, WATCHDOG=1, STOPPING=1 under Type=notify
     ctx = open_for_serve(options.registry_path(args), args.state_dir, once=args.once,
-                         poll_interval=args.poll_interval, systemd=systemd)
+                         poll_interval=args.poll_interval, systemd=systemd, host=args.host)
     return Server(ctx, once=args.once, poll_interval=args.poll_interval, watch=not args.no_watch,
                   systemd=systemd).serve()
 

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("action", choices=("take", "restore", "verify"))
     parser.add_argument("app")
     parser.add_argument("--registry", "-r", default=os.environ.get("CCCI_REGISTRY"),
-                        help="take: also commit snapshots-index/<app>.yaml to this registry clone")
+                        help="take: also commit snapshots-index/<host>/<app>.yaml to this registry clone")
     parser.add_argument("--commit", help="take: the recipe commit whose data the volumes hold")
     parser.add_argument("--paranoid", action="store_true",
                         help="restore/verify: hash every file, not only those whose size or mtime differ")
@@ -44,11 +44,12 @@ def execute(args: argparse.Namespace) -> int:
               + f"); verified={report.verified}")
         return 0 if report.verified else 1
     info, committed = warm_apps.take_by_hand(
-        state, app, commit=args.commit, registry_path=Path(args.registry) if args.registry else None)
+        state, app, commit=args.commit, registry_path=Path(args.registry) if args.registry else None,
+        host=args.host)
     print(f"{app}: snapshot taken ({sum(v['files'] for v in info.volumes.values())} files, "
           f"manifest {info.manifest_sha256[:16]}) at {info.path}")
     if committed:
-        print(f"committed {snapshot_index_rel(app)}")
+        print(f"committed {snapshot_index_rel(args.host, app)}")
     return 0
 
 

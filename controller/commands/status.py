@@ -59,6 +59,14 @@ def execute(args: argparse.Namespace) -> int:
             console.print(f"[red]recipe {row['recipe']}[/red]: {row['source_problem']}")
     if status["running"]:
         console.print(f"running: {', '.join(status['running'])}")
+    if status["hosts"]:
+        fleet = Table(title="hosts")
+        for column in ("host", "last seen", "in flight", "warm apps"):
+            fleet.add_column(column)
+        for host in status["hosts"]:
+            fleet.add_row(host["host"], host["last_seen"] or "-", ", ".join(host["running"]) or "-",
+                          ", ".join(host["warm"]) or "-")
+        console.print(fleet)
     for alert in status["alerts"]:
         console.print(f"[red]ALERT[/red] {alert.get('key')}: {alert.get('message')}")
     for disk in status["disk"]:

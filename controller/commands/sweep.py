@@ -6,6 +6,7 @@ import argparse
 
 from controller.commands import entry, options
 from controller.flows import jobs
+from controller.flows.sweep import last_fleet_sweep
 from controller.util.timeutil import iso, utcnow
 
 
@@ -19,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def execute(args: argparse.Namespace) -> int:
     ctx = options.context(args)
     ledger = jobs.Ledger(ctx.state)
-    sweep = jobs.job("sweep")
-    last = ledger.last_run("sweep")
+    sweep = jobs.forced_sweep() if args.now else jobs.job("sweep")
+    last = jobs.latest(ledger.last_run("sweep"), last_fleet_sweep(ctx.registry.root))
     if not args.now and not sweep.due(ctx, utcnow(), last, False):
         print(f"sweep not due: last at {iso(last) if last else 'never'}, next after "
               f"{ctx.settings.sweep.at} {ctx.settings.sweep.timezone}")
@@ -28,6 +29,8 @@ def execute(args: argparse.Namespace) -> int:
     summary = jobs.run_job(ctx, sweep, ledger)
     for run_id in summary.get("filed", []):
         print(f"filed {run_id}")
+    if summary.get("swept_by"):
+        print(f"{summary['swept_by']} filed this night's sweep first: nothing filed")
     for recipe, why in summary.get("skipped", {}).items():
         print(f"skipped {recipe}: {why}")
     if "error" in summary:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from controller.registry.documents import Request, SnapshotIndex
 from controller.registry.results import Phase, RunResult
 from controller.registry.settings import Settings
 from controller.registry.store import Identity, Registry
+from controller.util import names
 from controller.util.inflight import Marker
 from controller.util.paths import StateDir
 
@@ -63,15 +63,23 @@ class Context:
     settings: Settings
     state: StateDir
     progress: ProgressSink = field(default=_no_progress)
-    controller_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     sinks: list[Sink] = field(default_factory=list)  # beyond the built-in ones (see flows.runs)
+    # This CI host's name in the fleet (--host, $CCCI_HOST, the hostname): in every claim and
+    # result, and the folder of its snapshots in snapshots-index/. Independent of the engine.
+    host: str = field(default_factory=names.host_name)
+
+    @property
+    def controller_id(self) -> str:
+        """`<host>:<pid>`: the `controller` field of results."""
+        return f"{self.host}:{os.getpid()}"
 
     @classmethod
-    def open(cls, registry: Registry, state: StateDir, progress: ProgressSink | None = None) -> Context:
+    def open(cls, registry: Registry, state: StateDir, progress: ProgressSink | None = None, *,
+             host: str | None = None) -> Context:
         settings = registry.settings()
         registry.identity = Identity.of(settings)
         return cls(registry=registry, settings=settings, state=state.ensure(),
-                   progress=progress or _no_progress)
+                   progress=progress or _no_progress, host=names.host_name(host))
 
     def refresh_settings(self) -> None:
         self.settings = self.registry.settings()
@@ -79,13 +87,13 @@ class Context:
 
 
 def open_context(registry_path: Path, state_dir: str | Path | None, *, sync: bool = False,
-                 progress: ProgressSink | None = None) -> Context:
+                 progress: ProgressSink | None = None, host: str | None = None) -> Context:
     """The context a command works in; `sync` fetches the remote before ccci.yaml is read (a fix
     pushed there must reach a clone whose copy is broken)."""
     registry = Registry(registry_path)
     if sync:
         registry.sync()
-    return Context.open(registry, StateDir.from_env(state_dir), progress=progress)
+    return Context.open(registry, StateDir.from_env(state_dir), progress=progress, host=host)
 
 
 @contextmanager

@@ -3,7 +3,9 @@ ran is kept in the state dir, so a restarted daemon catches up what it missed.""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -34,13 +36,27 @@ class Job:
 
 
 def _sweep_due(ctx: Context, now: dt.datetime, last: dt.datetime | None, once: bool) -> bool:
-    # --once drains the queue; it does not start the nightly sweep.
-    return not once and sweep.sweep_due(now, last, ctx.settings.sweep.at, ctx.settings.sweep.timezone)
+    # --once drains the queue; it does not start the nightly sweep. Any host's sweep counts.
+    return not once and sweep.sweep_due(now, latest(last, sweep.last_fleet_sweep(ctx.registry.root)),
+                                        ctx.settings.sweep.at, ctx.settings.sweep.timezone)
 
 
-def _sweep(ctx: Context) -> dict[str, Any]:
-    report = sweep.run_sweep(ctx)
-    return {"filed": report.filed, "skipped": report.skipped}
+def latest(*moments: dt.datetime | None) -> dt.datetime | None:
+    known = [m for m in moments if m is not None]
+    return max(known) if known else None
+
+
+def _sweep(ctx: Context, forced: bool = False) -> dict[str, Any]:
+    report = sweep.run_sweep(ctx, forced=forced)
+    summary: dict[str, Any] = {"filed": report.filed, "skipped": report.skipped}
+    if report.swept_by:
+        summary["swept_by"] = report.swept_by
+    return summary
+
+
+def forced_sweep() -> Job:
+    """`ccci sweep --now`: the sweep job, filing even when another host swept tonight."""
+    return dataclasses.replace(job("sweep"), run=functools.partial(_sweep, forced=True))
 
 
 def prune_due(since_s: float | None, interval_s: float, once: bool, disk_is_low: Callable[[], bool]) -> bool:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from controller.flows import cold, quick, rewarm
 from controller.flows.context import Context, Run
+from controller.flows.fleet.placement import Placement, quick_placement
+from controller.registry.documents import Request
 from controller.registry.settings import Settings
 from controller.util.errors import BadInput
 
@@ -31,6 +33,8 @@ class Fallback:
     setting: str  # the ccci.yaml key that decides, named in a rejection
     read: Callable[[Settings], str]  # its value
     enabled_by: str  # the value that allows the fallback
+    # The result's `fallback` when the precondition holds but no host of the fleet can take it.
+    unplaced_reason: str = "no-warm-host"
 
     def allowed(self, settings: Settings) -> bool:
         return self.read(settings) == self.enabled_by
@@ -47,6 +51,9 @@ class Mode:
     # None when the mode can always run; else why not (e.g. "canonical") for this recipe.
     precondition: Callable[[Context, str], str | None] | None = None
     fallback: Fallback | None = None
+    # None: any host may claim it. Else which host of the fleet takes it (fleet/placement.py);
+    # a run no host can take falls back like a missing precondition.
+    placement: Callable[[Context, Request], Placement] | None = None
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (
@@ -56,7 +63,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          proves="the upgrade from the known-good works on real data (informational, never gates)",
          precondition=quick.missing_for_quick,
          fallback=Fallback("cold", "no-canonical", "quick.no_canonical",
-                           lambda settings: settings.quick.no_canonical, "fallback-cold")),
+                           lambda settings: settings.quick.no_canonical, "fallback-cold"),
+         placement=quick_placement),
     Mode("rewarm", "rewarm", authority=None, gates=False, runner=rewarm.run_rewarm,
          proves="the known-good redeploys on its warm data and a new snapshot was taken"),
     # The sweep files cold requests as `requested_by: sweep`; authority.cold must allow it.

@@ -12,6 +12,7 @@ from controller import snapshots
 from controller.flows import deployment, keycloak, policy
 from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
+from controller.flows.fleet.placement import own_index
 from controller.flows.warm_apps import app_lock, restore_app, restore_summary, write_warm_state
 from controller.registry.documents import Request
 from controller.registry.results import RunResult
@@ -23,20 +24,11 @@ from controller.util.timeutil import Deadline, now_iso_ms
 log = logging.getLogger(__name__)
 
 
-def snapshot_matches_index(ctx: Context, recipe: str) -> bool:
-    """The registry's index and this host's last-known-good describe the same bytes."""
-    app = names.warm_app(recipe)
-    index = ctx.registry.snapshot_index(app)
-    info = snapshots.current_snapshot(ctx.state.snapshots, app)
-    return index is not None and info is not None and info.manifest_sha256 == index.manifest_sha256
-
-
 def missing_for_quick(ctx: Context, recipe: str) -> str | None:
-    """The mode's precondition: what a quick run of `recipe` lacks on this host, if anything."""
+    """The mode's precondition: what a quick run of `recipe` lacks in the registry, if anything
+    (which host holds its snapshot is placement's question: fleet/placement.py)."""
     if ctx.registry.canonical(recipe) is None:
         return "canonical"
-    if not snapshot_matches_index(ctx, recipe):
-        return "last-known-good snapshot on this host"
     return None
 
 
@@ -59,10 +51,10 @@ def run_quick(ctx: Context, run: Run) -> None:
 def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: int) -> None:
     recipe = ctx.settings.recipe(request.recipe)
     app = names.warm_app(request.recipe)
-    index = ctx.registry.snapshot_index(app)
+    index = own_index(ctx, app)
     info = snapshots.current_snapshot(ctx.state.snapshots, app)
     if index is None or info is None or info.manifest_sha256 != index.manifest_sha256:
-        raise CcciError(f"{app}: the snapshot in snapshots-index/ is not on this host; run "
+        raise CcciError(f"{app}: this host's snapshot in snapshots-index/ is not on its disk; run "
                         f"`ccci canonical rewarm {request.recipe}`", cause="infra")
     deadline = Deadline(timeout_s)
     work = deployment.workdir(ctx, request.run_id)

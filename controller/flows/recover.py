@@ -6,6 +6,7 @@ import logging
 
 from controller.flows import cleanup, keycloak, runs
 from controller.flows.context import Context
+from controller.flows.fleet.migrate import migrate_legacy_index
 from controller.flows.warm_apps import app_lock_if_free
 from controller.registry import recipes
 from controller.runtime import stack
@@ -72,6 +73,10 @@ def check_sources(ctx: Context) -> dict[str, str]:
 
 def recover_at_start(ctx: Context) -> None:
     """Finish or undo what a killed controller left behind; say what cannot work."""
+    try:  # a single-host registry: this host's snapshot entries move under its name, once
+        migrate_legacy_index(ctx)
+    except CcciError as exc:
+        log.error("snapshot index not migrated (will retry at the next start): %s", exc.message)
     check_sources(ctx)
     abort_orphaned_runs(ctx)
     _teardown_leftovers(ctx)

@@ -9,6 +9,7 @@ from controller import snapshots
 from controller.flows import deployment, keycloak, policy
 from controller.flows.context import Context, Publication, Run, phase
 from controller.flows.deployment import Deployment
+from controller.flows.fleet.placement import keeps_warm
 from controller.flows.warm_apps import (
     index_from_info,
     restore_app,
@@ -121,7 +122,9 @@ def dequeue_rewarm(ctx: Context, recipe: str) -> None:
 
 
 class RewarmQueue:
-    """The sink that asks for a rewarm when a verdict moved a canonical."""
+    """The sink that asks for a rewarm when a verdict moved a canonical — on this host, when it
+    keeps the recipe warm (it ran the promoting cold; or `warm_hosts` names it). The other
+    keepers of the fleet queue theirs when they see the new known-good (fleet/keepers.py)."""
 
     name = "rewarm-queue"
 
@@ -130,5 +133,6 @@ class RewarmQueue:
 
     def published(self, ctx: Context, result: RunResult, request: Request | None,
                   publication: Publication) -> None:
-        if publication.advanced and result.recipe:
+        if publication.advanced and result.recipe and keeps_warm(ctx.settings, result.recipe, ctx.host,
+                                                                  promoted_on=ctx.host):
             queue_rewarm(ctx, result.recipe)

@@ -17,10 +17,12 @@ from typing import Any
 
 from controller.flows import canonical, modes
 from controller.flows.context import Context, Publication, Run, Sink
+from controller.flows.fleet import placement
 from controller.flows.forge.authority import is_forge_rule
 from controller.flows.forge.reporter import ForgeReporter
 from controller.flows.rewarm import RewarmQueue, dequeue_rewarm
-from controller.flows.warm_apps import app_lock
+from controller.flows.warm_apps import app_lock, write_warm_state
+from controller.registry import documents
 from controller.registry.documents import Request, SnapshotIndex, snapshot_index_document
 from controller.registry.index import ResultsIndex, brief_of
 from controller.registry.results import RunResult, commit_message
@@ -30,7 +32,7 @@ from controller.util import inflight, names
 from controller.util.errors import BadInput, CcciError, CheckFailed
 from controller.util.files import write_whole
 from controller.util.log import run_context
-from controller.util.timeutil import new_run_id, now_iso
+from controller.util.timeutil import new_run_id, now_iso, utcnow
 from controller.util.yamlio import dump_document
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,15 @@ CONTROLLER_USER = "ccci"  # requested_by of the runs the controller starts itsel
 class Decision:
     mode: str  # what will run
     fallback: str | None = None  # why it is not what was asked, when it is not
+
+
+class NotPlacedHere(CcciError):
+    """A request this host must leave pending: another host of the fleet takes it, or this one
+    will once its queued rewarm is done (`waits_here`)."""
+
+    def __init__(self, message: str, *, waits_here: bool) -> None:
+        super().__init__(message)
+        self.waits_here = waits_here
 
 
 class Rejected(BadInput):
@@ -70,14 +81,35 @@ def decide(ctx: Context, request: Request) -> Decision:
             "'recipes' in ccci.yaml"
         )
     missing = entry.precondition(ctx, request.recipe) if entry.precondition else None
+    unplaced = None
     if missing is None:
-        return Decision(entry.name)
+        if entry.placement is None:
+            return Decision(entry.name)
+        unplaced = _unplaced(ctx, request, entry.placement(ctx, request))
+        if unplaced is None:
+            return Decision(entry.name)
     fallback = entry.fallback
     if fallback is None or not fallback.allowed(settings):
         policy = f" and {fallback.setting} is {fallback.read(settings)}" if fallback else ""
-        raise BadInput(f"{request.rel_path}: at 'mode': {entry.name} needs a {missing} for "
-                       f"{request.recipe!r}{policy}")
-    return Decision(fallback.mode, fallback=fallback.reason)
+        needs = (f"no host of the fleet can take it: {unplaced}" if unplaced
+                 else f"{entry.name} needs a {missing} for {request.recipe!r}")
+        raise BadInput(f"{request.rel_path}: at 'mode': {needs}{policy}")
+    return Decision(fallback.mode, fallback=fallback.unplaced_reason if unplaced else fallback.reason)
+
+
+def _unplaced(ctx: Context, request: Request, placed: placement.Placement) -> str | None:
+    """None when this host takes the run; why no host can, when none can; NotPlacedHere when it
+    is another host's (until quick.host_wait_s has passed) or this one's after a rewarm."""
+    if placed.where == placement.HERE:
+        return None
+    if placed.where == placement.WAIT:
+        raise NotPlacedHere(placed.why, waits_here=True)
+    wait_s = ctx.settings.quick.host_wait_s
+    if placed.where == placement.ELSEWHERE:
+        if not placement.waited_out(request.run_id, utcnow(), wait_s):
+            raise NotPlacedHere(placed.why, waits_here=False)
+        return f"{placed.why}, and none claimed it within quick.host_wait_s ({wait_s:g} s)"
+    return placed.why
 
 
 def authority_refusal(settings: Settings, key: str, request: Request) -> str | None:
@@ -128,6 +160,7 @@ def what_was_asked(request: Request) -> dict[str, Any]:
 
 
 def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
+    started = now_iso()
     return RunResult(
         run=request.run_id,
         recipe=request.recipe,
@@ -137,11 +170,13 @@ def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
         fallback=decision.fallback,
         gating=modes.mode(decision.mode).gates,
         outcome="running",
-        started_at=now_iso(),
+        started_at=started,
         requested_by=request.requested_by,
         pr=request.pr,
         controller=ctx.controller_id,
         **what_was_asked(request),
+        host=ctx.host,
+        deadline=placement.deadline(ctx.settings, request.recipe, started),
     )
 
 
@@ -238,12 +273,15 @@ def run_claimed(ctx: Context, run: Run) -> Publication:
 
 def publish(ctx: Context, result: RunResult, request: Request | None, *,
             index: SnapshotIndex | None = None, only_if_unanswered: bool = False,
-            request_file: str | None = None) -> Publication:
+            request_file: str | None = None, only_if_running: bool = False,
+            also: Callable[[Path], list[str]] | None = None) -> Publication:
     """Commit `result` — with the canonical it advances and the snapshot index it replaces, in
     the same commit, so a crash never leaves one without the other — then tell every sink.
     The verdict consumes the request: its file leaves `requests/` in the same commit (the result
     keeps what it asked, git keeps the file), so `requests/` holds only what waits or runs and
-    no commit rewrites a folder the size of the history."""
+    no commit rewrites a folder the size of the history.
+    `only_if_running`: only over a result that still says running (another host's run);
+    `also` writes more files into the same commit (a re-filed request)."""
     rel = names.result_rel(result.run)
     consumed = f"{names.REQUESTS_DIR}/{request_file or result.run + '.yaml'}"
     run = Run(request, result) if request is not None else None
@@ -253,6 +291,8 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
         nonlocal advanced
         if only_if_unanswered and (root / rel).exists():
             return None
+        if only_if_running and _outcome_at(root, rel) != "running":
+            return None
         touched = [rel]
         if run is not None:
             moved = canonical.advance_canonical(ctx, root, run)
@@ -260,7 +300,7 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
                 touched.append(moved)
         advanced = bool(result.canonical.get("advanced"))
         if index is not None:
-            index_rel = names.snapshot_index_rel(index.app)
+            index_rel = names.snapshot_index_rel(ctx.host, index.app)
             target = root / index_rel
             target.parent.mkdir(parents=True, exist_ok=True)
             write_whole(target, updated_text(root, index_rel, snapshot_index_document(index)))
@@ -270,6 +310,8 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
         if answered.is_symlink() or answered.is_file():
             answered.unlink()
             touched.append(consumed)
+        if also is not None:
+            touched += also(root)
         return touched
 
     def message() -> str:
@@ -342,21 +384,24 @@ def rejection(ctx: Context, file_name: str, error: CcciError, request: Request |
         pr=request.pr if request else None,
         controller=ctx.controller_id,
         **(what_was_asked(request) if request else {}),
+        host=ctx.host,
     )
 
 
-def abort(ctx: Context, run_id: str, existing: dict[str, Any]) -> RunResult:
-    """Publish the `aborted` verdict of a run the controller lost (it died mid-way)."""
-    result = aborted_result(ctx, run_id, existing)
+def abort(ctx: Context, run_id: str, existing: dict[str, Any], *, why: str | None = None,
+          only_if_running: bool = False, also: Callable[[Path], list[str]] | None = None) -> Publication:
+    """Publish the `aborted` verdict of a run the controller lost (it died mid-way); another
+    host's run only while its result still says running (`only_if_running`)."""
+    result = aborted_result(ctx, run_id, existing, why)
     request = None
     with contextlib.suppress(CcciError):  # the verdict goes out anyway; sinks needing it skip it
         request = ctx.registry.read_request(f"{run_id}.yaml")
-    publish(ctx, result, request)
-    return result
+    return publish(ctx, result, request, only_if_running=only_if_running, also=also)
 
 
-def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any]) -> RunResult:
-    """The final result of a run the controller lost: outcome aborted, says why."""
+def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any], why: str | None = None) -> RunResult:
+    """The final result of a run the controller lost: outcome aborted, says why (by default: its
+    own controller found it at start-up)."""
     def text(key: str) -> str | None:
         value = existing.get(key)
         return str(value) if value is not None else None
@@ -375,7 +420,7 @@ def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any]) -> RunRe
         cause="infra",
         started_at=text("started_at") or now_iso(),
         finished_at=now_iso(),
-        error=(
+        error=why or (
             "the controller stopped while this run was in flight; its objects were torn down "
             f"at the next start-up ({ctx.controller_id}); request it again to re-run"
         ),
@@ -385,6 +430,8 @@ def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any]) -> RunRe
         controller=ctx.controller_id,
         trigger=text("trigger"),
         forge=dict(existing["forge"]) if isinstance(existing.get("forge"), dict) else None,
+        host=placement.host_of_result(existing) or ctx.host,
+        deadline=text("deadline"),
     )
 
 
@@ -401,6 +448,9 @@ def rewarm(ctx: Context, recipe: str) -> RunResult:
     result = new_result(ctx, request, Decision("rewarm"))
     app = names.warm_app(recipe)
     with run_context(request.run_id), app_lock(ctx, app):
+        # The fleet's keepers queue a rewarm for a known-good once (fleet/keepers.py), not again
+        # after it failed.
+        write_warm_state(ctx.state, app, rewarm_of=current.known_good)
         marker = inflight.begin(ctx.state, request.run_id, mode="rewarm", recipe=recipe, app=app,
                                 registry=str(ctx.registry.root))
         run = Run(request, result, marker)
@@ -420,6 +470,16 @@ def perform_queued_rewarm(ctx: Context, recipe: str) -> RunResult | None:
     finally:
         dequeue_rewarm(ctx, recipe)
 
+
+
+def _outcome_at(root: Path, rel: str) -> str | None:
+    path = root / rel
+    if not path.is_file():
+        return None
+    try:
+        return str(documents.read_result(path, rel).get("outcome"))
+    except CcciError:
+        return None
 
 
 def _write_result(root: Path, rel: str, result: RunResult) -> None:

@@ -15,6 +15,7 @@ from types import FrameType
 
 from controller.flows import jobs, prune, recover, rewarm, runs
 from controller.flows.context import Context, Run
+from controller.flows.fleet import abandoned, keepers
 from controller.flows.forge.service import Deliverer
 from controller.registry import git as gitmod
 from controller.registry.index import ResultsIndex
@@ -63,6 +64,10 @@ class Server:
         self._heartbeat = ctx.state.heartbeat(os.getpid())
         self.fatal: CcciError | None = None  # what ends a --once serve that cannot go on
         self.claims_held: str | None = None  # why nothing new is claimed right now
+        # Recipes with a quick run claimed here: the next waits for it unclaimed, so a claim's
+        # deadline is never spent waiting for the app's lock.
+        self.warm_busy: set[str] = set()
+        self.results_index = ResultsIndex(ctx.registry, ctx.state.results_index(ctx.registry.root))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
@@ -173,6 +178,7 @@ class Server:
         pruned = self.ledger.entry("prune")
         atomic_write_json(self._heartbeat, {
             "pid": os.getpid(),
+            "host": self.ctx.host,
             "registry": str(self.ctx.registry.root),
             "passes": self.stats.passes,
             "claimed": self.stats.claimed,
@@ -205,6 +211,7 @@ class Server:
             clear_alert(self.ctx.state, SETTINGS_ALERT)
             clear_alert(self.ctx.state, CLONE_ALERT)
             self._run_due_jobs()
+            self._fleet_duties()
             self.claims_held = self._disk_hold()
             pending_count += self._start_queued_rewarms()
             for name in self._pending():
@@ -250,7 +257,18 @@ class Server:
         return self._index().refresh().pending
 
     def _index(self) -> ResultsIndex:
-        return ResultsIndex(self.ctx.registry, self.ctx.state.results_index(self.ctx.registry.root))
+        return self.results_index
+
+    def _fleet_duties(self) -> None:
+        """What this host owes the fleet on each pass: rewarms of the recipes it keeps warm, and
+        an `aborted` verdict for other hosts' runs left running past their deadline."""
+        if self.stopping:
+            return
+        try:
+            keepers.queue_owed_rewarms(self.ctx)
+            abandoned.mark_abandoned(self.ctx, self.results_index)
+        except CcciError as exc:
+            log.warning("fleet duties skipped this pass: %s", exc.message)
 
     def _disk_hold(self) -> str | None:
         """Below limits.disk_min_free_gb nothing new is claimed (runs in flight finish): a run
@@ -293,8 +311,17 @@ class Server:
             if exc.committed:
                 self.stats.rejected += 1
             return True
+        except runs.NotPlacedHere as exc:
+            log.debug("leaving %s: %s", name, exc.message)
+            return not exc.waits_here  # another host's is not pending here
         if self.claims_held:
             return False  # answered later, once there is room on disk
+        warm = request.recipe if decision.mode in recover.WARM_MODES else None
+        if warm is not None:
+            with self.active_lock:
+                if warm in self.warm_busy or f"rewarm:{warm}" in self.active:
+                    return False
+                self.warm_busy.add(warm)
         slot = self.cold_slots if decision.mode == "cold" else None
         if slot is not None and not slot.acquire(blocking=False):
             return False
@@ -302,30 +329,35 @@ class Server:
             with run_context(request.run_id):
                 run = runs.claim(self.ctx, request, decision)
         except BaseException:
-            if slot is not None:
-                slot.release()
+            self._release(slot, warm)
             raise
         if run is None:
-            if slot is not None:
-                slot.release()
+            self._release(slot, warm)
             return True
         self.stats.claimed += 1
-        self._start(name, self._run, run, slot, claimed=True)
+        self._start(name, self._run, run, slot, warm, claimed=True)
         return True
 
-    def _run(self, run: Run, slot: threading.BoundedSemaphore | None) -> None:
+    def _release(self, slot: threading.BoundedSemaphore | None, warm: str | None) -> None:
+        if slot is not None:
+            slot.release()
+        if warm is not None:
+            with self.active_lock:
+                self.warm_busy.discard(warm)
+
+    def _run(self, run: Run, slot: threading.BoundedSemaphore | None, warm: str | None) -> None:
         try:
             runs.run_claimed(self.ctx, run)
             self.stats.finished += 1
         except CcciError as exc:
             log.error("could not commit the result of %s: %s", run.result.run, exc.message)
         finally:
-            if slot is not None:
-                slot.release()
+            self._release(slot, warm)
 
 
 def open_for_serve(registry_path: Path, state_dir: str | Path | None, *, once: bool,
-                   poll_interval: float | None, systemd: Notifier | None = None) -> Context:
+                   poll_interval: float | None, systemd: Notifier | None = None,
+                   host: str | None = None) -> Context:
     """Fetch first, then read ccci.yaml; while it is broken (or the clone cannot follow its
     remote), hold with an alert and fetch again, so the fix pushed to the remote is picked
     up — never a crash loop under systemd. --once says why and gives up.
@@ -340,7 +372,7 @@ def open_for_serve(registry_path: Path, state_dir: str | Path | None, *, once: b
                 registry.sync()
             except ExternalError as exc:  # the remote is down: start on what the clone has
                 log.warning("cannot fetch the registry (will retry each pass): %s", exc.message)
-            ctx = Context.open(registry, state)
+            ctx = Context.open(registry, state, host=host)
         except BadInput as exc:
             raise_alert(state, CLONE_ALERT if isinstance(exc, DirtyClone) else SETTINGS_ALERT, exc.message)
             if once:

@@ -24,6 +24,27 @@ def _brief(doc: dict[str, Any] | None) -> dict[str, Any] | None:
             "finished_at": doc.get("finished_at")}
 
 
+LEGACY = "(single-host entry)"  # snapshots-index/<app>.yaml, not yet moved under its host's name
+
+
+def fleet_hosts(registry: Registry, index: ResultsIndex) -> list[dict[str, Any]]:
+    """Each host of the fleet: when its results last said anything (from the results index, so
+    the cost follows what changed), its runs in flight, the warm apps it holds snapshots of."""
+    hosts: dict[str, dict[str, Any]] = {}
+
+    def host(name: str) -> dict[str, Any]:
+        return hosts.setdefault(name, {"host": name, "last_seen": None, "running": [], "warm": []})
+
+    for name, entry in index.hosts.items():
+        host(name)["last_seen"] = entry.get("last_seen") or None
+    for run, entry in sorted(index.in_flight.items()):
+        host(str(entry.get("host") or "(unknown)"))["running"].append(run)
+    for name in registry.index_hosts():
+        folder = registry.root / names.SNAPSHOT_INDEX_DIR / name
+        host(name)["warm"] = sorted(p.stem for p in folder.glob("*.yaml") if names.APP_RE.match(p.stem))
+    return [hosts[name] for name in sorted(hosts)]
+
+
 def results_index(registry: Registry, state: StateDir) -> ResultsIndex:
     return ResultsIndex(registry, state.results_index(registry.root)).refresh()
 
@@ -45,10 +66,16 @@ def collect_status(registry_path: Path, state_dir: str | Path | None, *, recipe:
             canonical = registry.canonical(name)
         except CcciError as exc:
             canonical, canonical_error = None, exc.message
+        app = names.warm_app(name)
+        held = dict(registry.snapshot_indexes(app))
         try:
-            snapshot = registry.snapshot_index(names.warm_app(name))
+            legacy = registry.legacy_snapshot_index(app)
         except CcciError:
-            snapshot = None
+            legacy = None
+        if legacy is not None:
+            held[LEGACY] = legacy
+        known_good = canonical.known_good if canonical else None
+        snapshot = next((e for e in held.values() if e.commit == known_good), None) or next(iter(held.values()), None)
         entry = indexed.get(name, {})
         last = entry.get("last")
         recipes.append({
@@ -59,6 +86,9 @@ def collect_status(registry_path: Path, state_dir: str | Path | None, *, recipe:
             "canonical_error": canonical_error,
             "snapshot_commit": snapshot.commit if snapshot else None,
             "snapshot_taken_at": snapshot.taken_at if snapshot else None,
+            # Whose disks hold a last-known-good of it, and of which commit.
+            "snapshots": {host: {"commit": e.commit, "taken_at": e.taken_at, "current": e.commit == known_good}
+                          for host, e in sorted(held.items())},
             "last_run": last.get("run") if last else None,
             "last_mode": last.get("mode") if last else None,
             "last_outcome": last.get("outcome") if last else None,
@@ -71,6 +101,7 @@ def collect_status(registry_path: Path, state_dir: str | Path | None, *, recipe:
         if isinstance(doc, dict) and "pid" in doc:
             daemons.append(doc)
     running = index.running
+    hosts = fleet_hosts(registry, index)
     limit = settings.limits.disk_min_free_gb
     disk = [{"path": path, "free_gib": round(free / 1024**3, 2), "low": free < limit * 1024**3}
             for path, free in sorted(prune.free_space(state).items())]
@@ -79,6 +110,7 @@ def collect_status(registry_path: Path, state_dir: str | Path | None, *, recipe:
         "registry": str(registry.root),
         "recipes": recipes,
         "running": running,
+        "hosts": hosts,
         "results": index.count,
         "history": list(reversed(indexed.get(recipe, {}).get("recent", []))) if recipe else None,
         "alerts": list_alerts(state),

@@ -123,8 +123,8 @@ def index_from_info(info: snapshots.SnapshotInfo) -> SnapshotIndex:
 
 
 def commit_index(ctx: Context, info: snapshots.SnapshotInfo, label: str = "snapshot") -> str | None:
-    """Commit `snapshots-index/<app>.yaml` for a snapshot taken outside a run."""
-    rel = names.snapshot_index_rel(info.app)
+    """Commit `snapshots-index/<host>/<app>.yaml` for a snapshot taken outside a run."""
+    rel = names.snapshot_index_rel(ctx.host, info.app)
 
     def write(root: Path) -> list[str] | None:
         path = root / rel
@@ -132,7 +132,7 @@ def commit_index(ctx: Context, info: snapshots.SnapshotInfo, label: str = "snaps
         write_whole(path, updated_text(root, rel, snapshot_index_document(index_from_info(info))))
         return [rel]
 
-    message = f"[{label}] {info.app}@{info.commit[:7]} taken (run {info.taken_by_run or '-'})"
+    message = f"[{label}] {info.app}@{info.commit[:7]} taken on {ctx.host} (run {info.taken_by_run or '-'})"
     return ctx.registry.transact(write, message)
 
 
@@ -160,12 +160,12 @@ def restore_by_hand(state: StateDir, app: str, *, paranoid: bool) -> snapshots.R
         return restore_app(state, app, paranoid=paranoid)
 
 
-def take_by_hand(state: StateDir, app: str, *, commit: str | None,
-                 registry_path: Path | None) -> tuple[snapshots.SnapshotInfo, bool]:
+def take_by_hand(state: StateDir, app: str, *, commit: str | None, registry_path: Path | None,
+                 host: str | None = None) -> tuple[snapshots.SnapshotInfo, bool]:
     """`ccci snapshot take`, under the app's lock; with a registry, also commit its index entry
     (and keep its limits.disk_min_free_gb; without one, $CCCI_DISK_MIN_FREE_GB or the default).
     Returns the snapshot and whether an index commit was made."""
-    ctx = open_context(registry_path, state.root) if registry_path else None
+    ctx = open_context(registry_path, state.root, host=host) if registry_path else None
     with app_lock_state(state, app):
         commit = commit or read_warm_state(state, app).get("data_commit")
         if not commit:
@@ -176,5 +176,5 @@ def take_by_hand(state: StateDir, app: str, *, commit: str | None,
         if ctx is None:
             return info, False
         if commit_index(ctx, info) is None:
-            raise CheckFailed(f"{names.snapshot_index_rel(app)}: nothing to commit")
+            raise CheckFailed(f"{names.snapshot_index_rel(ctx.host, app)}: nothing to commit")
         return info, True

@@ -42,6 +42,7 @@ class Request:
     trigger: str | None = None
     pr: int | None = None
     forge: ForgeOrigin | None = None
+    refiled_from: str | None = None  # the abandoned run this one re-runs
 
     @property
     def rel_path(self) -> str:
@@ -60,6 +61,8 @@ class Request:
             doc["pr"] = self.pr
         if self.forge is not None:
             doc["forge"] = self.forge.to_document()
+        if self.refiled_from is not None:
+            doc["refiled_from"] = self.refiled_from
         return doc
 
 
@@ -110,6 +113,7 @@ def parse_request(raw: bytes, file_name: str) -> Request:
         trigger=doc.get("trigger"),
         pr=doc.get("pr"),
         forge=ForgeOrigin(**doc["forge"]) if doc.get("forge") else None,
+        refiled_from=doc.get("refiled_from"),
     )
 
 

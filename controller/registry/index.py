@@ -28,10 +28,10 @@ from controller.util.yamlio import load_untrusted
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when what an entry holds changes: older indexes are rebuilt
+FORMAT = 3  # bump when what an entry holds changes: older indexes are rebuilt
 RECENT = 20  # runs kept per recipe for `ccci status --recipe`
 FIELDS = ("run", "recipe", "ref", "mode", "requested_mode", "outcome", "cause", "requested_by", "pr",
-          "started_at", "finished_at")
+          "started_at", "finished_at", "host", "controller", "deadline")
 MODES = ("cold", "quick", "rewarm")
 _TOP_LEVEL = re.compile(r"^([a-z_]+): ?(.*)$")
 # A quoted scalar with nothing inside that quoting would change ('', escapes, comments).
@@ -73,9 +73,21 @@ def _trusted(cached: Any, path: Path) -> bool:
 
 
 def _empty(commit: str | None) -> dict[str, Any]:
-    return {"format": FORMAT, "commit": commit, "count": 0, "recipes": {}, "running": [], "pending": []}
+    # in_flight: {run: {host, deadline, recipe}}; hosts: {host: {last_seen}} — the fleet's view.
+    return {"format": FORMAT, "commit": commit, "count": 0, "recipes": {}, "running": [], "in_flight": {},
+            "hosts": {}, "pending": []}
 
 
+def host_of(brief: dict[str, Any]) -> str | None:
+    """The host a result names: `host`, or the host part of `controller` (results written before
+    the fleet say only `<hostname>:<pid>`)."""
+    host = brief.get("host")
+    if isinstance(host, str) and host:
+        return host
+    controller = brief.get("controller")
+    if isinstance(controller, str) and ":" in controller:
+        return controller.rsplit(":", 1)[0].split(".", 1)[0].lower()
+    return None
 def _request_name(rel: str) -> str | None:
     """The entry of `requests/` a changed path belongs to (serve lists that folder's entries)."""
     name = rel[len(names.REQUESTS_DIR) + 1:].split("/", 1)[0]
@@ -107,10 +119,22 @@ class ResultsIndex:
     def count(self) -> int:
         return int(self.doc["count"])
 
+    @property
+    def in_flight(self) -> dict[str, dict[str, Any]]:
+        """{run: {host, deadline, recipe}} of every result that says running."""
+        return {run: dict(entry) for run, entry in self.doc["in_flight"].items()}
+
+    @property
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        """{host: {last_seen}}: the latest time a result of that host names (its commits)."""
+        return {host: dict(entry) for host, entry in self.doc["hosts"].items()}
+
     def refresh(self) -> ResultsIndex:
         head = self.registry.head()
-        cached = read_json(self.path)
-        if _trusted(cached, self.path):
+        if self.doc.get("commit") == head:
+            return self  # a long-lived index (serve's) already at HEAD: nothing to read
+        cached = self.doc if self.doc.get("commit") else read_json(self.path)
+        if cached is self.doc or _trusted(cached, self.path):
             if cached["commit"] == head:
                 self.doc = cached
                 return self
@@ -191,11 +215,18 @@ class ResultsIndex:
         seen = run in running or any(r.get("run") == run for r in entry["recent"])
         if not seen:
             self.doc["count"] += 1
+        host = host_of(brief)
         if brief.get("outcome") == "running":
             running.add(run)
+            self.doc["in_flight"][run] = {"host": host, "deadline": brief.get("deadline"), "recipe": recipe}
         else:
             running.discard(run)
+            self.doc["in_flight"].pop(run, None)
         self.doc["running"] = sorted(running)
+        if host is not None:
+            stamp = max(str(brief.get("started_at") or ""), str(brief.get("finished_at") or ""))
+            entry_host = self.doc["hosts"].setdefault(host, {"last_seen": ""})
+            entry_host["last_seen"] = max(entry_host["last_seen"], stamp)
         recent = [r for r in entry["recent"] if r.get("run") != run] + [brief]
         recent.sort(key=lambda r: str(r.get("started_at") or ""))
         entry["recent"] = recent[-RECENT:]

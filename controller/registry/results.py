@@ -37,7 +37,9 @@ class RunResult:
     requested_by: str | None = None
     pr: int | None = None
     app: str | None = None
-    controller: str | None = None
+    controller: str | None = None  # host:pid of the controller that wrote it
+    host: str | None = None  # the CI host (--host) the run is placed on
+    deadline: str | None = None  # a claim's: after it, another host may mark the run aborted
     phases: list[Phase] = field(default_factory=list)
     asserts: list[AssertOutcome] = field(default_factory=list)
     canonical: dict[str, Any] = field(
@@ -70,6 +72,8 @@ class RunResult:
             "pr": self.pr,
             "app": self.app,
             "controller": self.controller,
+            "host": self.host,
+            "deadline": self.deadline,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "phases": [

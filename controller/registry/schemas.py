@@ -33,6 +33,9 @@ REQUEST: dict[str, Any] = {
         "requested_by": {"type": "string", "pattern": USER},
         "trigger": {"type": ["string", "null"], "maxLength": 1000},
         "pr": {"type": ["integer", "null"], "minimum": 0},
+        # Set by the controller when it re-files a run whose host died (serve.refile_abandoned):
+        # a re-filed run is never re-filed again.
+        "refiled_from": {"type": "string", "pattern": RUN_ID},
         "forge": {
             "type": "object",
             "additionalProperties": False,
@@ -98,6 +101,8 @@ RESULT: dict[str, Any] = {
         "requested_mode": {"type": ["string", "null"]},
         "outcome": {"enum": ["running", "pass", "fail", "error", "rejected", "aborted"]},
         "gating": {"type": "boolean"},
+        "host": {"type": ["string", "null"]},
+        "deadline": {"type": ["string", "null"], "pattern": TIMESTAMP},
     },
 }
 

@@ -52,6 +52,7 @@ class QuickSettings:
     """`quick`: how quick requests are handled."""
 
     no_canonical: str  # fallback-cold | reject
+    host_wait_s: float  # how long a quick request waits for a host holding its snapshot
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class ServeSettings:
     poll_interval_s: float
     reap_interval_s: float
     reconcile_interval_s: float
+    deadline_grace_s: int  # a claim's deadline is start + timeout_s + this
+    refile_abandoned: bool  # re-file once a run another host marked aborted
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class RecipeSettings:
     assert_timeout_s: int
     env: dict[str, str]  # extra stack env, over .env.sample
     forge_repo: str | None  # owner/name on the forge
+    warm_hosts: tuple[str, ...]  # hosts keeping the canonical warm; empty: the promoting one
     allow: tuple[str, ...]  # host policy grants (policy.allow)
     limits: ServiceLimits  # limits.service_*, with this recipe's overrides
 
@@ -222,6 +226,7 @@ def _recipe(name: str, raw: dict[str, Any], limits: LimitsSettings) -> RecipeSet
         assert_timeout_s=raw["assert_timeout_s"],
         env={k: str(v) for k, v in raw["env"].items()},
         forge_repo=raw.get("forge_repo"),
+        warm_hosts=tuple(raw["warm_hosts"]),
         allow=tuple(raw["policy"]["allow"]),
         limits=ServiceLimits(memory=str(own.get("memory", limits.service_memory)),
                              cpus=float(own.get("cpus", limits.service_cpus)),
@@ -257,7 +262,8 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
         identity=_identity(identity),
         recipes={name: _recipe(name, raw, limit_settings) for name, raw in full["recipes"].items()},
         authority=AuthoritySettings(cold=tuple(authority["cold"]), quick=tuple(authority["quick"])),
-        quick=QuickSettings(no_canonical=full["quick"]["no_canonical"]),
+        quick=QuickSettings(no_canonical=full["quick"]["no_canonical"],
+                            host_wait_s=float(full["quick"]["host_wait_s"])),
         sweep=SweepSettings(at=sweep["at"], timezone=sweep["timezone"], max_tests=sweep["max_tests"],
                             order=sweep["order"]),
         warm=WarmSettings(keycloak=KeycloakSettings(
@@ -271,7 +277,9 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
             results_url=forge.get("results_url"), poll_interval_s=float(forge["poll_interval_s"])),
         serve=ServeSettings(poll_interval_s=float(full["serve"]["poll_interval_s"]),
                             reap_interval_s=float(full["serve"]["reap_interval_s"]),
-                            reconcile_interval_s=float(full["serve"]["reconcile_interval_s"])),
+                            reconcile_interval_s=float(full["serve"]["reconcile_interval_s"]),
+                            deadline_grace_s=int(full["serve"]["deadline_grace_s"]),
+                            refile_abandoned=bool(full["serve"]["refile_abandoned"])),
     )
 
 

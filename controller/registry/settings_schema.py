@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from controller.registry.schemas import NAME
-from controller.util.names import FORGE_REPO
+from controller.util.names import FORGE_REPO, HOST_RE
+
+HOST = HOST_RE.pattern
 
 MEMORY = r"^[0-9]+(\.[0-9]+)?[bkmgBKMG]?$"
 # A secret's file: an absolute path, or a systemd credential of the unit (util/credentials.py).
@@ -106,6 +108,16 @@ RECIPE: dict[str, Any] = {
             "default": 300,
             "description": "Seconds the custom assert may run before it fails.",
             "examples": [600],
+        },
+        "warm_hosts": {
+            "type": "array",
+            "items": {"type": "string", "pattern": HOST},
+            "uniqueItems": True,
+            "default": [],
+            "description": "The CI hosts (their `--host` names) that keep this recipe's canonical "
+                           "warm: each rewarms it when the known-good moves, so quick runs can go "
+                           "to any of them. Empty: the host that ran the promoting cold run.",
+            "examples": [["ci-1", "ci-2"]],
         },
         "forge_repo": {
             "type": "string", "pattern": FORGE_REPO,
@@ -241,10 +253,20 @@ SETTINGS: dict[str, Any] = {
                 "no_canonical": {
                     "enum": ["fallback-cold", "reject"],
                     "default": "fallback-cold",
-                    "description": "A quick request for a recipe with no canonical (or no "
-                                   "last-known-good snapshot on this host) yet: `fallback-cold` runs "
-                                   "it cold instead, `reject` refuses it.",
+                    "description": "A quick request for a recipe with no canonical, or that no host "
+                                   "of the fleet can take (none holds a current last-known-good "
+                                   "snapshot, or those that do left it waiting past "
+                                   "`quick.host_wait_s`): `fallback-cold` runs it cold instead "
+                                   "(on any host), `reject` refuses it.",
                     "examples": ["reject"],
+                },
+                "host_wait_s": {
+                    "type": "number", "minimum": 0, "maximum": 604800,
+                    "default": 900.0,
+                    "description": "Seconds a quick request waits, from its filing (its run id's "
+                                   "time), for a host that holds the recipe's current snapshot to "
+                                   "claim it; after that `no_canonical` decides, on any host.",
+                    "examples": [3600.0],
                 },
             },
         },
@@ -507,6 +529,24 @@ SETTINGS: dict[str, Any] = {
                                    "longer in flight (also done at start-up); only with a warm "
                                    "Keycloak.",
                     "examples": [300.0],
+                },
+                "deadline_grace_s": {
+                    "type": "integer", "minimum": 0, "maximum": 86400,
+                    "default": 1800,
+                    "description": "Seconds added to a run's `timeout_s` for its claim's deadline "
+                                   "(teardown, restore and rollback happen after the timeout). Past "
+                                   "the deadline, another host marks a run whose host never answered "
+                                   "`aborted`.",
+                    "examples": [3600],
+                },
+                "refile_abandoned": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "When another host marks an abandoned run `aborted`, file it "
+                                   "again once (a new request, `refiled_from` the old run; a re-filed "
+                                   "run is never re-filed). Every host must run a ccci that knows "
+                                   "`refiled_from`.",
+                    "examples": [True],
                 },
                 "reconcile_interval_s": {
                     "type": "number", "minimum": 60, "maximum": 604800,

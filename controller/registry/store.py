@@ -118,7 +118,10 @@ class Registry:
             return
         log.warning("discarding uncommitted registry changes (a crash left them): %s",
                     ", ".join(line[3:] for line in dirty.splitlines()[:10]))
-        self.git("checkout", "--quiet", "HEAD", "--", *[d for d in REGISTRY_DIRS if (self.root / d).exists()])
+        # Only folders HEAD has: a registry older than one of them (sweep/) has nothing to check out.
+        tracked = self.git("ls-tree", "--name-only", "HEAD", "--", *REGISTRY_DIRS).split()
+        if tracked:
+            self.git("checkout", "--quiet", "HEAD", "--", *tracked)
         self.git("clean", "--quiet", "-fd", "--", *REGISTRY_DIRS)
 
     def committed(self, rel: str) -> bool:
@@ -284,12 +287,47 @@ class Registry:
             return None
         return documents.parse_canonical(path.read_bytes()[: documents.DOC_MAX_BYTES + 1], rel)
 
-    def snapshot_index(self, app: str) -> SnapshotIndex | None:
-        rel = names.snapshot_index_rel(app)
+    def snapshot_index(self, app: str, host: str) -> SnapshotIndex | None:
+        """`host`'s entry for `app`, or None."""
+        return self._snapshot_index_at(names.snapshot_index_rel(host, app))
+
+    def legacy_snapshot_index(self, app: str) -> SnapshotIndex | None:
+        """The entry a single-host registry kept at `snapshots-index/<app>.yaml`, or None."""
+        return self._snapshot_index_at(names.legacy_snapshot_index_rel(app))
+
+    def _snapshot_index_at(self, rel: str) -> SnapshotIndex | None:
         path = self.root / rel
-        if not path.is_file():
+        if path.is_symlink() or not path.is_file():
             return None
         return documents.parse_snapshot_index(path.read_bytes()[: documents.DOC_MAX_BYTES + 1], rel)
+
+    def index_hosts(self) -> list[str]:
+        """The hosts that have a folder in `snapshots-index/` (their snapshots, one file per app)."""
+        root = self.root / names.SNAPSHOT_INDEX_DIR
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir()
+                      if p.is_dir() and not p.is_symlink() and names.HOST_RE.match(p.name))
+
+    def snapshot_indexes(self, app: str) -> dict[str, SnapshotIndex]:
+        """{host: its entry for `app`} over the fleet; an unreadable entry is left out, loudly."""
+        found = {}
+        for host in self.index_hosts():
+            try:
+                entry = self.snapshot_index(app, host)
+            except BadInput as exc:
+                log.warning("%s", exc.message)
+                continue
+            if entry is not None:
+                found[host] = entry
+        return found
+
+    def legacy_index_apps(self) -> list[str]:
+        """Apps with an entry in the single-host layout (`snapshots-index/<app>.yaml`)."""
+        root = self.root / names.SNAPSHOT_INDEX_DIR
+        if not root.is_dir():
+            return []
+        return sorted(p.stem for p in root.glob("*.yaml") if p.is_file() and names.APP_RE.match(p.stem))
 
     # -- writes ----------------------------------------------------------------------------
 

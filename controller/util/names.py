@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
 
 from controller.util.errors import BadInput
 
@@ -20,7 +22,13 @@ REQUESTS_DIR = "requests"
 RESULTS_DIR = "results"
 CANONICALS_DIR = "canonicals"
 SNAPSHOT_INDEX_DIR = "snapshots-index"
-REGISTRY_DIRS = (CANONICALS_DIR, SNAPSHOT_INDEX_DIR, REQUESTS_DIR, RESULTS_DIR)
+SWEEP_DIR = "sweep"
+REGISTRY_DIRS = (CANONICALS_DIR, SNAPSHOT_INDEX_DIR, REQUESTS_DIR, RESULTS_DIR, SWEEP_DIR)
+SWEEP_RECORD_REL = f"{SWEEP_DIR}/last.yaml"  # the fleet's last sweep: one per night, whoever filed it
+
+# A CI host's name, as a DNS label: it is a folder of the registry and part of commit messages.
+HOST_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+HOST_ENV = "CCCI_HOST"
 
 
 def check_recipe_name(name: object, where: str = "recipe") -> str:
@@ -33,6 +41,25 @@ def check_app_name(name: object, where: str = "app") -> str:
     if not isinstance(name, str) or not APP_RE.match(name):
         raise BadInput(f"{where}: {name!r} is not a valid app name (lower-case letters, digits, '-')")
     return name
+
+
+def check_host_name(name: object, where: str = "--host") -> str:
+    if not isinstance(name, str) or not HOST_RE.match(name):
+        raise BadInput(f"{where}: {name!r} is not a valid host name (a DNS label: lower-case letters, "
+                       "digits and '-', at most 63, not starting or ending with '-')")
+    return name
+
+
+def host_name(explicit: str | None = None) -> str:
+    """This CI host's name in the fleet: `--host`, else $CCCI_HOST, else the machine's hostname
+    (its first label, lower-cased). BadInput naming where a bad one came from."""
+    if explicit is not None:
+        return check_host_name(explicit, "--host")
+    from_env = os.environ.get(HOST_ENV)
+    if from_env:
+        return check_host_name(from_env, HOST_ENV)
+    machine = socket.gethostname().split(".", 1)[0].lower()
+    return check_host_name(machine, f"the hostname (set --host or {HOST_ENV})")
 
 
 def run_hex(run_id: str) -> str:
@@ -85,5 +112,11 @@ def canonical_rel(recipe: str) -> str:
     return f"{CANONICALS_DIR}/{recipe}.yaml"
 
 
-def snapshot_index_rel(app: str) -> str:
+def snapshot_index_rel(host: str, app: str) -> str:
+    """`snapshots-index/<host>/<app>.yaml`: a snapshot is on one host's disk, so its entry says whose."""
+    return f"{SNAPSHOT_INDEX_DIR}/{host}/{app}.yaml"
+
+
+def legacy_snapshot_index_rel(app: str) -> str:
+    """Where a single-host registry kept the entry; its owner moves it under its name at start."""
     return f"{SNAPSHOT_INDEX_DIR}/{app}.yaml"
