@@ -42,6 +42,7 @@ class Request:
     trigger: str | None = None
     pr: int | None = None
     forge: ForgeOrigin | None = None
+    follow_up_of: str | None = None  # the failed quick run a follow-up cold request answers
 
     @property
     def rel_path(self) -> str:
@@ -60,6 +61,8 @@ class Request:
             doc["pr"] = self.pr
         if self.forge is not None:
             doc["forge"] = self.forge.to_document()
+        if self.follow_up_of is not None:
+            doc["follow_up_of"] = self.follow_up_of
         return doc
 
 
@@ -110,6 +113,7 @@ def parse_request(raw: bytes, file_name: str) -> Request:
         trigger=doc.get("trigger"),
         pr=doc.get("pr"),
         forge=ForgeOrigin(**doc["forge"]) if doc.get("forge") else None,
+        follow_up_of=doc.get("follow_up_of"),
     )
 
 

@@ -29,6 +29,9 @@ class RunResult:
     requested_mode: str | None
     outcome: str
     started_at: str
+    # When the asserts had decided (the verdict commit); finished_at: when the housekeeping after
+    # it (teardown, restore) was done, written by a later commit. Equal when nothing followed.
+    verdict_at: str | None = None
     finished_at: str | None = None
     fallback: str | None = None
     gating: bool = True
@@ -48,6 +51,10 @@ class RunResult:
     lock: dict[str, Any] | None = None  # warm runs: when the app lock was taken and given back
     upgrade: dict[str, Any] | None = None  # quick runs: the commits upgraded from and to
     policy: dict[str, Any] | None = None  # what the stack asks of the host: asks, added, granted
+    # After the verdict: {"status": "done" | "failed" | "recovered", "error": …}; never the verdict.
+    housekeeping: dict[str, Any] | None = None
+    follow_up: str | None = None  # a failed quick run: the run id of the cold request it filed
+    follow_up_of: str | None = None  # that cold run: the quick run it follows up
     # Not written: set by a green cold run whose commit may become known-good.
     promote: bool = False
 
@@ -68,6 +75,7 @@ class RunResult:
             "app": self.app,
             "controller": self.controller,
             "started_at": self.started_at,
+            "verdict_at": self.verdict_at,
             "finished_at": self.finished_at,
             "phases": [
                 {"name": p.name, "status": p.status, "seconds": round(p.seconds, 2)}
@@ -85,6 +93,12 @@ class RunResult:
             doc["upgrade"] = dict(self.upgrade)
         if self.policy is not None:
             doc["policy"] = dict(self.policy)
+        if self.housekeeping is not None:
+            doc["housekeeping"] = dict(self.housekeeping)
+        if self.follow_up is not None:
+            doc["follow_up"] = self.follow_up
+        if self.follow_up_of is not None:
+            doc["follow_up_of"] = self.follow_up_of
         return doc
 
 

@@ -33,6 +33,8 @@ REQUEST: dict[str, Any] = {
         "requested_by": {"type": "string", "pattern": USER},
         "trigger": {"type": ["string", "null"], "maxLength": 1000},
         "pr": {"type": ["integer", "null"], "minimum": 0},
+        # A cold request the controller filed after a failed quick run: that run's id.
+        "follow_up_of": {"type": "string", "pattern": RUN_ID},
         "forge": {
             "type": "object",
             "additionalProperties": False,

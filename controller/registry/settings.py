@@ -178,6 +178,7 @@ class RecipeSettings:
     forge_repo: str | None  # owner/name on the forge
     allow: tuple[str, ...]  # host policy grants (policy.allow)
     limits: ServiceLimits  # limits.service_*, with this recipe's overrides
+    follow_up_cold: bool = False  # a failed quick run files a cold run of the same commit
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,7 @@ def _recipe(name: str, raw: dict[str, Any], limits: LimitsSettings) -> RecipeSet
         limits=ServiceLimits(memory=str(own.get("memory", limits.service_memory)),
                              cpus=float(own.get("cpus", limits.service_cpus)),
                              pids=int(own.get("pids", limits.service_pids))),
+        follow_up_cold=bool(raw["follow_up_cold"]),
     )
 
 
