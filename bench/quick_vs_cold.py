@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from controller.util import names
 from controller.util.paths import StateDir
 from testbed.fixtures import RECIPES, build_recipe
-from tests.helpers import RemoteRegistry, git, isolate_environment, read_yaml, recipe_entry
+from tests.helpers import RemoteRegistry, isolate_environment, read_yaml, recipe_entry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTBED_ENV = Path(os.environ.get("CCCI_TESTBED_DIR", "/var/lib/ccci-testbed")) / "env"
@@ -114,7 +114,7 @@ class FirstInitProbe:
 
 class VerdictWatch:
     """Notes when the verdict commit of `run_id` first shows on the bare remote (its subject
-    names the run with an outcome other than `running`)."""
+    names the run with a final outcome; the request's and the claim's do not)."""
 
     def __init__(self, remote: Path, run_id: str, started: float) -> None:
         self.remote, self.run_id, self.started = remote, run_id, started
@@ -123,11 +123,11 @@ class VerdictWatch:
         self._thread = threading.Thread(target=self._loop, name="verdict-watch", daemon=True)
 
     def _loop(self) -> None:
-        mark = f"(run {self.run_id})"
+        verdict = re.compile(rf" (?:pass|fail|error|rejected|aborted) \(run {re.escape(self.run_id)}\)")
         while self.seconds is None and not self._stop.is_set():
             subjects = subprocess.run(["git", "--git-dir", str(self.remote), "log", "-5", "--format=%s"],
                                       capture_output=True, text=True, check=False).stdout.splitlines()
-            if any(mark in s and f" running {mark}" not in s for s in subjects):
+            if any(verdict.search(s) for s in subjects):
                 self.seconds = time.monotonic() - self.started
                 return
             self._stop.wait(0.1)

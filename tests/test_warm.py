@@ -87,7 +87,7 @@ def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: R
         # Quick of broken v3 fails; the volume comes back byte for byte.
         _run, quick3 = run_request(clone, state_dir, "notes", v3, mode="quick")
         assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", (quick3["error"], quick3["phases"])
-        assert quick3["snapshot"] == {"restored": True, "verified": True}
+        assert quick3["snapshot"] == {"restored": True, "verified": True}, quick3.get("housekeeping")
         # The verdict was committed before the rollback; the rollback is in the second commit.
         assert quick3["housekeeping"] == {"status": "done"}
         assert quick3["verdict_at"] <= quick3["finished_at"]

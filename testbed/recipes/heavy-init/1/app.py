@@ -82,7 +82,7 @@ def prepare():
     conn = connect()
     schema = schema_version(conn)
     if schema == 0:
-        first_boot(conn, int(os.environ.get("SEED_ROWS") or "20000"))
+        first_boot(conn, int(os.environ.get("SEED_ROWS") or "40000"))
         schema = 1
     if schema > VERSION:
         log(f"the data is at schema {schema}, newer than this version knows")

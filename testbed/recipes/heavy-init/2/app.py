@@ -94,7 +94,7 @@ def prepare():
     conn = connect()
     schema = schema_version(conn)
     if schema == 0:
-        first_boot(conn, int(os.environ.get("SEED_ROWS") or "20000"))
+        first_boot(conn, int(os.environ.get("SEED_ROWS") or "40000"))
         schema = 1
     if schema == 1:
         migrate_to_2(conn)
