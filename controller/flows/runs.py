@@ -263,7 +263,7 @@ def finish(ctx: Context, run: Run) -> Publication:
     return publication
 
 
-def record_finished(ctx: Context, result: RunResult, note: str | None = None) -> str | None:
+def record_finished(ctx: Context, result: RunResult) -> str | None:
     """The second commit of a run: the result with `finished_at` and its housekeeping, the
     verdict unchanged. No sink hears of it: they had the verdict."""
     rel = names.result_rel(result.run)
@@ -273,7 +273,7 @@ def record_finished(ctx: Context, result: RunResult, note: str | None = None) ->
         _write_result(root, rel, result)
         return [rel]
 
-    return ctx.registry.transact(write, _message(result, note or f"housekeeping {status}"))
+    return ctx.registry.transact(write, _message(result, f"housekeeping {status}"))
 
 
 def run_claimed(ctx: Context, run: Run) -> Publication:
@@ -293,8 +293,7 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
     rel = names.result_rel(result.run)
     run = Run(request, result) if request is not None else None
     advanced = False
-    follow_up = followup.follow_up_request(ctx.settings, result, request,
-                                           new_run_id(result.recipe or "run"))
+    follow_up = followup.follow_up_request(ctx.settings, result, request)
     result.follow_up = follow_up.run_id if follow_up else None
 
     def write(root: Path) -> list[str] | None:
