@@ -1,21 +1,24 @@
-"""Cold vs quick of the same `notes` upgrade (v1 -> v2) on the test bed's swarm.
+"""Cold vs quick of the same upgrade (heavy-init v1 -> v2) on the test bed's swarm: time to
+the verdict and wall time, side by side.
 
-    python bench/quick_vs_cold.py [--runs 3] [--seed-rows 5000000] [--seed-rows-via settings|recipe]
-                                  [--recipe-name bench-notes] [--keep]
+    python bench/quick_vs_cold.py [--runs 3] [--seed-rows N] [--recipe-name bench-heavy] [--keep]
 
-Set-up (tmp dir under /var/tmp, own state dir): a registry on a bare remote with the `notes`
-fixture under `--recipe-name` (default `bench-notes`, so the warm app `warm-bench-notes`
-never collides with the tests' `warm-notes` on a shared engine) and SEED_ROWS=N, given in
-ccci.yaml (`recipes.<name>.env`, the default) or in the fixture's own `.env.sample`
-(`--seed-rows-via recipe`); every run checks that the app really holds N notes. The default
-N makes the first init (inserts and index builds) most of a cold run on this machine kind;
-much more and the fixture's healthcheck, which scans every note, nears its 4 s timeout.
-A cold run of v1 seeds the canonical, `ccci canonical rewarm` takes its snapshot. Then,
---runs times: a cold run of v2 and a quick run of v2, each `ccci request` + `ccci run` in a
-subprocess, timed around `ccci run`; phases are read from the result files, and the first
-init's own duration from the cold app's log ("seeded in X s"). Every run must pass (and the
-quick ones really run quick); anything else stops the benchmark. At the end `ccci leaks`
-must exit 0, then the warm app's volumes and generated secret and the tmp dir are removed.
+The fixture is `heavy-init` (testbed/recipes/heavy-init): its first boot on empty volumes does
+schema steps and seeds SEED_ROWS rows from real work, tens of seconds as an SSO app's first boot;
+a start on its own data serves at once and v2's migration writes no rows. That is the case quick
+exists for: cold pays the first boot every time, quick upgrades data that is already there.
+
+Set-up (tmp dir under /var/tmp, own state dir): a registry on a bare remote with the fixture under
+`--recipe-name` (default `bench-heavy`, so its warm app never collides with the tests' on a shared
+engine), SEED_ROWS from ccci.yaml (`recipes.<name>.env`) when `--seed-rows` is given. A cold run
+of v1 seeds the canonical, `ccci canonical rewarm` takes its snapshot. Then, --runs times, each
+variant of VARIANTS on v2 (cold, quick), each `ccci request` + `ccci run` in a subprocess:
+- time to verdict: from the start of `ccci run` until the run's verdict commit is on the remote
+  (a thread watches the bare remote's log every 0.1 s): what a maintainer waits for;
+- wall: until `ccci run` exits, the housekeeping after the verdict and its commit included.
+Phases are read from the result files, the first boot's own duration from the cold app's log
+("seeded in X s"). Every run must pass as the mode asked; anything else stops the benchmark. At
+the end `ccci leaks` must exit 0, then the warm app's volumes and the tmp dir are removed.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controller.util import names
 from controller.util.paths import StateDir
-from testbed.fixtures import RecipeRepo, build_recipe
-from tests.helpers import NOTES_OPTIONS, RemoteRegistry, git, isolate_environment, read_yaml, recipe_entry
+from testbed.fixtures import RECIPES, build_recipe
+from tests.helpers import RemoteRegistry, isolate_environment, read_yaml, recipe_entry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTBED_ENV = Path(os.environ.get("CCCI_TESTBED_DIR", "/var/lib/ccci-testbed")) / "env"
@@ -109,13 +112,60 @@ class FirstInitProbe:
         return self.seconds
 
 
+class VerdictWatch:
+    """Notes when the verdict commit of `run_id` first shows on the bare remote (its subject
+    names the run with a final outcome; the request's and the claim's do not)."""
+
+    def __init__(self, remote: Path, run_id: str, started: float) -> None:
+        self.remote, self.run_id, self.started = remote, run_id, started
+        self.seconds: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="verdict-watch", daemon=True)
+
+    def _loop(self) -> None:
+        verdict = re.compile(rf" (?:pass|fail|error|rejected|aborted) \(run {re.escape(self.run_id)}\)")
+        while self.seconds is None and not self._stop.is_set():
+            subjects = subprocess.run(["git", "--git-dir", str(self.remote), "log", "-5", "--format=%s"],
+                                      capture_output=True, text=True, check=False).stdout.splitlines()
+            if any(verdict.search(s) for s in subjects):
+                self.seconds = time.monotonic() - self.started
+                return
+            self._stop.wait(0.1)
+
+    def start(self) -> VerdictWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join()
+        return self.seconds
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the report: how a run of v2 is asked for. A new kind of run (say, quick
+    on a canonical kept running) is one more entry in VARIANTS, and one more column."""
+
+    label: str
+    mode: str  # what `ccci request --mode` asks
+    what: str  # one line for the report
+
+
+VARIANTS = (
+    Variant("cold", "cold", "fresh volumes: the first boot, then v2"),
+    Variant("quick", "quick", "restore, reattach v1 on its data, upgrade to v2"),
+)
+
+
 @dataclass
 class Run:
-    label: str  # cold | quick | seed cold v1
+    label: str  # a variant's label, or the seed's
     run_id: str
     wall_s: float
     result: dict[str, Any]
     first_init_s: float | None = None
+    verdict_s: float | None = None  # from the start of `ccci run` to the verdict on the remote
 
     def phases(self) -> dict[str, float]:
         """Seconds per phase name (a name that occurs twice is summed)."""
@@ -125,29 +175,11 @@ class Run:
         return out
 
 
-def notes_repo(dest: Path, seed_rows: int, *, in_recipe: bool) -> RecipeRepo:
-    """The notes fixture at v1 and v2. With `in_recipe`, each version's `.env.sample` says
-    SEED_ROWS itself (as a recipe author would), instead of ccci.yaml's `env` saying it."""
-    repo = build_recipe("notes", dest, versions=[1])
-    for version in (1, 2):
-        if version == 2:
-            repo.commit_version(2)
-        if in_recipe:
-            sample = dest / ".env.sample"
-            lines = [f"SEED_ROWS={seed_rows}" if line.startswith("SEED_ROWS=") else line
-                     for line in sample.read_text().splitlines()]
-            sample.write_text("\n".join(lines) + "\n")
-            git(dest, "commit", "-q", "--amend", "--no-edit", "--", ".env.sample")
-            git(dest, "tag", "-f", f"{version}.0.0")
-            repo.versions[version] = git(dest, "rev-parse", "HEAD")
-    return repo
-
-
-def seeded_notes(result: dict[str, Any]) -> int | None:
-    """How many notes the app reported to the recipe's own assert ("notes vN: 123 notes")."""
+def seeded_rows(result: dict[str, Any]) -> int | None:
+    """How many rows the app reported to the recipe's own assert ("heavy-init v2: 123 rows")."""
     for outcome in result.get("asserts") or []:
         if str(outcome.get("name", "")).startswith("custom:"):
-            found = re.search(r"(\d+) notes", str(outcome.get("detail", "")))
+            found = re.search(r"(\d+) rows", str(outcome.get("detail", "")))
             if found:
                 return int(found.group(1))
     return None
@@ -161,15 +193,17 @@ def result_of(clone: Path, run_id: str) -> dict[str, Any]:
     return doc
 
 
-def request_and_run(state: Path, clone: Path, recipe: str, ref: str, mode: str, label: str,
+def request_and_run(state: Path, clone: Path, remote: Path, recipe: str, ref: str, mode: str, label: str,
                     seed_rows: int) -> Run:
     run_id = ccci(state, "request", "--registry", str(clone), "--recipe", recipe, "--ref", ref,
                   "--mode", mode, "--by", "bench").stdout.strip()
     print(f"… {label}: run {run_id}", file=sys.stderr, flush=True)
     probe = FirstInitProbe(f"{names.cold_app(recipe, run_id)}_app").start() if mode == "cold" else None
     started = time.monotonic()
+    watch = VerdictWatch(remote, run_id, started).start()
     proc = ccci(state, "run", "--no-rewarm", "--registry", str(clone), run_id, check=False)
     wall = time.monotonic() - started
+    verdict = watch.stop()
     first_init = probe.stop() if probe else None
     result = result_of(clone, run_id)
     problems = []
@@ -177,18 +211,21 @@ def request_and_run(state: Path, clone: Path, recipe: str, ref: str, mode: str, 
         problems.append(f"outcome {result.get('outcome')} (exit {proc.returncode}): {result.get('error')}")
     if result.get("mode") != mode or result.get("fallback"):
         problems.append(f"ran as {result.get('mode')} (fallback {result.get('fallback')}), not {mode}")
-    notes = seeded_notes(result)
-    if not problems and notes != seed_rows:
-        problems.append(f"the app holds {notes} notes, not SEED_ROWS={seed_rows}: the seed setting "
-                        "did not reach it (with --seed-rows-via settings: is ccci.yaml's "
-                        "recipes.<name>.env applied to the deploy?)")
+    if (result.get("housekeeping") or {}).get("status", "done") != "done":
+        problems.append(f"housekeeping {result.get('housekeeping')}")
+    rows = seeded_rows(result)
+    if not problems and rows != seed_rows:
+        problems.append(f"the app holds {rows} rows, not SEED_ROWS={seed_rows}: the seed setting "
+                        "did not reach it")
     if problems:
         raise SystemExit(f"{label} run {run_id} did not pass as asked: {'; '.join(problems)}\n"
                          f"{proc.stderr.strip()[-3000:]}")
     if mode == "cold" and first_init is None:
         raise SystemExit(f"{label} run {run_id}: no 'seeded in' line seen in the app's log")
-    print(f"✓ {label}: {wall:.1f} s", file=sys.stderr, flush=True)
-    return Run(label, run_id, wall, result, first_init)
+    if verdict is None:
+        raise SystemExit(f"{label} run {run_id}: its verdict commit never showed on the remote")
+    print(f"✓ {label}: verdict {verdict:.1f} s, wall {wall:.1f} s", file=sys.stderr, flush=True)
+    return Run(label, run_id, wall, result, first_init, verdict)
 
 
 def leftover_objects(app_prefixes: tuple[str, ...], owner: str) -> list[str]:
@@ -253,74 +290,64 @@ def with_runs(values: list[float]) -> str:
     return f"{median(values):.1f} s{runs}"
 
 
-def report(seed: list[Run], colds: list[Run], quicks: list[Run], args: argparse.Namespace,
+def report(seed: list[Run], runs: dict[str, list[Run]], args: argparse.Namespace, rows: int,
            argv: list[str], started_at: dt.datetime) -> str:
     load = os.getloadavg()
-    cold_wall, quick_wall = median([r.wall_s for r in colds]), median([r.wall_s for r in quicks])
+    cold = runs["cold"]
+    cold_verdict = median([r.verdict_s or 0.0 for r in cold])
+    cold_wall = median([r.wall_s for r in cold])
+    header = " | ".join(v.label for v in VARIANTS)
     lines = [
         f"Command: `{shlex.join(['python', 'bench/quick_vs_cold.py', *argv])}`",
         f"Date: {started_at:%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Linux {platform.release().split('-')[0]}, Python {platform.python_version()}; load average "
-        f"at the end {load[0]:.1f}. SEED_ROWS={args.seed_rows} (set in the "
-        f"{'recipe' if args.seed_rows_via == 'recipe' else 'ccci.yaml'}, checked from the app's "
-        f"assert output), {args.runs} runs each.",
+        f"at the end {load[0]:.1f}. Fixture heavy-init v1 -> v2, SEED_ROWS={rows} (checked from the "
+        f"app's assert output), {args.runs} runs each, in turns.",
         "",
-        "| run of notes v2 | median wall (`ccci run`) | runs | quick / cold |",
-        "|---|---:|---|---:|",
-        f"| cold (fresh volumes: first init, then v2) | {seconds(cold_wall)} | "
-        f"{', '.join(f'{r.wall_s:.1f}' for r in colds)} | |",
-        f"| quick (upgrade v1 data in place) | {seconds(quick_wall)} | "
-        f"{', '.join(f'{r.wall_s:.1f}' for r in quicks)} | {quick_wall / cold_wall:.2f} |",
+        f"| median (then each run in order) | {header} |",
+        "|---|" + "---:|" * len(VARIANTS),
+        "| time to verdict (verdict commit on the remote) | "
+        + " | ".join(with_runs([r.verdict_s or 0.0 for r in runs[v.label]]) for v in VARIANTS) + " |",
+        "| … / cold's | "
+        + " | ".join(f"{median([r.verdict_s or 0.0 for r in runs[v.label]]) / cold_verdict:.2f}"
+                     for v in VARIANTS) + " |",
+        "| wall (`ccci run`, housekeeping included) | "
+        + " | ".join(with_runs([r.wall_s for r in runs[v.label]]) for v in VARIANTS) + " |",
+        "| … / cold's | "
+        + " | ".join(f"{median([r.wall_s for r in runs[v.label]]) / cold_wall:.2f}" for v in VARIANTS) + " |",
         "",
-        f"First init inside the cold runs (the app's own log: {args.seed_rows} inserts, two "
-        f"index builds, 300 files): {with_runs([r.first_init_s or 0.0 for r in colds])}, "
-        f"{median([r.first_init_s or 0.0 for r in colds]) / cold_wall:.0%} of the cold wall time.",
+        "What each column runs: " + "; ".join(f"{v.label}: {v.what}" for v in VARIANTS) + ".",
+        f"First boot inside the cold runs (the app's own log): {with_runs([r.first_init_s or 0.0 for r in cold])}.",
         "",
-        "Where the time goes (median seconds per phase from the result files, then each run in "
-        "order):",
+        "Where the time goes (median seconds per phase from the result files; phases after the "
+        "verdict are housekeeping):",
         "",
-        "| phase | cold | quick |",
-        "|---|---:|---:|",
+        f"| phase | {header} |",
+        "|---|" + "---:|" * len(VARIANTS),
     ]
-    names: list[str] = []
-    for run in [*colds, *quicks]:
-        names += [n for n in run.phases() if n not in names]
-    for name in names:
-        cold = [r.phases()[name] for r in colds if name in r.phases()]
-        quick = [r.phases()[name] for r in quicks if name in r.phases()]
-        lines.append(f"| {name} | {with_runs(cold)} | {with_runs(quick)} |")
-    other_cold = [r.wall_s - sum(r.phases().values()) for r in colds]
-    other_quick = [r.wall_s - sum(r.phases().values()) for r in quicks]
-    lines.append(f"| outside phases (start-up, claim and result commits) | {with_runs(other_cold)} | "
-                 f"{with_runs(other_quick)} |")
+    phase_names: list[str] = []
+    for label_runs in runs.values():
+        for run in label_runs:
+            phase_names += [n for n in run.phases() if n not in phase_names]
+    for name in phase_names:
+        cells = [with_runs([r.phases()[name] for r in runs[v.label] if name in r.phases()]) for v in VARIANTS]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     lines += [
         "",
         "Seed (not in the table): " + "; ".join(f"{r.label} {r.wall_s:.1f} s" for r in seed) + ".",
-        "- wall: `ccci run` as a subprocess, from start to exit, claim and result commits included.",
-        "- cold converge: the fresh database's initdb, SEED_ROWS inserts, two indexes and 300 "
-        "attachment files, then the stability window.",
-        "- quick restore: the incremental restore of the last-known-good; the first quick run "
-        "after the rewarm finds the volumes clean (0 s), every later one restores what the "
-        "previous quick run's migration changed.",
-        "- quick reattach + converge (reattach): v1 started on the snapshot's data; upgrade + "
-        "converge: v2 (a stop-first update of both services) and its schema migration on that data.",
-        "- asserts: the fixture's /health and /stats sum every note's body, so they grow with "
-        "SEED_ROWS in both modes.",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="cold and quick runs each")
-    parser.add_argument("--seed-rows", type=int, default=5_000_000, help="notes seeded on first init")
-    parser.add_argument("--seed-rows-via", choices=("settings", "recipe"), default="settings",
-                        help="settings: ccci.yaml recipes.<name>.env (default); recipe: the "
-                             "fixture's own .env.sample")
-    parser.add_argument("--recipe-name", default="bench-notes", help="registry name of the fixture")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each variant")
+    parser.add_argument("--seed-rows", type=int, default=None,
+                        help="rows the first boot seeds (default: the fixture's .env.sample)")
+    parser.add_argument("--recipe-name", default="bench-heavy", help="registry name of the fixture")
     parser.add_argument("--keep", action="store_true", help="keep the tmp dir (not the Docker objects)")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.seed_rows < 1:
+    if args.runs < 1 or (args.seed_rows is not None and args.seed_rows < 1):
         parser.error("--runs and --seed-rows must be positive")
     started_at = dt.datetime.now(dt.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="ccci-bench-quick-", dir="/var/tmp"))
@@ -329,22 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     recipe = args.recipe_name
     failure: BaseException | None = None
     seed: list[Run] = []
-    colds: list[Run] = []
-    quicks: list[Run] = []
+    runs: dict[str, list[Run]] = {v.label: [] for v in VARIANTS}
+    rows = args.seed_rows or fixture_seed_rows()
     try:
         isolate_environment(tmp, DOCKER_HOST=testbed_docker_host(), CCCI_STATE_DIR=str(state))
-        rows = args.seed_rows
-        in_recipe = args.seed_rows_via == "recipe"
-        notes = notes_repo(tmp / "recipes" / "notes", rows, in_recipe=in_recipe)
-        v1, v2 = notes.versions[1], notes.versions[2]
+        fixture = build_recipe("heavy-init", tmp / "recipes" / "heavy-init")
+        v1, v2 = fixture.versions[1], fixture.versions[2]
         registry = RemoteRegistry.create(tmp / "registry")
-        options: dict[str, object] = {**NOTES_OPTIONS, "timeout_s": RUN_TIMEOUT_S - 60}
-        if not in_recipe:
+        options: dict[str, object] = {"timeout_s": RUN_TIMEOUT_S - 60, "stability_s": 2}
+        if args.seed_rows:
             options["env"] = f"{{SEED_ROWS: '{rows}'}}"
-        registry.set_recipes(recipe_entry(recipe, notes.path, **options))
+        registry.set_recipes(recipe_entry(recipe, fixture.path, **options))
         clone = registry.clone("controller")
+        remote = registry.bare
 
-        seed.append(request_and_run(state, clone, recipe, v1, "cold", "seed cold v1", rows))
+        seed.append(request_and_run(state, clone, remote, recipe, v1, "cold", "seed cold v1", rows))
         if not (seed[0].result.get("canonical") or {}).get("advanced"):
             raise SystemExit(f"seed cold v1 did not seed the canonical: {seed[0].result.get('canonical')}")
         print("… seed: canonical rewarm", file=sys.stderr, flush=True)
@@ -353,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         seed.append(Run("rewarm", "", time.monotonic() - started, {}))
 
         for n in range(args.runs):
-            colds.append(request_and_run(state, clone, recipe, v2, "cold", f"cold v2 #{n + 1}", rows))
-            quicks.append(request_and_run(state, clone, recipe, v2, "quick", f"quick v2 #{n + 1}", rows))
+            for variant in VARIANTS:
+                runs[variant.label].append(request_and_run(
+                    state, clone, remote, recipe, v2, variant.mode, f"{variant.label} v2 #{n + 1}", rows))
     except BaseException as exc:
         failure = exc
     finally:
@@ -367,8 +394,17 @@ def main(argv: list[str] | None = None) -> int:
         raise failure
     if problems:
         raise SystemExit("the benchmark left things behind: " + "; ".join(problems))
-    print(report(seed, colds, quicks, args, sys.argv[1:] if argv is None else argv, started_at))
+    print(report(seed, runs, args, rows, sys.argv[1:] if argv is None else argv, started_at))
     return 0
+
+
+def fixture_seed_rows() -> int:
+    """SEED_ROWS of the fixture's own .env.sample (v2's, which the measured runs deploy)."""
+    sample = RECIPES / "heavy-init" / "2" / ".env.sample"
+    for line in sample.read_text().splitlines():
+        if line.startswith("SEED_ROWS="):
+            return int(line.split("=", 1)[1])
+    raise SystemExit(f"{sample}: no SEED_ROWS")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,21 @@ def test_a_canonical_change_needs_its_promoting_result_written_in_the_same_commi
     ]
 
 
+def test_a_committed_verdict_may_be_finished_but_never_changed(history: History) -> None:
+    history.cold_run(run_id(1), V1, promote=True)
+    finished = result_doc(run_id(1), "pass", V1, advanced=True)
+    finished.housekeeping = {"status": "failed", "error": "teardown of static-000001 failed"}
+    history.result(finished, suffix="housekeeping failed")  # the second commit: fine
+    history.result(result_doc(run_id(2), "running"))
+    history.result(result_doc(run_id(2), "fail"))
+    # The controller's own identity and message, turning a committed fail into a pass.
+    flipped = history.result(result_doc(run_id(2), "pass"), suffix="housekeeping done")
+    report = audit(history.root)
+    assert sentences(report) == [
+        f"commit {flipped[:12]}: {result_rel(run_id(2))}: changes the committed verdict of run "
+        f"{run_id(2)} from fail to pass"]
+
+
 def test_the_controller_identity_is_ccci_yaml_at_each_commit(history: History) -> None:
     history.cold_run(run_id(1), V1, promote=True)  # as ccci@test.invalid
     renamed = SETTINGS_HEAD.replace("ccci@test.invalid", "ci@new.invalid") + "recipes: {}\n"

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.flows import rewarm, runs
+from controller.flows.context import open_context
 from controller.util import names
+from controller.util.yamlio import load_untrusted
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
 from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
@@ -55,9 +58,17 @@ def test_cold_notes_v1_passes_and_leaves_nothing(controller_clone: Path, state_d
     custom = next(a for a in result["asserts"] if a["name"] == "custom:tests/ccci-assert")
     assert f"{helpers.NOTES_SEED_ROWS} notes" in custom["detail"]  # ccci.yaml env reached the stack
     assert helpers.objects_of_app(names.cold_app("notes", run_id)) == []
-    subjects = helpers.log_subjects(controller_clone)
-    assert subjects[0].startswith(f"[cold] notes@{recipes['notes'].versions[1][:7]} pass (run {run_id})")
-    assert subjects[1].startswith(f"[cold] notes@{recipes['notes'].versions[1][:7]} running (run {run_id})")
+    short = recipes["notes"].versions[1][:7]
+    assert helpers.log_subjects(controller_clone)[:3] == [
+        f"[cold] notes@{short} pass (run {run_id}); housekeeping done",  # the teardown came after
+        f"[cold] notes@{short} pass (run {run_id}); canonical advanced",  # the verdict, promoting
+        f"[cold] notes@{short} running (run {run_id})"]
+    verdict = load_untrusted(helpers.git(controller_clone, "show", f"HEAD~1:{names.result_rel(run_id)}").encode(),
+                             "the verdict commit's result", max_bytes=1 << 20)
+    assert verdict["outcome"] == "pass" and verdict["finished_at"] is None
+    assert [p["name"] for p in verdict["phases"]] == ["fetch", "policy", "deploy", "converge", "asserts"]
+    assert verdict["verdict_at"] == result["verdict_at"] <= result["finished_at"]
+    assert result["housekeeping"] == {"status": "done"}
 
 
 def test_cold_notes_v3_fails_with_cause_recipe_and_leaves_nothing(
@@ -111,6 +122,34 @@ def test_sigkilled_cold_run_is_removed_by_next_serve_start(
     assert result["outcome"] == "aborted", result
     leaks = helpers.ccci("--state-dir", str(state_dir), "leaks")
     assert app not in leaks.stdout
+
+
+def test_a_run_that_dies_after_its_verdict_is_finished_by_recovery_with_the_verdict_unchanged(
+        controller_clone: Path, state_dir: Path, recipes: dict[str, RecipeRepo]) -> None:
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(controller_clone),
+                          "--recipe", "static", "--ref", recipes["static"].versions[1], "--by", "alice",
+                          check=True).stdout.strip()
+    ctx = open_context(controller_clone, state_dir)
+    request, decision = runs.admit(ctx, f"{run_id}.yaml")
+    run = runs.claim(ctx, request, decision)
+    assert run is not None and run.marker is not None
+    runs.execute(ctx, run)  # deployed and asserted; the teardown is still to do
+    runs.publish(ctx, run.result, run.request)  # the verdict commit, and then the controller dies:
+    run.marker.end(keep=True)  # the kernel frees a dead process's locks; its marker stays
+    rewarm.dequeue_rewarm(ctx, "static")  # the promotion's rewarm is test_canonical's business
+    app = names.cold_app("static", run_id)
+    assert helpers.objects_of_app(app), "the dead run's app should still be there"
+    assert helpers.results_in(controller_clone)[run_id]["finished_at"] is None
+    serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(controller_clone), "--once")
+    assert serve.returncode == 0, serve.stderr
+    assert helpers.objects_of_app(app) == []
+    result = helpers.results_in(controller_clone)[run_id]
+    assert (result["outcome"], result["canonical"]["advanced"]) == ("pass", True)  # as committed
+    assert result["housekeeping"]["status"] == "recovered" and result["finished_at"]
+    assert helpers.log_subjects(controller_clone)[0] == (
+        f"[cold] static@{recipes['static'].versions[1][:7]} pass (run {run_id}); "
+        "housekeeping finished by recovery")
+    assert helpers.ccci("audit", "--registry", str(controller_clone)).returncode == 0
 
 
 def test_sigterm_to_a_foreground_run_tears_its_app_down(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.flows import jobs, modes, runs
+from controller.flows.audit import audit
 from controller.flows.canonical import should_advance
 from controller.flows.context import Context, Publication
 from controller.flows.leaks import classify
@@ -19,7 +20,8 @@ from controller.registry.results import RunResult
 from controller.registry.schemas import REQUEST_MODES, RESULT_MODES
 from controller.registry.store import Registry
 from controller.runtime.stack import LabelledObject
-from controller.util.errors import BadInput
+from controller.util.alerts import list_alerts
+from controller.util.errors import BadInput, CcciError
 from controller.util.paths import StateDir
 from tests import helpers
 from tests.helpers import HEX_A, SETTINGS_HEAD, RemoteRegistry
@@ -121,6 +123,110 @@ def test_claim_and_verdict_reach_every_sink_after_the_registry_and_a_failing_sin
     assert helpers.log_subjects(ctx.registry.root)[0].startswith(f"[cold] static@aaaaaaa fail (run {RUN})")
     assert after.seen == [f"claimed {RUN}", f"published {RUN} fail"]  # the broken sink did not stop it
     assert not ctx.state.run_marker(RUN).exists()  # published: no longer in flight
+
+
+def test_the_verdict_is_committed_and_reported_before_housekeeping_then_finished_at_by_a_second_commit(
+        ctx: Context) -> None:
+    sink = RecordingSink("after")
+    ctx.sinks = [sink]
+    run = runs.claim(ctx, request("cold"), runs.Decision("cold"))
+    assert run is not None
+    seen_during_housekeeping: list[tuple[str, str | None, list[str]]] = []
+
+    def teardown() -> None:  # what a cold run's teardown sees: the verdict is already out
+        doc = helpers.results_in(helpers_remote_clone(ctx))[RUN]
+        seen_during_housekeeping.append((doc["outcome"], doc["finished_at"], list(sink.seen)))
+
+    run.housekeeping.then(teardown)
+    run.result.outcome = "fail"
+    run.result.cause = "recipe"
+    runs.finish(ctx, run)
+    assert seen_during_housekeeping == [("fail", None, [f"claimed {RUN}", f"published {RUN} fail"])]
+    doc = helpers.results_in(ctx.registry.root)[RUN]
+    assert doc["outcome"] == "fail" and doc["housekeeping"] == {"status": "done"}
+    assert doc["verdict_at"] <= doc["finished_at"]
+    subjects = helpers.log_subjects(ctx.registry.root)
+    assert subjects[0] == f"[cold] static@aaaaaaa fail (run {RUN}); housekeeping done"
+    assert subjects[1] == f"[cold] static@aaaaaaa fail (run {RUN})"
+    assert sink.seen == [f"claimed {RUN}", f"published {RUN} fail"]  # the second commit tells no sink
+    assert not ctx.state.run_marker(RUN).exists()
+    assert audit(ctx.registry.root).violations == []
+
+
+def helpers_remote_clone(ctx: Context) -> Path:
+    """A fresh look at the remote, as a reader of the registry (or the forge) would have."""
+    clone = ctx.state.root.parent / "reader"
+    if clone.exists():
+        helpers.git(clone, "pull", "-q")
+    else:
+        remote = helpers.git(ctx.registry.root, "remote", "get-url", "origin")
+        helpers.git(clone.parent, "clone", "-q", remote, clone.name)
+    return clone
+
+
+def test_a_housekeeping_failure_after_a_pass_keeps_the_verdict_and_raises_an_alert(ctx: Context) -> None:
+    run = runs.claim(ctx, request("cold"), runs.Decision("cold"))
+    assert run is not None
+    run.result.app = "static-0000a1"
+    done: list[str] = []
+
+    def undeploy() -> None:
+        raise CcciError("docker stack rm static-0000a1: the engine did not answer", cause="infra")
+
+    run.housekeeping.then(done.append, "remove work dir")  # runs although a later step failed
+    run.housekeeping.then(undeploy)
+    run.result.outcome = "pass"
+    runs.finish(ctx, run)
+    doc = helpers.results_in(ctx.registry.root)[RUN]
+    assert doc["outcome"] == "pass" and doc["error"] is None
+    assert doc["housekeeping"] == {"status": "failed",
+                                   "error": "docker stack rm static-0000a1: the engine did not answer"}
+    assert done == ["remove work dir"]
+    alerts = {a["key"]: a["message"] for a in list_alerts(ctx.state)}
+    assert "after the pass verdict of run" in alerts["housekeeping-static-0000a1"]
+    assert helpers.log_subjects(ctx.registry.root)[0].endswith("pass (run " + RUN + "); housekeeping failed")
+    assert audit(ctx.registry.root).violations == []
+
+
+def set_follow_up_cold(ctx: Context, enabled: bool) -> None:
+    def write(root: Path) -> list[str]:
+        path = root / "ccci.yaml"
+        path.write_text(path.read_text().replace(
+            "static: {source: ", f"static: {{follow_up_cold: {str(enabled).lower()}, source: "))
+        return ["ccci.yaml"]
+
+    ctx.registry.transact(write, "recipes.static.follow_up_cold")
+    ctx.refresh_settings()
+    assert ctx.settings.recipe("static").follow_up_cold is enabled
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_failed_quick_run_files_a_follow_up_cold_only_when_the_recipe_opts_in(
+        ctx: Context, enabled: bool) -> None:
+    set_follow_up_cold(ctx, enabled)
+    passed_run = "20261129T115900-static-0000a0"
+    for run_id, outcome in ((passed_run, "pass"), (RUN, "fail")):
+        asked = Request(run_id=run_id, recipe="static", ref=HEX_A, mode="quick", requested_by="alice", pr=7)
+        run = runs.claim(ctx, asked, runs.Decision("quick"))
+        assert run is not None
+        run.result.outcome = outcome
+        runs.finish(ctx, run)
+    results = helpers.results_in(ctx.registry.root)
+    assert "follow_up" not in results[passed_run]  # a pass needs no follow-up
+    filed = sorted(p.stem for p in (ctx.registry.root / "requests").glob("*.yaml"))
+    if not enabled:
+        assert "follow_up" not in results[RUN] and filed == []
+        return
+    follow_up = results[RUN]["follow_up"]
+    assert filed == [follow_up]
+    cold = ctx.registry.read_request(f"{follow_up}.yaml")
+    assert (cold.mode, cold.ref, cold.requested_by, cold.pr, cold.follow_up_of) == ("cold", HEX_A, "alice", 7, RUN)
+    assert helpers.log_subjects(ctx.registry.root)[0] == (
+        f"[quick] static@aaaaaaa fail (run {RUN}); follow-up cold {follow_up} filed")
+    # It runs as any cold request does, and its result names the quick run it follows up.
+    claimed = runs.claim(ctx, cold, runs.decide(ctx, cold))
+    assert claimed is not None and claimed.result.mode == "cold"
+    assert helpers.results_in(ctx.registry.root)[follow_up]["follow_up_of"] == RUN
 
 
 def test_a_second_claim_of_one_request_loses_without_waiting(ctx: Context) -> None:

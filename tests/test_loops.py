@@ -397,6 +397,36 @@ def test_quick_run_killed_mid_upgrade_is_aborted_at_restart_and_the_next_quick_r
 
 
 
+def test_quick_run_killed_after_its_verdict_keeps_it_and_the_restart_finishes_its_housekeeping(
+        bed: Bed) -> None:
+    """Verdict first, then a SIGKILL while the run undeploys after it: the pass is on the remote
+    already; the restart undeploys the app and records finished_at without touching the verdict;
+    the volumes stay dirty, so the next quick run restores the last-known-good first."""
+    bed.seed()
+    pr_head = bed.repo.branch_commit("pr-upgrade", 2)
+    run_id = bed.request(pr_head, mode="quick")
+    ForegroundRun(bed, run_id).kill_at("… teardown", timeout=180)
+
+    verdict = bed.remote_results()[run_id]
+    assert (verdict["outcome"], verdict["finished_at"]) == ("pass", None), verdict
+    assert verdict["verdict_at"] and "housekeeping" not in verdict
+
+    restarted = bed.ccci("serve", "--registry", str(bed.clone), "--once", "--poll-interval", "0.3")
+
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    finished = bed.remote_results()[run_id]
+    assert finished["outcome"] == "pass" and finished["finished_at"], finished
+    assert finished["housekeeping"]["status"] == "recovered", finished["housekeeping"]
+    assert bed.remote_subjects()[0] == (f"[quick] {bed.recipe}@{pr_head[:7]} pass (run {run_id}); "
+                                        "housekeeping finished by recovery")
+    assert not stack.inspect_app(bed.app).services
+    assert bed.leaks().returncode == 0
+    again = bed.run(bed.request(pr_head, mode="quick"))
+    assert again["outcome"] == "pass", again
+    assert again["snapshot"] == {"restored": True, "verified": True}, again["snapshot"]
+    assert bed.ccci("audit", "--registry", str(bed.clone)).returncode == 0
+
+
 def test_restart_aborts_a_killed_quick_run_without_touching_the_next_one_in_flight_on_the_app(
         bed: Bed) -> None:
     """A controller sharing the state dir restarts while the app's next quick run is mid-way:

@@ -279,7 +279,8 @@ def test_a_verdict_consumes_its_request_and_an_old_registrys_answered_requests_l
     assert left == ["requests/.gitkeep", f"requests/{flying}.yaml"]
     assert results_in(clone)[new]["outcome"] == "rejected"
     # The verdict and the request's removal are one commit.
-    verdict = helpers.git(remote.bare, "log", "-1", "--format=%H", "main", "--", f"results/2026-11/{new}.yaml")
+    verdict = helpers.git(remote.bare, "log", "-1", "--format=%H", "main", "--", f"requests/{new}.yaml")
+    assert " rejected (run " in helpers.git(remote.bare, "log", "-1", "--format=%s", verdict)
     changed = helpers.git(remote.bare, "show", "--name-status", "--format=", verdict).splitlines()
     assert sorted(changed) == [f"D\trequests/{new}.yaml", f"M\tresults/2026-11/{new}.yaml"]
     tidied = helpers.git(remote.bare, "log", "--format=%s", "main", "--", f"requests/{old}.yaml").splitlines()

@@ -55,7 +55,7 @@ def notes_repo(tmp_path: Path, docker_host: str) -> RecipeRepo:
 def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: RecipeRepo,
                                        state_dir: Path) -> None:
     """docs/warm.md 'The rollback proof', step by step."""
-    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS))
+    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS, follow_up_cold="true"))
     clone = git_remote.clone("controller")
     app = "warm-notes"
     v1, v2, v3 = (notes_repo.versions[n] for n in (1, 2, 3))
@@ -82,11 +82,20 @@ def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: R
         assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
         assert snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256 == digest  # type: ignore[union-attr]
         assert not snapshots.volumes_clean(state_dir / "snapshots", app)  # v2 migrated the data
+        assert "follow_up" not in quick2  # a pass files no follow-up cold
 
         # Quick of broken v3 fails; the volume comes back byte for byte.
         _run, quick3 = run_request(clone, state_dir, "notes", v3, mode="quick")
-        assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", quick3
-        assert quick3["snapshot"] == {"restored": True, "verified": True}
+        assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", (quick3["error"], quick3["phases"])
+        assert quick3["snapshot"] == {"restored": True, "verified": True}, quick3.get("housekeeping")
+        # The verdict was committed before the rollback; the rollback is in the second commit.
+        assert quick3["housekeeping"] == {"status": "done"}
+        assert quick3["verdict_at"] <= quick3["finished_at"]
+        assert "rollback" in [p["name"] for p in quick3["phases"]]
+        # The recipe opts in: the failed quick run filed a cold run of v3, in its verdict's commit.
+        follow_up = helpers.read_yaml(clone / "requests" / f"{quick3['follow_up']}.yaml")
+        assert follow_up == {"recipe": "notes", "ref": v3, "mode": "cold", "requested_by": "alice",
+                             "trigger": f"follow-up of the failed quick run {_run}", "follow_up_of": _run}
         assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
         manifests_equal_snapshot(state_dir, app)
         verify = helpers.ccci("--state-dir", str(state_dir), "snapshot", "verify", app, "--paranoid")
@@ -117,7 +126,7 @@ def helpers_free_port() -> int:
 def test_snapshot_round_trip_on_real_volumes_after_broken_v3(
         git_remote: RemoteRegistry, notes_repo: RecipeRepo, state_dir: Path) -> None:
     """Take; let broken v3 add, delete, modify and chmod files; restore; equal byte for byte."""
-    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS))
+    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS, follow_up_cold="true"))
     clone = git_remote.clone("controller")
     app = "warm-notes"
     v1, v2, v3 = (notes_repo.versions[n] for n in (1, 2, 3))

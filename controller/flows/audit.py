@@ -1,7 +1,10 @@
 """`ccci audit`: the rules every result and canonical change in the registry's git history must keep.
 
 Every commit that adds or changes a result is the controller's; every change to canonicals/ is
-the controller's, in the commit that writes the result of a green cold run of exactly that commit.
+the controller's, in the commit that writes the result of a green cold run of exactly that commit;
+a run's verdict, once committed, stays what it was (a run writes its result up to three times:
+the claim, the verdict, and the finish after its housekeeping — each commit's subject names the
+outcome, so the rule is read from subjects, without a file read per result).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from controller.util.errors import CcciError
 FileAt = Callable[[str, str], "bytes | None"]
 
 SUBJECT = re.compile(r"^\[cold\] (?P<recipe>[a-z0-9-]+)@(?P<short>[0-9a-f]{7}) pass \(run (?P<run>[^)]+)\)")
+# Any result commit: `[<label>] <recipe>@<short> <outcome> (run <id>)[; …]`.
+RESULT_SUBJECT = re.compile(r"^\[[a-z-]+\] \S+@\S+ (?P<outcome>[a-z]+) \(run (?P<run>[^)]+)\)")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,24 @@ def check_result_commit(commit: Commit, written: list[str], expected_email: str)
         return []
     reason = "a result " + _not_the_controller(commit, expected_email)
     return [Violation(commit.sha, path, reason) for path in written]
+
+
+def check_verdict_kept(commit: Commit, verdicts: dict[str, str]) -> Violation | None:
+    """Pure rule: after a run's first verdict (any outcome but `running`), every later commit of
+    its result names that same outcome. Records the verdict in `verdicts` (run id -> outcome)."""
+    match = RESULT_SUBJECT.match(commit.subject)
+    if not match:
+        return None
+    run, outcome = match.group("run"), match.group("outcome")
+    before = verdicts.get(run)
+    if before is None:
+        if outcome != "running":
+            verdicts[run] = outcome
+        return None
+    if outcome == before:
+        return None
+    return Violation(commit.sha, names.result_rel(run),
+                     f"changes the committed verdict of run {run} from {before} to {outcome}")
 
 
 def check_canonical_change(read: FileAt, commit: Commit, change: Change, expected_email: str,
@@ -136,19 +159,27 @@ def _audit(registry: Registry, read: FileAt) -> AuditReport:
     watched = dict((commit.sha, changed) for commit, changed in
                    changes(registry, SETTINGS_FILE, f"{names.CANONICALS_DIR}/"))
     expected_email = default_identity().email
+    verdicts: dict[str, str] = {}
     expected: dict[str, str] = {}
     for commit in line:
         if any(c.path == SETTINGS_FILE for c in watched.get(commit.sha, ())):
             expected_email = controller_email(read, commit.sha, expected_email)
         expected[commit.sha] = expected_email
     report.commits = len(line)
-    suspects = [c for c in line if c.author_email != expected[c.sha] or c.sha in watched]
+    suspects = {c.sha for c in line if c.author_email != expected[c.sha] or c.sha in watched}
     report.others = sum(1 for c in line if c.author_email != expected[c.sha])
-    results = changes_of(registry, suspects, f"{names.RESULTS_DIR}/")
-    for commit in suspects:
+    results = changes_of(registry, [c for c in line if c.sha in suspects], f"{names.RESULTS_DIR}/")
+    for commit in line:
+        # Subjects only: a verdict, once committed, is never changed (no diff needed for that).
+        changed_verdict = check_verdict_kept(commit, verdicts)
+        if commit.sha not in suspects:
+            report.violations += [changed_verdict] if changed_verdict else []
+            continue
         written = [c.path for c in results.get(commit.sha, ())
                    if _is_document(c.path, names.RESULTS_DIR) and not c.deleted]
-        report.violations += check_result_commit(commit, written, expected[commit.sha])
+        foreign = check_result_commit(commit, written, expected[commit.sha])
+        # A commit someone else wrote is named once, for that.
+        report.violations += foreign or ([changed_verdict] if changed_verdict and written else [])
         for change in watched.get(commit.sha, ()):
             if not _is_document(change.path, names.CANONICALS_DIR):
                 continue

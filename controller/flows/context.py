@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from controller.registry.documents import Request, SnapshotIndex
 from controller.registry.results import Phase, RunResult
@@ -26,15 +27,44 @@ def _no_progress(_phase: str, _status: str) -> None:
     return None
 
 
+T = TypeVar("T")
+
+
+class Housekeeping:
+    """What a run must still do once its asserts have decided: teardown, restore, giving back
+    the app lock. A runner registers each step as it takes on the thing the step undoes; the
+    lifecycle commits the verdict first, then unwinds them, last registered first."""
+
+    def __init__(self) -> None:
+        self._steps = contextlib.ExitStack()
+        self.pending = False
+
+    def hold(self, held: contextlib.AbstractContextManager[T]) -> T:
+        """Enter `held` (a lock) now; it is given back as the last housekeeping step."""
+        value = self._steps.enter_context(held)
+        self.pending = True
+        return value
+
+    def then(self, step: Callable[..., Any], *args: Any) -> None:
+        self._steps.callback(step, *args)
+        self.pending = True
+
+    def run(self) -> None:
+        """Every step, even when one raises (its error is raised once all have run)."""
+        self.pending = False
+        self._steps.close()
+
+
 @dataclass
 class Run:
-    """One run between its claim and its published verdict."""
+    """One run between its claim and its finished housekeeping."""
 
     request: Request
     result: RunResult
     marker: Marker | None = None
     # A rewarm's new last-known-good: its index entry is committed with the verdict.
     index: SnapshotIndex | None = None
+    housekeeping: Housekeeping = field(default_factory=Housekeeping)
 
 
 @dataclass(frozen=True)

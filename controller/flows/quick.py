@@ -3,10 +3,8 @@ restore the last-known-good bytes. Never promotes, never gates."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-from pathlib import Path
 
 from controller import snapshots
 from controller.flows import deployment, keycloak, policy
@@ -14,7 +12,6 @@ from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
 from controller.flows.fleet.placement import own_index
 from controller.flows.warm_apps import app_lock, restore_app, restore_summary, write_warm_state
-from controller.registry.documents import Request
 from controller.registry.results import RunResult
 from controller.runtime import probe, stack
 from controller.util import names
@@ -33,22 +30,27 @@ def missing_for_quick(ctx: Context, recipe: str) -> str | None:
 
 
 def run_quick(ctx: Context, run: Run) -> None:
+    """To the verdict; putting the app back (undeploy, and restore after a failure) is
+    housekeeping, done under the app's lock before the next run of the app gets it."""
     request, result = run.request, run.result
     recipe = ctx.settings.recipe(request.recipe)
     app = names.warm_app(request.recipe)
     result.app = app
     result.gating = False
-    with contextlib.ExitStack() as held:
-        with phase(ctx, result, "lock"):  # waits while another warm run has the app
-            held.enter_context(app_lock(ctx, app))
-        result.lock = {"app": app, "acquired_at": now_iso_ms()}
-        try:
-            _quick_locked(ctx, request, result, recipe.timeout_s)
-        finally:
-            result.lock["released_at"] = now_iso_ms()
+    with phase(ctx, result, "lock"):  # waits while another warm run has the app
+        run.housekeeping.hold(app_lock(ctx, app))
+    result.lock = {"app": app, "acquired_at": now_iso_ms()}
+    run.housekeeping.then(_lock_released, result)
+    _quick_locked(ctx, run, recipe.timeout_s)
 
 
-def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: int) -> None:
+def _lock_released(result: RunResult) -> None:
+    if result.lock is not None:
+        result.lock["released_at"] = now_iso_ms()
+
+
+def _quick_locked(ctx: Context, run: Run, timeout_s: int) -> None:
+    request, result = run.request, run.result
     recipe = ctx.settings.recipe(request.recipe)
     app = names.warm_app(request.recipe)
     index = own_index(ctx, app)
@@ -58,21 +60,18 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
                         f"`ccci canonical rewarm {request.recipe}`", cause="infra")
     deadline = Deadline(timeout_s)
     work = deployment.workdir(ctx, request.run_id)
+    run.housekeeping.then(deployment.remove_workdir, work)
     port = probe.free_port()
-    try:
-        with phase(ctx, result, "fetch"):
-            base_commit = deployment.checkout_commit(ctx, recipe, index.commit, work / "base")
-            commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
-        base = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=request.run_id,
-                          commit=base_commit, domain=ctx.settings.domain(app), host_port=port,
-                          checkout=work / "base", owner=ctx.state.owner_id)
-        head = dataclasses.replace(base, commit=commit, checkout=work / "head")
-        # Before the warm app is touched: a stack the policy refuses never reaches its data.
-        policy.judge(ctx, result, base)
-        policy.judge(ctx, result, head, known_good=lambda: base)
-    except BaseException:
-        deployment.remove_workdir(work)
-        raise
+    with phase(ctx, result, "fetch"):
+        base_commit = deployment.checkout_commit(ctx, recipe, index.commit, work / "base")
+        commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
+    base = Deployment(recipe=recipe, app=app, mode="warm", run=None, serves_run=request.run_id,
+                      commit=base_commit, domain=ctx.settings.domain(app), host_port=port,
+                      checkout=work / "base", owner=ctx.state.owner_id)
+    head = dataclasses.replace(base, commit=commit, checkout=work / "head")
+    # Before the warm app is touched: a stack the policy refuses never reaches its data.
+    policy.judge(ctx, result, base)
+    policy.judge(ctx, result, head, known_good=lambda: base)
     stack.undeploy(app, remove_volumes=False)  # a crashed run's deploy must not hold the volumes
     # Hermetic: every quick run starts from the last-known-good bytes.
     with phase(ctx, result, "restore"):
@@ -80,8 +79,8 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
             report = restore_app(ctx.state, app)
             result.snapshot = restore_summary(report)
     snapshots.mark_volumes_dirty(ctx.state.snapshots, app)
-    realm = None
-    passed = False
+    realms: list[keycloak.RealmGrant] = []
+    run.housekeeping.then(_put_back, ctx, result, app, realms)
     try:
         result.upgrade = {"from": base_commit, "to": commit}
         if base_commit == commit:
@@ -91,9 +90,9 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
             log.warning("quick run of %s: %s", request.recipe, note)
         if recipe.sso:
             with phase(ctx, result, "sso"):
-                realm = keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app)
-                base.extra_env.update(realm.env())
-                head.extra_env.update(realm.env())
+                realms.append(keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app))
+                base.extra_env.update(realms[0].env())
+                head.extra_env.update(realms[0].env())
         deployment.deploy_app(ctx, result, base, name="reattach")
         with phase(ctx, result, "converge (reattach)"):
             before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
@@ -109,31 +108,26 @@ def _quick_locked(ctx: Context, request: Request, result: RunResult, timeout_s: 
         result.outcome = "fail" if exc.cause in ("recipe", "timeout", "limit") else "error"
         result.cause = exc.cause or "infra"
         result.error = exc.message
-    finally:
-        _finish(ctx, result, app, passed, realm, work)
 
 
-def _finish(ctx: Context, result: RunResult, app: str, passed: bool,
-            realm: keycloak.RealmGrant | None, work: Path) -> None:
-    """PASS: undeploy, keep the (dirty) volume. FAIL: undeploy, restore, verify, mark clean."""
+def _put_back(ctx: Context, result: RunResult, app: str, realms: list[keycloak.RealmGrant]) -> None:
+    """After the verdict. PASS: undeploy, keep the (dirty) volume. Anything else: undeploy,
+    restore, verify, mark clean. A failure here never changes the verdict: the volumes stay
+    marked dirty, so the next warm run of the app restores them first."""
     try:
         deployment.undeploy_app(ctx, result, app, remove_volumes=False)
-        if passed:
+        if result.outcome == "pass":
             write_warm_state(ctx.state, app, data_commit=result.ref)
         else:
             with phase(ctx, result, "rollback"):
                 report = restore_app(ctx.state, app)
             result.snapshot = restore_summary(report)
     except CcciError as exc:
-        log.error("cleanup of %s failed: %s", app, exc.message)
-        result.outcome = "error" if result.outcome in ("pass", "running") else result.outcome
-        result.cause = result.cause or "infra"
-        result.error = (result.error + "; " if result.error else "") + f"cleanup failed: {exc.message}"
         result.snapshot = {**result.snapshot, "verified": False}
+        raise CcciError(f"putting {app} back failed: {exc.message}", cause="infra") from exc
     finally:
-        if realm is not None:
+        for realm in realms:
             try:
                 keycloak.release_realm(ctx, result, realm)
             except CcciError as exc:
                 log.error("realm cleanup failed: %s", exc.message)
-        deployment.remove_workdir(work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from controller.flows import cleanup, keycloak, runs
 from controller.flows.context import Context
@@ -21,7 +22,8 @@ WARM_MODES = ("quick", "rewarm")  # modes whose app is the recipe's warm app
 
 
 def abort_orphaned_runs(ctx: Context) -> list[str]:
-    """Every marker whose process died: publish an `aborted` verdict if it still says running."""
+    """Every marker whose process died: publish an `aborted` verdict if it still says running;
+    finish the housekeeping of one whose verdict was committed but not its `finished_at`."""
     aborted = []
     for marker in inflight.orphaned_markers(ctx.state):
         run_id = marker.run_id
@@ -40,8 +42,28 @@ def abort_orphaned_runs(ctx: Context) -> list[str]:
                 runs.abort(ctx, run_id, existing)
                 aborted.append(run_id)
                 log.warning("aborted orphaned run %s", run_id)
+            elif existing is not None and not existing.get("finished_at"):
+                _finish_housekeeping(ctx, run_id, existing)
             inflight.forget(ctx.state, marker)
     return aborted
+
+
+def _finish_housekeeping(ctx: Context, run_id: str, existing: dict[str, Any]) -> None:
+    """The run died after its verdict was committed, in its housekeeping: do what is left and
+    record it, the verdict unchanged. A warm app was undeployed above; its volumes stay marked
+    dirty, so the next warm run restores the last-known-good before it deploys. A cold app goes
+    with its volumes; its realm goes with the reaper."""
+    app = existing.get("app")
+    housekeeping: dict[str, Any] = {"status": "recovered", "by": ctx.controller_id}
+    if existing.get("mode") == "cold" and isinstance(app, str):
+        try:
+            cleanup.remove_cold_app(app)
+        except CcciError as exc:
+            housekeeping = {**housekeeping, "status": "failed", "error": exc.message}
+            raise_alert(ctx.state, f"housekeeping-{app}", f"after the {existing.get('outcome')} verdict "
+                        f"of run {run_id}, recovery could not remove {app}: {exc.message}")
+    runs.finish_after_crash(ctx, run_id, existing, housekeeping)
+    log.warning("finished the housekeeping of run %s after its %s verdict", run_id, existing.get("outcome"))
 
 
 def _undeploy_warm(ctx: Context, app: str) -> None:

@@ -3,6 +3,11 @@
 Every result the controller commits — claims, verdicts, rejections, aborts, rewarms — is
 committed here and nowhere else. Publishing is the registry commit first (it is the truth,
 and it carries the canonical or snapshot index the verdict moves), then every sink.
+
+Verdict first: a run's verdict is committed and reported as soon as its asserts have decided
+it; what the runner registered as housekeeping (teardown, restore, giving back the app lock)
+runs after, and a second commit records `finished_at` and how the housekeeping went. The
+verdict never changes after its commit; a housekeeping failure is an alert and a result field.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.flows import canonical, modes
+from controller.flows import canonical, followup, modes
 from controller.flows.context import Context, Publication, Run, Sink
 from controller.flows.fleet import placement
 from controller.flows.forge.authority import is_forge_rule
@@ -29,6 +34,7 @@ from controller.registry.results import RunResult, commit_message
 from controller.registry.settings import Settings
 from controller.registry.store import updated_text
 from controller.util import inflight, names
+from controller.util.alerts import clear_alert, raise_alert
 from controller.util.errors import BadInput, CcciError, CheckFailed
 from controller.util.files import write_whole
 from controller.util.log import run_context
@@ -177,6 +183,7 @@ def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
         **what_was_asked(request),
         host=ctx.host,
         deadline=placement.deadline(ctx.settings, request.recipe, started),
+        follow_up_of=request.follow_up_of,
     )
 
 
@@ -217,7 +224,9 @@ def claim(ctx: Context, request: Request, decision: Decision) -> Run | None:
 
 def execute(ctx: Context, run: Run) -> RunResult:
     """Run a claimed run through its mode's runner to a verdict; never raises for a run's
-    own failure (the verdict says it)."""
+    own failure (the verdict says it). The housekeeping the runner registered is left for
+    `finish`, after the verdict is committed — unless the run is interrupted (SIGTERM): then
+    it is done here, and the run keeps its marker, for start-up recovery to abort."""
     result = run.result
     entry = modes.MODES.get(result.mode or "")
     with run_context(result.run):
@@ -240,25 +249,73 @@ def execute(ctx: Context, run: Run) -> RunResult:
             result.outcome = "error"
             result.cause = result.cause or "infra"
             result.error = result.error or f"unexpected error: {type(exc).__name__}: {exc}"
+        except BaseException:
+            housekeep(ctx, run)
+            raise
         if result.outcome == "running":
             result.outcome = "error"
             result.cause = "infra"
             result.error = "the run ended without a verdict"
-        result.finished_at = now_iso()
+        result.verdict_at = now_iso()
     return result
 
 
+def housekeep(ctx: Context, run: Run) -> None:
+    """Do what the run registered for after its verdict, and say how it went in
+    `result.housekeeping`; a failure raises an alert for the app and never touches the verdict."""
+    if not run.housekeeping.pending:
+        return
+    result = run.result
+    key = f"housekeeping-{result.app or result.run}"
+    try:
+        run.housekeeping.run()
+    except Exception as exc:  # whatever it was, the verdict stands and the next run must know
+        message = exc.message if isinstance(exc, CcciError) else f"{type(exc).__name__}: {exc}"
+        result.housekeeping = {"status": "failed", "error": message}
+        raise_alert(ctx.state, key, f"after the {result.outcome} verdict of run {result.run}, "
+                    f"housekeeping failed: {message}", run=result.run, app=result.app)
+        return
+    result.housekeeping = {"status": "done"}
+    clear_alert(ctx.state, key)
+
+
 def finish(ctx: Context, run: Run) -> Publication:
-    """Publish the verdict, then let go of the in-flight marker. A verdict the registry never
-    got keeps its marker, so the next start-up aborts the run properly."""
+    """Commit and report the verdict; then do the housekeeping and commit `finished_at` (a
+    second commit, the verdict as it was); then let go of the in-flight marker. A run without
+    housekeeping is one commit. A verdict or finish the registry never got keeps the marker:
+    the next start-up aborts the run, or finishes it."""
+    result = run.result
+    result.verdict_at = result.verdict_at or now_iso()
+    pending = run.housekeeping.pending
+    if not pending:
+        result.finished_at = result.verdict_at
     committed = False
     try:
-        publication = publish(ctx, run.result, run.request, index=run.index)
+        try:
+            publication = publish(ctx, result, run.request, index=run.index)
+        finally:  # the teardown does not wait for a registry that failed us
+            housekeep(ctx, run)
+        if pending:
+            result.finished_at = now_iso()
+            record_finished(ctx, result)
         committed = True
     finally:
         if run.marker is not None:
             run.marker.end(keep=not committed)
     return publication
+
+
+def record_finished(ctx: Context, result: RunResult) -> str | None:
+    """The second commit of a run: the result with `finished_at` and its housekeeping, the
+    verdict unchanged. No sink hears of it: they had the verdict."""
+    rel = names.result_rel(result.run)
+    status = (result.housekeeping or {}).get("status", "done")
+
+    def write(root: Path) -> list[str] | None:
+        _write_result(root, rel, result)
+        return [rel]
+
+    return ctx.registry.transact(write, _message(result, f"housekeeping {status}"))
 
 
 def run_claimed(ctx: Context, run: Run) -> Publication:
@@ -286,6 +343,8 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
     consumed = f"{names.REQUESTS_DIR}/{request_file or result.run + '.yaml'}"
     run = Run(request, result) if request is not None else None
     advanced = False
+    follow_up = followup.follow_up_request(ctx.settings, result, request)
+    result.follow_up = follow_up.run_id if follow_up else None
 
     def write(root: Path) -> list[str] | None:
         nonlocal advanced
@@ -299,6 +358,11 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
             if moved:
                 touched.append(moved)
         advanced = bool(result.canonical.get("advanced"))
+        if follow_up is not None:  # in the verdict's commit: a crash never loses it
+            target = root / follow_up.rel_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_whole(target, dump_document(follow_up.to_document()))
+            touched.append(follow_up.rel_path)
         if index is not None:
             index_rel = names.snapshot_index_rel(ctx.host, index.app)
             target = root / index_rel
@@ -316,6 +380,8 @@ def publish(ctx: Context, result: RunResult, request: Request | None, *,
 
     def message() -> str:
         extra = "canonical advanced" if advanced else ("snapshot replaced" if index is not None else "")
+        if follow_up is not None:
+            extra = f"follow-up cold {follow_up.run_id} filed"
         return _message(result, extra)
 
     commit = ctx.registry.transact(write, message)
@@ -378,6 +444,7 @@ def rejection(ctx: Context, file_name: str, error: CcciError, request: Request |
         cause=None if outcome == "rejected" else "infra",
         gating=bool(asked and asked.gates),
         started_at=now,
+        verdict_at=now,
         finished_at=now,
         error=error.message,
         requested_by=request.requested_by if request else None,
@@ -397,6 +464,28 @@ def abort(ctx: Context, run_id: str, existing: dict[str, Any], *, why: str | Non
     with contextlib.suppress(CcciError):  # the verdict goes out anyway; sinks needing it skip it
         request = ctx.registry.read_request(f"{run_id}.yaml")
     return publish(ctx, result, request, only_if_running=only_if_running, also=also)
+
+
+def finish_after_crash(ctx: Context, run_id: str, existing: dict[str, Any],
+                       housekeeping: dict[str, Any]) -> str | None:
+    """The second commit of a run whose controller died after committing its verdict: start-up
+    recovery did the housekeeping, this records it. The verdict stays exactly as committed."""
+    rel = names.result_rel(run_id)
+    doc = {**existing, "finished_at": now_iso(), "housekeeping": housekeeping}
+
+    def write(root: Path) -> list[str] | None:
+        write_whole(root / rel, dump_document(doc))
+        return [rel]
+
+    def text(key: str) -> str | None:
+        value = existing.get(key)
+        return str(value) if value is not None else None
+
+    outcome = str(existing.get("outcome"))
+    subject = RunResult(run=run_id, recipe=text("recipe"), ref=text("ref"), mode=text("mode"),
+                        requested_mode=text("requested_mode"), outcome=outcome,
+                        started_at=text("started_at") or "", error=text("error"))
+    return ctx.registry.transact(write, _message(subject, "housekeeping finished by recovery"))
 
 
 def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any], why: str | None = None) -> RunResult:
@@ -419,6 +508,7 @@ def aborted_result(ctx: Context, run_id: str, existing: dict[str, Any], why: str
         outcome="aborted",
         cause="infra",
         started_at=text("started_at") or now_iso(),
+        verdict_at=now_iso(),
         finished_at=now_iso(),
         error=why or (
             "the controller stopped while this run was in flight; its objects were torn down "

@@ -43,6 +43,7 @@ class Request:
     pr: int | None = None
     forge: ForgeOrigin | None = None
     refiled_from: str | None = None  # the abandoned run this one re-runs
+    follow_up_of: str | None = None  # the failed quick run a follow-up cold request answers
 
     @property
     def rel_path(self) -> str:
@@ -63,6 +64,8 @@ class Request:
             doc["forge"] = self.forge.to_document()
         if self.refiled_from is not None:
             doc["refiled_from"] = self.refiled_from
+        if self.follow_up_of is not None:
+            doc["follow_up_of"] = self.follow_up_of
         return doc
 
 
@@ -114,6 +117,7 @@ def parse_request(raw: bytes, file_name: str) -> Request:
         pr=doc.get("pr"),
         forge=ForgeOrigin(**doc["forge"]) if doc.get("forge") else None,
         refiled_from=doc.get("refiled_from"),
+        follow_up_of=doc.get("follow_up_of"),
     )
 
 

@@ -29,6 +29,9 @@ class RunResult:
     requested_mode: str | None
     outcome: str
     started_at: str
+    # When the asserts had decided (the verdict commit); finished_at: when the housekeeping after
+    # it (teardown, restore) was done, written by a later commit. Equal when nothing followed.
+    verdict_at: str | None = None
     finished_at: str | None = None
     fallback: str | None = None
     gating: bool = True
@@ -53,6 +56,10 @@ class RunResult:
     # What the request asked beyond the fields above (the verdict consumes the request file).
     trigger: str | None = None
     forge: dict[str, Any] | None = None
+    # After the verdict: {"status": "done" | "failed" | "recovered", "error": …}; never the verdict.
+    housekeeping: dict[str, Any] | None = None
+    follow_up: str | None = None  # a failed quick run: the run id of the cold request it filed
+    follow_up_of: str | None = None  # that cold run: the quick run it follows up
     # Not written: set by a green cold run whose commit may become known-good.
     promote: bool = False
 
@@ -75,6 +82,7 @@ class RunResult:
             "host": self.host,
             "deadline": self.deadline,
             "started_at": self.started_at,
+            "verdict_at": self.verdict_at,
             "finished_at": self.finished_at,
             "phases": [
                 {"name": p.name, "status": p.status, "seconds": round(p.seconds, 2)}
@@ -96,6 +104,12 @@ class RunResult:
             doc["trigger"] = self.trigger
         if self.forge is not None:
             doc["forge"] = dict(self.forge)
+        if self.housekeeping is not None:
+            doc["housekeeping"] = dict(self.housekeeping)
+        if self.follow_up is not None:
+            doc["follow_up"] = self.follow_up
+        if self.follow_up_of is not None:
+            doc["follow_up_of"] = self.follow_up_of
         return doc
 
 

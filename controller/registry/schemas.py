@@ -36,6 +36,8 @@ REQUEST: dict[str, Any] = {
         # Set by the controller when it re-files a run whose host died (serve.refile_abandoned):
         # a re-filed run is never re-filed again.
         "refiled_from": {"type": "string", "pattern": RUN_ID},
+        # A cold request the controller filed after a failed quick run: that run's id.
+        "follow_up_of": {"type": "string", "pattern": RUN_ID},
         "forge": {
             "type": "object",
             "additionalProperties": False,

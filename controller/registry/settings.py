@@ -183,6 +183,7 @@ class RecipeSettings:
     warm_hosts: tuple[str, ...]  # hosts keeping the canonical warm; empty: the promoting one
     allow: tuple[str, ...]  # host policy grants (policy.allow)
     limits: ServiceLimits  # limits.service_*, with this recipe's overrides
+    follow_up_cold: bool = False  # a failed quick run files a cold run of the same commit
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,7 @@ def _recipe(name: str, raw: dict[str, Any], limits: LimitsSettings) -> RecipeSet
         limits=ServiceLimits(memory=str(own.get("memory", limits.service_memory)),
                              cpus=float(own.get("cpus", limits.service_cpus)),
                              pids=int(own.get("pids", limits.service_pids))),
+        follow_up_cold=bool(raw["follow_up_cold"]),
     )
 
 

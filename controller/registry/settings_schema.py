@@ -119,6 +119,16 @@ RECIPE: dict[str, Any] = {
                            "to any of them. Empty: the host that ran the promoting cold run.",
             "examples": [["ci-1", "ci-2"]],
         },
+        "follow_up_cold": {
+            "type": "boolean",
+            "default": False,
+            "description": "`true`: a quick run that fails files a cold run of the same commit (its "
+                           "request says `follow_up_of`, its result names it as `follow_up`), so the "
+                           "pull request learns whether the upgrade or the fresh install breaks. The "
+                           "cold run is requested by the quick run's requester and needs "
+                           "`authority.cold` like any other.",
+            "examples": [True],
+        },
         "forge_repo": {
             "type": "string", "pattern": FORGE_REPO,
             "description": "The recipe's repository on the forge (`owner/name`): `!testme` comments on "
