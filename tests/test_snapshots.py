@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -127,7 +128,7 @@ def test_new_take_replaces_the_old_generation(store: Path, volume: Path) -> None
     assert second.commit == COMMIT_B and second.manifest_sha256 != first.manifest_sha256
     assert generation_dirs(store) == [link_target(store)] != [old_generation]
     assert sorted(os.listdir(store / APP)) == sorted(
-        [".lock", "last-known-good", "volumes-state.json", link_target(store)])
+        [".lock", "last-known-good", "live-index.json", "volumes-state.json", link_target(store)])
     assert verify_snapshot(store, APP) == second
 
 
@@ -204,25 +205,68 @@ def test_restore_undoes_an_upgrade_and_rewrites_only_what_differs(store: Path, v
     assert restore_snapshot(store, APP, {"data": volume}) == RestoreReport(0, 0, 0, 0, 0, True)
 
 
-def test_same_size_same_mtime_edit_is_caught_only_by_paranoid(store: Path, volume: Path) -> None:
+def test_an_edit_keeping_size_and_mtime_is_caught_by_its_ctime(store: Path, volume: Path) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
     stealth = volume / "data/stealth.bin"
     original = stealth.read_bytes()
     stealth.write_bytes(bytes(len(original)))
     os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
 
-    assert verify_volumes(store, APP, {"data": volume}) == []
-    [difference] = verify_volumes(store, APP, {"data": volume}, paranoid=True)
+    # The write moved its ctime, so the live index no longer vouches for it: it is hashed.
+    [difference] = verify_volumes(store, APP, {"data": volume})
     assert difference.startswith("data: data/stealth.bin: content differs")
-    # The cheap restore trusts size and mtime, so it cannot see this edit.
+    report = restore_snapshot(store, APP, {"data": volume})
+
+    assert report == RestoreReport(1, 0, 0, 0, len(original), True)
+    assert stealth.read_bytes() == original
+    assert verify_volumes(store, APP, {"data": volume}) == []
+
+
+def forge_index_row(store: Path, volume: str, path: str, live: Path) -> None:
+    """Make the live index vouch for `live` as it is now: what an edit that kept its ctime
+    too (a clock stepped back, a write below the filesystem) would look like."""
+    index_file = store / APP / "live-index.json"
+    doc = json.loads(index_file.read_text())
+    st = os.lstat(live)
+    row = next(r for r in doc["volumes"][volume]["rows"] if r[0] == path)
+    row[1:6] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    doc["volumes"][volume]["scanned_ns"] = st.st_ctime_ns + 10**9
+    index_file.write_text(json.dumps(doc))
+
+
+def test_only_paranoid_sees_an_edit_the_live_index_vouches_for(store: Path, volume: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    stealth = volume / "data/stealth.bin"
+    original = stealth.read_bytes()
+    stealth.write_bytes(bytes(len(original)))
+    os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
+    forge_index_row(store, "data", "data/stealth.bin", stealth)
+
+    assert verify_volumes(store, APP, {"data": volume}) == []
     assert restore_snapshot(store, APP, {"data": volume}) == RestoreReport(0, 0, 0, 0, 0, True)
     assert stealth.read_bytes() != original
+    [difference] = verify_volumes(store, APP, {"data": volume}, paranoid=True)
+    assert difference.startswith("data: data/stealth.bin: content differs")
 
     report = restore_snapshot(store, APP, {"data": volume}, paranoid=True)
 
     assert report == RestoreReport(1, 0, 0, 0, len(original), True)
     assert stealth.read_bytes() == original
     assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+
+
+def test_take_keeps_a_vouched_digest_and_paranoid_reads_it_again(store: Path, volume: Path) -> None:
+    """On a filesystem that cannot clone, every file is read anyway; the digest is the source's."""
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    stealth = volume / "data/stealth.bin"
+    stealth.write_bytes(bytes(len(stealth.read_bytes())))
+    os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
+    forge_index_row(store, "data", "data/stealth.bin", stealth)
+
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, paranoid=True)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
 
 
 def test_restore_fills_an_empty_volume(store: Path, volume: Path, tmp_path: Path) -> None:
@@ -499,7 +543,7 @@ def test_leftovers_of_an_interrupted_take_are_removed(store: Path, volume: Path)
     assert current_snapshot(store, APP) == info
 
     assert sorted(os.listdir(app_dir)) == sorted(
-        [".lock", "last-known-good", "volumes-state.json", link_target(store)])
+        [".lock", "last-known-good", "live-index.json", "volumes-state.json", link_target(store)])
     verify_snapshot(store, APP)
 
 
@@ -572,12 +616,14 @@ def _seen(kind: str | None = "f", inode: int = 1, **kw: object) -> Observed:
 
 def test_decide_uses_lstat_first_and_hashes_only_when_needed() -> None:
     want = _entry("f")
-    assert decide(want, _seen()) == "keep"
-    assert decide(want, _seen(), paranoid=True) == "hash"
+    assert decide(want, _seen()) == "hash"  # nothing vouches for its content
+    assert decide(want, _seen(), vouched=want.sha256) == "keep"
+    assert decide(want, _seen(), vouched="cd" * 32) == "write"
+    assert decide(want, _seen(), vouched=want.sha256, paranoid=True) == "hash"
     assert decide(want, _seen(mtime_ns=6)) == "hash"
-    assert decide(want, _seen(size=4)) == "write"
-    assert decide(want, _seen(mode=0o600)) == "fix"
-    assert decide(want, _seen(uid=7)) == "fix"
+    assert decide(want, _seen(size=4), vouched=want.sha256) == "write"
+    assert decide(want, _seen(mode=0o600), vouched=want.sha256) == "fix"
+    assert decide(want, _seen(uid=7), vouched=want.sha256) == "fix"
     assert decide(want, None) == "write"
     assert decide(want, _seen("l")) == "write"
     assert decide(want, _seen(), inode_owner="other") == "write"
