@@ -60,13 +60,13 @@ LATIN1_NAME = os.fsdecode(b"caf\xe9-latin1")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
+def store(snapshot_place: Path) -> Path:
+    return snapshot_place / "store"
 
 
 @pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    root = tmp_path / "volumes" / "data"
+def volume(snapshot_place: Path) -> Path:
+    root = snapshot_place / "volumes" / "data"
     build_rich_tree(root)
     write(root / LATIN1_NAME, b"non-UTF-8 name")
     os.utime(root / LATIN1_NAME, ns=(FIXED_NS, FIXED_NS))
@@ -255,8 +255,9 @@ def test_only_paranoid_sees_an_edit_the_live_index_vouches_for(store: Path, volu
     assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
 
 
-def test_take_keeps_a_vouched_digest_and_paranoid_reads_it_again(store: Path, volume: Path) -> None:
-    """On a filesystem that cannot clone, every file is read anyway; the digest is the source's."""
+def test_a_take_trusts_the_live_index_only_where_it_clones(
+    store: Path, volume: Path, request: pytest.FixtureRequest
+) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
     stealth = volume / "data/stealth.bin"
     stealth.write_bytes(bytes(len(stealth.read_bytes())))
@@ -264,14 +265,48 @@ def test_take_keeps_a_vouched_digest_and_paranoid_reads_it_again(store: Path, vo
     forge_index_row(store, "data", "data/stealth.bin", stealth)
 
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
-    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+
+    if request.node.callspec.params["snapshot_place"] == "disk":
+        # A copy reads every byte anyway, so the digest is always the source's own.
+        assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+        verify_snapshot(store, APP)
+    else:
+        # A clone of a file the index vouches for is not read: the forged row is believed,
+        # and verify_snapshot, which reads every stored file from the disk, catches it.
+        assert snapshot_manifest(store, APP)["data"] != volume_manifest(volume)
+        with pytest.raises(CheckFailed, match=r"data/stealth\.bin: content differs"):
+            verify_snapshot(store, APP)
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, paranoid=True)
     assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    verify_snapshot(store, APP)
 
 
-def test_restore_fills_an_empty_volume(store: Path, volume: Path, tmp_path: Path) -> None:
+def shared_extents(path: Path) -> bool:
+    """Whether the file shares any extent with another (FIEMAP's shared flag)."""
+    out = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True, check=True)
+    return "shared" in out.stdout
+
+
+def test_on_xfs_take_and_restore_clone_instead_of_copying(xfs_tmp: Path) -> None:
+    store, volume = xfs_tmp / "store", xfs_tmp / "volumes" / "data"
+    build_rich_tree(volume, big_bytes=32 << 20)
+    big = "data/big.bin"
+    assert not shared_extents(volume / big)
+
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+
+    assert shared_extents(volume / big) and shared_extents(info.path / "volumes/data" / big)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    verify_snapshot(store, APP)
+    (volume / big).unlink()
+    report = restore_snapshot(store, APP, {"data": volume})
+    assert report.created == 1 and shared_extents(volume / big)
+    assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+
+
+def test_restore_fills_an_empty_volume(store: Path, volume: Path, snapshot_place: Path) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
-    empty = tmp_path / "fresh"
+    empty = snapshot_place / "fresh"
     empty.mkdir()
 
     report = restore_snapshot(store, APP, {"data": empty})
@@ -282,9 +317,9 @@ def test_restore_fills_an_empty_volume(store: Path, volume: Path, tmp_path: Path
     assert os.stat(empty / "data/sparse.img").st_blocks * 512 < 1 << 20
 
 
-def test_restore_needs_exactly_the_snapshot_volumes(store: Path, volume: Path, tmp_path: Path) -> None:
+def test_restore_needs_exactly_the_snapshot_volumes(store: Path, volume: Path, snapshot_place: Path) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
-    other = tmp_path / "other"
+    other = snapshot_place / "other"
     other.mkdir()
     with pytest.raises(BadInput, match="not in the snapshot: \\['db'\\]"):
         restore_snapshot(store, APP, {"data": volume, "db": other})

@@ -324,10 +324,10 @@ class VolumeRestore:
             try:
                 st = os.fstat(sfd)
                 if fsio.CLONES.clone(sfd, dfd, st.st_dev, os.fstat(dfd).st_dev):
-                    # Shares the snapshot's extents; the verify hashes every file written.
-                    fsio.set_fd_metadata(dfd, entry, entry.mtime_ns)
-                    return st.st_size
-                sha, written = thread_copier().copy(sfd, dfd, st)
+                    # The clone shares the snapshot file's extents: hashing those checks it.
+                    sha, written = fsio.hash_fd(sfd, thread_copier().buf), st.st_size
+                else:
+                    sha, written = thread_copier().copy(sfd, dfd, st)
                 if sha != entry.sha256:
                     raise CheckFailed(
                         f"snapshot file {entry.path} does not match its manifest; "
