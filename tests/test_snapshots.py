@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +22,7 @@ from controller.snapshots import (
     ManifestEntry,
     RestoreReport,
     current_snapshot,
+    fsio,
     mark_volumes_clean,
     mark_volumes_dirty,
     restore_snapshot,
@@ -228,8 +232,8 @@ def forge_index_row(store: Path, volume: str, path: str, live: Path) -> None:
     index_file = store / APP / "live-index.json"
     doc = json.loads(index_file.read_text())
     st = os.lstat(live)
-    row = next(r for r in doc["volumes"][volume]["rows"] if r[0] == path)
-    row[1:6] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    row = doc["volumes"][volume]["rows"][path]
+    row[:5] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     doc["volumes"][volume]["scanned_ns"] = st.st_ctime_ns + 10**9
     index_file.write_text(json.dumps(doc))
 
@@ -302,6 +306,28 @@ def test_on_xfs_take_and_restore_clone_instead_of_copying(xfs_tmp: Path) -> None
     report = restore_snapshot(store, APP, {"data": volume})
     assert report.created == 1 and shared_extents(volume / big)
     assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+
+
+def test_on_xfs_copy_file_range_clones_where_ficlone_refuses_two_mounts(
+    xfs_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels before 5.18 refuse FICLONE between two mounts of one filesystem (EXDEV)."""
+    real_ioctl = fcntl.ioctl
+
+    def ioctl(fd: int, request: int, *args: Any) -> Any:
+        if request == fsio.FICLONE:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return real_ioctl(fd, request, *args)
+
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    monkeypatch.setattr(fsio, "CLONES", fsio.CloneSupport())
+    store, volume = xfs_tmp / "store", xfs_tmp / "volumes" / "data"
+    build_rich_tree(volume, big_bytes=8 << 20)
+
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+
+    assert shared_extents(info.path / "volumes/data/data/big.bin")
+    verify_snapshot(store, APP)
 
 
 def test_restore_fills_an_empty_volume(store: Path, volume: Path, snapshot_place: Path) -> None:

@@ -253,14 +253,18 @@ class CloneSupport:
                 raise
             os.ftruncate(dst_fd, 0)
             if pair not in self._verdict:
-                log.info("filesystem %d cannot clone files (%s); copying instead", dst_dev,
+                log.info("device %s cannot clone files (%s); copying instead", _device(dst_dev),
                          exc.strerror)
             self._verdict[pair] = False
             return False
         if pair not in self._verdict:
-            log.info("filesystem %d clones files (reflink): copies share extents", dst_dev)
+            log.info("device %s clones files (reflink): copies share extents", _device(dst_dev))
         self._verdict[pair] = True
         return True
+
+
+def _device(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 CLONES = CloneSupport()

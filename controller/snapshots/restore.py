@@ -36,6 +36,8 @@ from controller.util.errors import BadInput, CheckFailed
 
 log = logging.getLogger(__name__)
 
+READ_WRITE_CREATE = (files.CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR
+
 # keep: equal; fix: metadata only; hash: size and mtime match, content decides;
 # write: (re)create from the snapshot; link: hard-link to the group's first member.
 Action = Literal["keep", "fix", "hash", "write", "link"]
@@ -320,12 +322,13 @@ class VolumeRestore:
         except FileNotFoundError as exc:
             raise CheckFailed(f"snapshot file {entry.path} is missing; the snapshot is damaged") from exc
         try:
-            dfd = os.open(temp, files.CREATE_FLAGS, 0o600, dir_fd=pfd)
+            dfd = os.open(temp, READ_WRITE_CREATE, 0o600, dir_fd=pfd)
             try:
                 st = os.fstat(sfd)
                 if fsio.CLONES.clone(sfd, dfd, st.st_dev, os.fstat(dfd).st_dev):
-                    # The clone shares the snapshot file's extents: hashing those checks it.
-                    sha, written = fsio.hash_fd(sfd, thread_copier().buf), st.st_size
+                    # The clone shares the snapshot file's extents: hashing it checks them, and
+                    # leaves its pages cached for the verify that hashes it again.
+                    sha, written = fsio.hash_fd(dfd, thread_copier().buf), st.st_size
                 else:
                     sha, written = thread_copier().copy(sfd, dfd, st)
                 if sha != entry.sha256:
