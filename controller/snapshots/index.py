@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Any
 from controller.snapshots import fsio
 from controller.snapshots.layout import MANIFEST_CAP
 from controller.snapshots.manifest import SHA256_RE, ManifestEntry, Observed
-from controller.util import files
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,22 @@ def volume_index(
 
 
 def write_index(where: Path, volumes: Mapping[str, VolumeIndex]) -> None:
-    """Replace the app's live index (temp file, fsync, rename): whole or absent after a crash."""
+    """Replace the app's live index by renaming a temp file over it.
+
+    No fsync: every row is a fact that stays true (a file with this stamp held this
+    digest), so an index that is old, empty or torn after a power loss is at worst
+    useless (then files are hashed), never wrong; two fsyncs would cost a restore more
+    than reading the index saves on a busy disk.
+    """
     doc = {
         "format": INDEX_FORMAT,
         "volumes": {name: {"scanned_ns": part.scanned_ns, "rows": part.rows}
                     for name, part in volumes.items()},
     }
-    files.write_durably(where / INDEX_FILE, json.dumps(doc, separators=(",", ":")).encode())
+    temp = where / fsio.temp_name()
+    try:
+        temp.write_bytes(json.dumps(doc, separators=(",", ":")).encode())
+        os.replace(temp, where / INDEX_FILE)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
