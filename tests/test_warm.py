@@ -98,52 +98,55 @@ def files_sharing_extents(root: Path) -> int:
 
 def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: RecipeRepo,
                                        proof_state: Path) -> None:
-    """docs/warm.md 'The rollback proof', step by step; on the normal disk and on XFS."""
+    """docs/warm.md 'The rollback proof', step by step; on the normal disk and on XFS (under
+    its own recipe name, so its warm app never meets the other's on a shared engine)."""
     state_dir = proof_state
     on_xfs = proof_state.parent.parent == XFS_MOUNT
-    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS))
+    recipe = "notes-on-xfs" if on_xfs else "notes"
+    git_remote.set_recipes(recipe_entry(recipe, notes_repo.path, **NOTES_OPTIONS))
     clone = git_remote.clone("controller")
-    app = "warm-notes"
+    app = f"warm-{recipe}"
     v1 = notes_repo.versions[1]
     try:
         # Seed: a green cold of v1 makes the canonical; the rewarm makes the snapshot.
-        _run, cold = run_request(clone, state_dir, "notes", v1)
+        _run, cold = run_request(clone, state_dir, recipe, v1)
         assert cold["outcome"] == "pass" and cold["canonical"]["advanced"]
-        warmed = rewarm(clone, state_dir, "notes")
+        warmed = rewarm(clone, state_dir, recipe)
         assert warmed.returncode == 0, warmed.stdout + warmed.stderr
         index = helpers.read_yaml(clone / "snapshots-index" / f"{app}.yaml")
         assert index["commit"] == v1
-        assert helpers.log_subjects(clone)[0].startswith(f"[rewarm] notes@{v1[:7]} pass")
+        assert helpers.log_subjects(clone)[0].startswith(f"[rewarm] {recipe}@{v1[:7]} pass")
         # Prune must keep what reattaching the snapshot's commit needs.
         assert warm_image_refs(StateDir(state_dir))[0] == {
             "ccci-test/python:bookworm": app, "ccci-test/postgres:15": app}
-        before = tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml")
+        before = tracked(clone, f"canonicals/{recipe}.yaml", f"snapshots-index/{app}.yaml")
         digest = snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256  # type: ignore[union-attr]
         with volumes_moved_to(app, state_dir.parent if on_xfs else None):
-            rollback_proof_after_the_snapshot(clone, state_dir, notes_repo, app, before, digest)
+            rollback_proof_after_the_snapshot(clone, state_dir, notes_repo, recipe, before, digest)
             if on_xfs:  # the restore cloned what it rewrote from the snapshot
                 assert sum(files_sharing_extents(p) for p in stack.volume_paths(app).values()) > 0
     finally:
         remove_warm_app(app)
 
 
-def rollback_proof_after_the_snapshot(clone: Path, state_dir: Path, notes_repo: RecipeRepo, app: str,
-                                      before: dict[str, str], digest: str) -> None:
+def rollback_proof_after_the_snapshot(clone: Path, state_dir: Path, notes_repo: RecipeRepo,
+                                      recipe: str, before: dict[str, str], digest: str) -> None:
+    app = f"warm-{recipe}"
     v1, v2, v3 = (notes_repo.versions[n] for n in (1, 2, 3))
     # Quick of v2 passes: upgrade on real data; canonical and snapshot untouched.
-    _run, quick2 = run_request(clone, state_dir, "notes", v2, mode="quick")
+    _run, quick2 = run_request(clone, state_dir, recipe, v2, mode="quick")
     assert quick2["outcome"] == "pass", quick2
     assert (quick2["mode"], quick2["gating"]) == ("quick", False)
     assert {a["name"] for a in quick2["asserts"] if a["ok"]} >= {"commit", "custom:tests/ccci-assert"}
-    assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml") == before
+    assert tracked(clone, f"canonicals/{recipe}.yaml", f"snapshots-index/{app}.yaml") == before
     assert snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256 == digest  # type: ignore[union-attr]
     assert not snapshots.volumes_clean(state_dir / "snapshots", app)  # v2 migrated the data
 
     # Quick of broken v3 fails; the volume comes back byte for byte.
-    _run, quick3 = run_request(clone, state_dir, "notes", v3, mode="quick")
+    _run, quick3 = run_request(clone, state_dir, recipe, v3, mode="quick")
     assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", quick3
     assert quick3["snapshot"] == {"restored": True, "verified": True}
-    assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{app}.yaml") == before
+    assert tracked(clone, f"canonicals/{recipe}.yaml", f"snapshots-index/{app}.yaml") == before
     manifests_equal_snapshot(state_dir, app)
     verify = helpers.ccci("--state-dir", str(state_dir), "snapshot", "verify", app, "--paranoid")
     assert "live volumes equal the snapshot" in verify.stdout, verify.stdout + verify.stderr
