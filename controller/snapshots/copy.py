@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 
 from controller.snapshots import fsio
 from controller.snapshots.index import EMPTY, VolumeIndex
-from controller.snapshots.jobs import BATCH, WORKERS, Jobs, dup_all, thread_copier
+from controller.snapshots.jobs import BATCH, READERS, Jobs, dup_all, thread_copier
 from controller.snapshots.manifest import (
     ROOT,
     ManifestEntry,
@@ -297,7 +297,7 @@ def hash_entries(
         return out
 
     by_inode: dict[tuple[int, int], str] = {}
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="snapshot-hash") as pool:
+    with ThreadPoolExecutor(READERS, thread_name_prefix="snapshot-hash") as pool:
         futures = [
             pool.submit(job, parent, members)
             for parent, members in _by_directory((p, i) for i, p in first_of.items())
