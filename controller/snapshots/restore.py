@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 READ_WRITE_CREATE = (files.CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR
 
-# keep: equal; fix: metadata only; hash: size and mtime match, content decides;
+# keep: equal; fix: metadata only; hash: size matches, nothing vouches for the content;
 # write: (re)create from the snapshot; link: hard-link to the group's first member.
 Action = Literal["keep", "fix", "hash", "write", "link"]
 
