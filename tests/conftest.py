@@ -5,6 +5,8 @@ second host's swarm) and Keycloak (fail under CI=true when missing)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ def _load_testbed_env() -> dict[str, str]:
 
 
 TESTBED = _load_testbed_env()
+XFS_MOUNT = Path(os.environ.get("CCCI_TESTBED_XFS") or TESTBED.get("CCCI_TESTBED_XFS")
+                 or TESTBED_ENV.parent / "xfs")
 
 
 @pytest.fixture(autouse=True)
@@ -191,3 +195,39 @@ def keycloak_admin() -> dict[str, str]:
 def git_remote(tmp_path: Path) -> Iterator[helpers.RemoteRegistry]:
     """A registry on a bare remote, with helpers to make clones."""
     yield helpers.RemoteRegistry.create(tmp_path / "registry")
+
+
+def _fs_type(mountpoint: Path) -> str | None:
+    found = None
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == str(mountpoint):
+            found = fields[2]  # the last mount on a path is the one seen
+    return found
+
+
+@pytest.fixture(scope="session")
+def xfs_mount() -> Path:
+    """The test bed's XFS with reflink (`scripts/testbed up --fs xfs`); fails under CI=true
+    when it is not mounted."""
+    if _fs_type(XFS_MOUNT) != "xfs":
+        _need("an XFS mount with reflink", f"{XFS_MOUNT} is not mounted (scripts/testbed up --fs xfs)")
+    return XFS_MOUNT
+
+
+@pytest.fixture
+def xfs_tmp(xfs_mount: Path) -> Iterator[Path]:
+    """A fresh directory on the test bed's XFS, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="pytest-", dir=xfs_mount))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=["disk", "xfs"])
+def snapshot_place(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where a snapshot test keeps its volumes and its store: the normal disk (files are
+    copied) or the test bed's XFS (files are cloned)."""
+    if request.param == "disk":
+        return tmp_path
+    place: Path = request.getfixturevalue("xfs_tmp")
+    return place

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import json
 import os
 import shutil
 import stat
@@ -11,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +22,7 @@ from controller.snapshots import (
     ManifestEntry,
     RestoreReport,
     current_snapshot,
+    fsio,
     mark_volumes_clean,
     mark_volumes_dirty,
     restore_snapshot,
@@ -59,13 +64,13 @@ LATIN1_NAME = os.fsdecode(b"caf\xe9-latin1")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
+def store(snapshot_place: Path) -> Path:
+    return snapshot_place / "store"
 
 
 @pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    root = tmp_path / "volumes" / "data"
+def volume(snapshot_place: Path) -> Path:
+    root = snapshot_place / "volumes" / "data"
     build_rich_tree(root)
     write(root / LATIN1_NAME, b"non-UTF-8 name")
     os.utime(root / LATIN1_NAME, ns=(FIXED_NS, FIXED_NS))
@@ -127,7 +132,7 @@ def test_new_take_replaces_the_old_generation(store: Path, volume: Path) -> None
     assert second.commit == COMMIT_B and second.manifest_sha256 != first.manifest_sha256
     assert generation_dirs(store) == [link_target(store)] != [old_generation]
     assert sorted(os.listdir(store / APP)) == sorted(
-        [".lock", "last-known-good", "volumes-state.json", link_target(store)])
+        [".lock", "last-known-good", "live-index.json", "volumes-state.json", link_target(store)])
     assert verify_snapshot(store, APP) == second
 
 
@@ -204,19 +209,48 @@ def test_restore_undoes_an_upgrade_and_rewrites_only_what_differs(store: Path, v
     assert restore_snapshot(store, APP, {"data": volume}) == RestoreReport(0, 0, 0, 0, 0, True)
 
 
-def test_same_size_same_mtime_edit_is_caught_only_by_paranoid(store: Path, volume: Path) -> None:
+def test_an_edit_keeping_size_and_mtime_is_caught_by_its_ctime(store: Path, volume: Path) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
     stealth = volume / "data/stealth.bin"
     original = stealth.read_bytes()
     stealth.write_bytes(bytes(len(original)))
     os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
 
-    assert verify_volumes(store, APP, {"data": volume}) == []
-    [difference] = verify_volumes(store, APP, {"data": volume}, paranoid=True)
+    # The write moved its ctime, so the live index no longer vouches for it: it is hashed.
+    [difference] = verify_volumes(store, APP, {"data": volume})
     assert difference.startswith("data: data/stealth.bin: content differs")
-    # The cheap restore trusts size and mtime, so it cannot see this edit.
+    report = restore_snapshot(store, APP, {"data": volume})
+
+    assert report == RestoreReport(1, 0, 0, 0, len(original), True)
+    assert stealth.read_bytes() == original
+    assert verify_volumes(store, APP, {"data": volume}) == []
+
+
+def forge_index_row(store: Path, volume: str, path: str, live: Path) -> None:
+    """Make the live index vouch for `live` as it is now: what an edit that kept its ctime
+    too (a clock stepped back, a write below the filesystem) would look like."""
+    index_file = store / APP / "live-index.json"
+    doc = json.loads(index_file.read_text())
+    st = os.lstat(live)
+    row = doc["volumes"][volume]["rows"][path]
+    row[:5] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    doc["volumes"][volume]["scanned_ns"] = st.st_ctime_ns + 10**9
+    index_file.write_text(json.dumps(doc))
+
+
+def test_only_paranoid_sees_an_edit_the_live_index_vouches_for(store: Path, volume: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    stealth = volume / "data/stealth.bin"
+    original = stealth.read_bytes()
+    stealth.write_bytes(bytes(len(original)))
+    os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
+    forge_index_row(store, "data", "data/stealth.bin", stealth)
+
+    assert verify_volumes(store, APP, {"data": volume}) == []
     assert restore_snapshot(store, APP, {"data": volume}) == RestoreReport(0, 0, 0, 0, 0, True)
     assert stealth.read_bytes() != original
+    [difference] = verify_volumes(store, APP, {"data": volume}, paranoid=True)
+    assert difference.startswith("data: data/stealth.bin: content differs")
 
     report = restore_snapshot(store, APP, {"data": volume}, paranoid=True)
 
@@ -225,9 +259,80 @@ def test_same_size_same_mtime_edit_is_caught_only_by_paranoid(store: Path, volum
     assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
 
 
-def test_restore_fills_an_empty_volume(store: Path, volume: Path, tmp_path: Path) -> None:
+def test_a_take_trusts_the_live_index_only_where_it_clones(
+    store: Path, volume: Path, request: pytest.FixtureRequest
+) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
-    empty = tmp_path / "fresh"
+    stealth = volume / "data/stealth.bin"
+    stealth.write_bytes(bytes(len(stealth.read_bytes())))
+    os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
+    forge_index_row(store, "data", "data/stealth.bin", stealth)
+
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+
+    if request.node.callspec.params["snapshot_place"] == "disk":
+        # A copy reads every byte anyway, so the digest is always the source's own.
+        assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+        verify_snapshot(store, APP)
+    else:
+        # A clone of a file the index vouches for is not read: the forged row is believed,
+        # and verify_snapshot, which reads every stored file from the disk, catches it.
+        assert snapshot_manifest(store, APP)["data"] != volume_manifest(volume)
+        with pytest.raises(CheckFailed, match=r"data/stealth\.bin: content differs"):
+            verify_snapshot(store, APP)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, paranoid=True)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    verify_snapshot(store, APP)
+
+
+def shared_extents(path: Path) -> bool:
+    """Whether the file shares any extent with another (FIEMAP's shared flag)."""
+    out = subprocess.run(["filefrag", "-v", str(path)], capture_output=True, text=True, check=True)
+    return "shared" in out.stdout
+
+
+def test_on_xfs_take_and_restore_clone_instead_of_copying(xfs_tmp: Path) -> None:
+    store, volume = xfs_tmp / "store", xfs_tmp / "volumes" / "data"
+    build_rich_tree(volume, big_bytes=32 << 20)
+    big = "data/big.bin"
+    assert not shared_extents(volume / big)
+
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+
+    assert shared_extents(volume / big) and shared_extents(info.path / "volumes/data" / big)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    verify_snapshot(store, APP)
+    (volume / big).unlink()
+    report = restore_snapshot(store, APP, {"data": volume})
+    assert report.created == 1 and shared_extents(volume / big)
+    assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
+
+
+def test_on_xfs_copy_file_range_clones_where_ficlone_refuses_two_mounts(
+    xfs_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels before 5.18 refuse FICLONE between two mounts of one filesystem (EXDEV)."""
+    real_ioctl = fcntl.ioctl
+
+    def ioctl(fd: int, request: int, *args: Any) -> Any:
+        if request == fsio.FICLONE:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return real_ioctl(fd, request, *args)
+
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    monkeypatch.setattr(fsio, "CLONES", fsio.CloneSupport())
+    store, volume = xfs_tmp / "store", xfs_tmp / "volumes" / "data"
+    build_rich_tree(volume, big_bytes=8 << 20)
+
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+
+    assert shared_extents(info.path / "volumes/data/data/big.bin")
+    verify_snapshot(store, APP)
+
+
+def test_restore_fills_an_empty_volume(store: Path, volume: Path, snapshot_place: Path) -> None:
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    empty = snapshot_place / "fresh"
     empty.mkdir()
 
     report = restore_snapshot(store, APP, {"data": empty})
@@ -238,9 +343,9 @@ def test_restore_fills_an_empty_volume(store: Path, volume: Path, tmp_path: Path
     assert os.stat(empty / "data/sparse.img").st_blocks * 512 < 1 << 20
 
 
-def test_restore_needs_exactly_the_snapshot_volumes(store: Path, volume: Path, tmp_path: Path) -> None:
+def test_restore_needs_exactly_the_snapshot_volumes(store: Path, volume: Path, snapshot_place: Path) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
-    other = tmp_path / "other"
+    other = snapshot_place / "other"
     other.mkdir()
     with pytest.raises(BadInput, match="not in the snapshot: \\['db'\\]"):
         restore_snapshot(store, APP, {"data": volume, "db": other})
@@ -499,7 +604,7 @@ def test_leftovers_of_an_interrupted_take_are_removed(store: Path, volume: Path)
     assert current_snapshot(store, APP) == info
 
     assert sorted(os.listdir(app_dir)) == sorted(
-        [".lock", "last-known-good", "volumes-state.json", link_target(store)])
+        [".lock", "last-known-good", "live-index.json", "volumes-state.json", link_target(store)])
     verify_snapshot(store, APP)
 
 
@@ -572,12 +677,14 @@ def _seen(kind: str | None = "f", inode: int = 1, **kw: object) -> Observed:
 
 def test_decide_uses_lstat_first_and_hashes_only_when_needed() -> None:
     want = _entry("f")
-    assert decide(want, _seen()) == "keep"
-    assert decide(want, _seen(), paranoid=True) == "hash"
+    assert decide(want, _seen()) == "hash"  # nothing vouches for its content
+    assert decide(want, _seen(), vouched=want.sha256) == "keep"
+    assert decide(want, _seen(), vouched="cd" * 32) == "write"
+    assert decide(want, _seen(), vouched=want.sha256, paranoid=True) == "hash"
     assert decide(want, _seen(mtime_ns=6)) == "hash"
-    assert decide(want, _seen(size=4)) == "write"
-    assert decide(want, _seen(mode=0o600)) == "fix"
-    assert decide(want, _seen(uid=7)) == "fix"
+    assert decide(want, _seen(size=4), vouched=want.sha256) == "write"
+    assert decide(want, _seen(mode=0o600), vouched=want.sha256) == "fix"
+    assert decide(want, _seen(uid=7), vouched=want.sha256) == "fix"
     assert decide(want, None) == "write"
     assert decide(want, _seen("l")) == "write"
     assert decide(want, _seen(), inode_owner="other") == "write"

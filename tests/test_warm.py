@@ -3,8 +3,10 @@ serialisation of quick runs, and re-warming from scratch."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from controller.runtime import stack
 from controller.util.paths import StateDir
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
+from tests.conftest import XFS_MOUNT
 from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry
 from tests.test_cold import run_request
 from tests.test_upgrade import deploy_commit, upgrade_moved
@@ -52,69 +55,123 @@ def notes_repo(tmp_path: Path, docker_host: str) -> RecipeRepo:
     return build_recipe("notes", tmp_path / "recipes" / "notes")
 
 
+@pytest.fixture(params=["disk", "xfs"])
+def proof_state(request: pytest.FixtureRequest, state_dir: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The rollback proof's state dir: on the normal disk, or on the test bed's XFS (where the
+    proof also moves the warm app's volumes, so its snapshots are cloned)."""
+    if request.param == "disk":
+        return state_dir
+    state: Path = request.getfixturevalue("xfs_tmp") / "state"
+    state.mkdir()
+    monkeypatch.setenv("CCCI_STATE_DIR", str(state))
+    return state
+
+
+@contextlib.contextmanager
+def volumes_moved_to(app: str, root: Path | None) -> Iterator[None]:
+    """Give the undeployed app's volumes a home below `root` (None: leave them): copy each
+    volume's data there and bind-mount it over the engine's `_data` directory, as an operator
+    who puts the engine's volumes on XFS would. Unmounted before the volumes are removed."""
+    mounted: list[Path] = []
+    try:
+        if root is not None:
+            for name, data in sorted(stack.volume_paths(app).items()):
+                home = root / "volumes" / name
+                home.mkdir(parents=True)
+                subprocess.run(["cp", "-a", f"{data}/.", str(home)], check=True)
+                subprocess.run(["mount", "--bind", str(home), str(data)], check=True)
+                mounted.append(data)
+            assert mounted
+        yield
+    finally:
+        for data in mounted:
+            subprocess.run(["umount", str(data)], check=False)
+
+
+def files_sharing_extents(root: Path) -> int:
+    """How many files below `root` share an extent with another file (cloned, on XFS)."""
+    out = subprocess.run(["sh", "-c", 'find "$1" -type f -exec filefrag -v {} +', "-", str(root)],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(1 for block in out.split("\nFilesystem type") if "shared" in block)
+
+
 def test_quick_rollback_proof_on_notes(git_remote: RemoteRegistry, notes_repo: RecipeRepo,
-                                       state_dir: Path) -> None:
-    """docs/warm.md 'The rollback proof', step by step."""
-    git_remote.set_recipes(recipe_entry("notes", notes_repo.path, **NOTES_OPTIONS, follow_up_cold="true"))
+                                       proof_state: Path) -> None:
+    """docs/warm.md 'The rollback proof', step by step; on the normal disk and on XFS (under
+    its own recipe name, so its warm app never meets the other's on a shared engine)."""
+    state_dir = proof_state
+    on_xfs = proof_state.parent.parent == XFS_MOUNT
+    recipe = "notes-on-xfs" if on_xfs else "notes"
+    git_remote.set_recipes(recipe_entry(recipe, notes_repo.path, **NOTES_OPTIONS, follow_up_cold="true"))
     clone = git_remote.clone("controller")
-    app = "warm-notes"
-    v1, v2, v3 = (notes_repo.versions[n] for n in (1, 2, 3))
+    app = f"warm-{recipe}"
+    v1 = notes_repo.versions[1]
     try:
         # Seed: a green cold of v1 makes the canonical; the rewarm makes the snapshot.
-        _run, cold = run_request(clone, state_dir, "notes", v1)
+        _run, cold = run_request(clone, state_dir, recipe, v1)
         assert cold["outcome"] == "pass" and cold["canonical"]["advanced"]
-        warmed = rewarm(clone, state_dir, "notes")
+        warmed = rewarm(clone, state_dir, recipe)
         assert warmed.returncode == 0, warmed.stdout + warmed.stderr
         index = helpers.read_yaml(clone / "snapshots-index" / helpers.HOST / f"{app}.yaml")
         assert index["commit"] == v1
-        assert helpers.log_subjects(clone)[0].startswith(f"[rewarm] notes@{v1[:7]} pass")
+        assert helpers.log_subjects(clone)[0].startswith(f"[rewarm] {recipe}@{v1[:7]} pass")
         # Prune must keep what reattaching the snapshot's commit needs.
         assert warm_image_refs(StateDir(state_dir))[0] == {
             "ccci-test/python:bookworm": app, "ccci-test/postgres:15": app}
-        before = tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml")
+        before = tracked(clone, f"canonicals/{recipe}.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml")
         digest = snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256  # type: ignore[union-attr]
-
-        # Quick of v2 passes: upgrade on real data; canonical and snapshot untouched.
-        _run, quick2 = run_request(clone, state_dir, "notes", v2, mode="quick")
-        assert quick2["outcome"] == "pass", quick2
-        assert (quick2["mode"], quick2["gating"]) == ("quick", False)
-        assert {a["name"] for a in quick2["asserts"] if a["ok"]} >= {"commit", "custom:tests/ccci-assert"}
-        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
-        assert snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256 == digest  # type: ignore[union-attr]
-        assert not snapshots.volumes_clean(state_dir / "snapshots", app)  # v2 migrated the data
-        assert "follow_up" not in quick2  # a pass files no follow-up cold
-
-        # Quick of broken v3 fails; the volume comes back byte for byte.
-        _run, quick3 = run_request(clone, state_dir, "notes", v3, mode="quick")
-        assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", (quick3["error"], quick3["phases"])
-        assert quick3["snapshot"] == {"restored": True, "verified": True}, quick3.get("housekeeping")
-        # The verdict was committed before the rollback; the rollback is in the second commit.
-        assert quick3["housekeeping"] == {"status": "done"}
-        assert quick3["verdict_at"] <= quick3["finished_at"]
-        assert "rollback" in [p["name"] for p in quick3["phases"]]
-        # The recipe opts in: the failed quick run filed a cold run of v3, in its verdict's commit.
-        follow_up = helpers.read_yaml(clone / "requests" / f"{quick3['follow_up']}.yaml")
-        assert follow_up == {"recipe": "notes", "ref": v3, "mode": "cold", "requested_by": "alice",
-                             "trigger": f"follow-up of the failed quick run {_run}", "follow_up_of": _run}
-        assert tracked(clone, "canonicals/notes.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
-        manifests_equal_snapshot(state_dir, app)
-        verify = helpers.ccci("--state-dir", str(state_dir), "snapshot", "verify", app, "--paranoid")
-        assert "live volumes equal the snapshot" in verify.stdout, verify.stdout + verify.stderr
-
-        # The app deploys healthy on the restored data.
-        port = helpers_free_port()
-        deploy_commit(notes_repo, v1, app, port, state_dir.parent / "redeploy",
-                      owner=StateDir(state_dir).owner_id)
-        assert upgrade_moved(app, v1, timeout=120) == []
-        stats = __import__("json").loads(__import__("urllib.request").request.urlopen(
-            f"http://127.0.0.1:{port}/stats", timeout=10).read())
-        assert stats["schema"] == 1 and stats["attachments"] == 300
-        assert helpers.ccci("--state-dir", str(state_dir), "leaks").returncode == 1  # deployed, no lock
-        stack.undeploy(app, remove_volumes=False)
-        assert helpers.ccci("--state-dir", str(state_dir), "leaks").returncode == 0
-        assert helpers.ccci("audit", "--registry", str(clone)).returncode == 0
+        with volumes_moved_to(app, state_dir.parent if on_xfs else None):
+            rollback_proof_after_the_snapshot(clone, state_dir, notes_repo, recipe, before, digest)
+            if on_xfs:  # the restore cloned what it rewrote from the snapshot
+                assert sum(files_sharing_extents(p) for p in stack.volume_paths(app).values()) > 0
     finally:
         remove_warm_app(app)
+
+
+def rollback_proof_after_the_snapshot(clone: Path, state_dir: Path, notes_repo: RecipeRepo,
+                                      recipe: str, before: dict[str, str], digest: str) -> None:
+    app = f"warm-{recipe}"
+    v1, v2, v3 = (notes_repo.versions[n] for n in (1, 2, 3))
+    # Quick of v2 passes: upgrade on real data; canonical and snapshot untouched.
+    _run, quick2 = run_request(clone, state_dir, recipe, v2, mode="quick")
+    assert quick2["outcome"] == "pass", quick2
+    assert (quick2["mode"], quick2["gating"]) == ("quick", False)
+    assert {a["name"] for a in quick2["asserts"] if a["ok"]} >= {"commit", "custom:tests/ccci-assert"}
+    assert tracked(clone, f"canonicals/{recipe}.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
+    assert snapshots.current_snapshot(state_dir / "snapshots", app).manifest_sha256 == digest  # type: ignore[union-attr]
+    assert not snapshots.volumes_clean(state_dir / "snapshots", app)  # v2 migrated the data
+    assert "follow_up" not in quick2  # a pass files no follow-up cold
+
+    # Quick of broken v3 fails; the volume comes back byte for byte.
+    _run, quick3 = run_request(clone, state_dir, recipe, v3, mode="quick")
+    assert quick3["outcome"] == "fail" and quick3["cause"] == "recipe", (quick3["error"], quick3["phases"])
+    assert quick3["snapshot"] == {"restored": True, "verified": True}, quick3.get("housekeeping")
+    # The verdict was committed before the rollback; the rollback is in the second commit.
+    assert quick3["housekeeping"] == {"status": "done"}
+    assert quick3["verdict_at"] <= quick3["finished_at"]
+    assert "rollback" in [p["name"] for p in quick3["phases"]]
+    # The recipe opts in: the failed quick run filed a cold run of v3, in its verdict's commit.
+    follow_up = helpers.read_yaml(clone / "requests" / f"{quick3['follow_up']}.yaml")
+    assert follow_up == {"recipe": recipe, "ref": v3, "mode": "cold", "requested_by": "alice",
+                         "trigger": f"follow-up of the failed quick run {_run}", "follow_up_of": _run}
+    assert tracked(clone, f"canonicals/{recipe}.yaml", f"snapshots-index/{helpers.HOST}/{app}.yaml") == before
+    manifests_equal_snapshot(state_dir, app)
+    verify = helpers.ccci("--state-dir", str(state_dir), "snapshot", "verify", app, "--paranoid")
+    assert "live volumes equal the snapshot" in verify.stdout, verify.stdout + verify.stderr
+
+    # The app deploys healthy on the restored data.
+    port = helpers_free_port()
+    deploy_commit(notes_repo, v1, app, port, state_dir.parent / "redeploy",
+                  owner=StateDir(state_dir).owner_id)
+    assert upgrade_moved(app, v1, timeout=120) == []
+    stats = __import__("json").loads(__import__("urllib.request").request.urlopen(
+        f"http://127.0.0.1:{port}/stats", timeout=10).read())
+    assert stats["schema"] == 1 and stats["attachments"] == 300
+    assert helpers.ccci("--state-dir", str(state_dir), "leaks").returncode == 1  # deployed, no lock
+    stack.undeploy(app, remove_volumes=False)
+    assert helpers.ccci("--state-dir", str(state_dir), "leaks").returncode == 0
+    assert helpers.ccci("audit", "--registry", str(clone)).returncode == 0
 
 
 def helpers_free_port() -> int:

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="take: also commit snapshots-index/<host>/<app>.yaml to this registry clone")
     parser.add_argument("--commit", help="take: the recipe commit whose data the volumes hold")
     parser.add_argument("--paranoid", action="store_true",
-                        help="restore/verify: hash every file, not only those whose size or mtime differ")
+                        help="hash every file, even those the live index vouches for as unchanged "
+                             "since the last take or restore (see docs/snapshots.md)")
     parser.set_defaults(handler=execute)
 
 
@@ -45,7 +46,7 @@ def execute(args: argparse.Namespace) -> int:
         return 0 if report.verified else 1
     info, committed = warm_apps.take_by_hand(
         state, app, commit=args.commit, registry_path=Path(args.registry) if args.registry else None,
-        host=args.host)
+        host=args.host, paranoid=args.paranoid)
     print(f"{app}: snapshot taken ({sum(v['files'] for v in info.volumes.values())} files, "
           f"manifest {info.manifest_sha256[:16]}) at {info.path}")
     if committed:

@@ -76,14 +76,14 @@ def min_free_bytes(gigabytes: float) -> int:
 
 
 def take_app_snapshot(state: StateDir, app: str, commit: str, run_id: str | None, *,
-                      min_free_gb: float) -> snapshots.SnapshotInfo:
+                      min_free_gb: float, paranoid: bool = False) -> snapshots.SnapshotInfo:
     """Snapshot the undeployed app's volumes; the old last-known-good stays until the new one
     verifies (the library swaps atomically)."""
     refuse_if_live(app, "snapshot")
     volumes = stack.volume_paths(app)  # none (a stateless recipe): an empty, valid snapshot
     info = snapshots.take_snapshot(state.snapshots, app, volumes, commit=commit, run_id=run_id,
                                    min_free_bytes=min_free_bytes(min_free_gb),
-                                   allowed_root=stack.volumes_root())
+                                   allowed_root=stack.volumes_root(), paranoid=paranoid)
     write_warm_state(state, app, data_commit=commit)
     return info
 
@@ -161,7 +161,7 @@ def restore_by_hand(state: StateDir, app: str, *, paranoid: bool) -> snapshots.R
 
 
 def take_by_hand(state: StateDir, app: str, *, commit: str | None, registry_path: Path | None,
-                 host: str | None = None) -> tuple[snapshots.SnapshotInfo, bool]:
+                 host: str | None = None, paranoid: bool = False) -> tuple[snapshots.SnapshotInfo, bool]:
     """`ccci snapshot take`, under the app's lock; with a registry, also commit its index entry
     (and keep its limits.disk_min_free_gb; without one, $CCCI_DISK_MIN_FREE_GB or the default).
     Returns the snapshot and whether an index commit was made."""
@@ -172,7 +172,7 @@ def take_by_hand(state: StateDir, app: str, *, commit: str | None, registry_path
             raise BadInput(f"--commit: which commit's data does {app} hold? (no record in the state dir)")
         min_free = ctx.settings.limits.disk_min_free_gb if ctx else float(
             os.environ.get("CCCI_DISK_MIN_FREE_GB", defaults()["limits"]["disk_min_free_gb"]))
-        info = take_app_snapshot(state, app, commit, None, min_free_gb=min_free)
+        info = take_app_snapshot(state, app, commit, None, min_free_gb=min_free, paranoid=paranoid)
         if ctx is None:
             return info, False
         if commit_index(ctx, info) is None:

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller.snapshots import fsio
 from controller.snapshots.copy import hash_entries
 from controller.snapshots.manifest import ManifestEntry, Observed, metadata_differences, sort_key
 
-# Decides, per file whose metadata already matches, whether its content is re-hashed.
-HashPolicy = Callable[[ManifestEntry], bool]
+# Decides, per file whose metadata already matches (and what lstat saw of it), whether
+# its content is re-hashed.
+HashPolicy = Callable[[ManifestEntry, Observed], bool]
 
 
-def hash_all(entry: ManifestEntry) -> bool:
+def hash_all(entry: ManifestEntry, have: Observed) -> bool:
     return True
-
-
-def hash_none(entry: ManifestEntry) -> bool:
-    return False
 
 
 def tree_differences(
@@ -60,6 +59,51 @@ def _hardlink_differences(
     return problems
 
 
+@dataclass(frozen=True)
+class TreeCheck:
+    problems: list[str]  # empty: the tree equals the manifest (as far as it was hashed)
+    seen: dict[str, Observed]  # the scan the check is based on
+    scanned_ns: int  # the clock just before that scan
+    hashes: dict[str, str]  # path -> sha256 of every file hashed
+
+
+def check_tree(
+    root: Path,
+    want: list[ManifestEntry],
+    *,
+    should_hash: HashPolicy = hash_all,
+    label: str = "",
+    drop_cache: bool = False,
+) -> TreeCheck:
+    """Scan `root`, compare it with `want`, hash the files `should_hash` picks.
+
+    An entry without a digest (sha256 None) is hashed when picked but never compared:
+    the caller learns its digest from `hashes`.
+    """
+    scanned_ns = time.time_ns()
+    root_fd = fsio.open_root(root)
+    try:
+        seen = fsio.scan(root_fd)
+        problems = tree_differences(want, seen, label)
+        if problems:
+            return TreeCheck(problems, seen, scanned_ns, {})
+        files = [
+            (entry.path, seen[entry.path].inode)
+            for entry in want
+            if entry.type == "f" and should_hash(entry, seen[entry.path])
+        ]
+        hashes = hash_entries(root_fd, files, drop_cache=drop_cache)
+    finally:
+        os.close(root_fd)
+    wanted = {entry.path: entry for entry in want}
+    problems = [
+        f"{label}{path}: content differs (sha256 {sha[:12]}… instead of {wanted[path].sha256})"
+        for path, sha in sorted(hashes.items(), key=lambda item: sort_key(item[0]))
+        if wanted[path].sha256 is not None and sha != wanted[path].sha256
+    ]
+    return TreeCheck(problems, seen, scanned_ns, hashes)
+
+
 def compare_tree(
     root: Path,
     want: list[ManifestEntry],
@@ -69,23 +113,5 @@ def compare_tree(
     drop_cache: bool = False,
 ) -> list[str]:
     """Every difference between the tree at `root` and `want`; empty means equal."""
-    root_fd = fsio.open_root(root)
-    try:
-        seen = fsio.scan(root_fd)
-        problems = tree_differences(want, seen, label)
-        if problems:
-            return problems
-        files = [
-            (entry.path, seen[entry.path].inode)
-            for entry in want
-            if entry.type == "f" and should_hash(entry)
-        ]
-        hashes = hash_entries(root_fd, files, drop_cache=drop_cache)
-    finally:
-        os.close(root_fd)
-    wanted = {entry.path: entry for entry in want}
-    return [
-        f"{label}{path}: content differs (sha256 {sha[:12]}… instead of {wanted[path].sha256})"
-        for path, sha in sorted(hashes.items(), key=lambda item: sort_key(item[0]))
-        if sha != wanted[path].sha256
-    ]
+    return check_tree(root, want, should_hash=should_hash, label=label,
+                      drop_cache=drop_cache).problems

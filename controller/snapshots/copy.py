@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from controller.snapshots import fsio
-from controller.snapshots.jobs import BATCH, WORKERS, Jobs, dup_all, thread_copier
+from controller.snapshots.index import EMPTY, VolumeIndex
+from controller.snapshots.jobs import BATCH, READERS, Jobs, dup_all, thread_copier
 from controller.snapshots.manifest import (
     ROOT,
     ManifestEntry,
+    Observed,
     entry_from,
     entry_type,
     group_hardlinks,
@@ -28,41 +32,69 @@ from controller.util.errors import CheckFailed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Copied = Literal["copied", "cloned", "vouched"]
+
+
+@dataclass
+class CopyResult:
+    """A copied volume: its manifest, and where each file's digest came from.
+
+    Digests of "copied" files were computed from the source bytes on the way; "cloned"
+    files share the source's extents and have no digest yet (sha256 None) until it is read
+    from the copy; "vouched" files were cloned and their digest comes from the live index.
+    """
+
+    entries: list[ManifestEntry]
+    how: dict[str, Copied]
+    source: dict[str, Observed]  # lstat of each source file when it was copied
+    scanned_ns: int  # the clock before the walk began (for the live index)
+
+
 class TreeCopy:
     """Copy one volume into a fresh directory: files, dirs, symlinks, hard links, metadata.
 
     One thread walks the source, makes directories and hands batches of a directory's
-    files and symlinks to workers; hard links and directory metadata come last.
+    files and symlinks to workers; hard links and directory metadata come last. Files are
+    cloned where the filesystem can, else copied and hashed in one pass.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, index: VolumeIndex = EMPTY) -> None:
+        self.index = index
         self.entries: list[ManifestEntry] = []
+        self.how: dict[str, Copied] = {}
+        self.source: dict[str, Observed] = {}
         self.inodes: dict[str, tuple[int, int]] = {}
         self._first_of_inode: dict[tuple[int, int], str] = {}
         self._links: list[tuple[str, str, os.stat_result]] = []  # (path, first path, stat)
         self._dirs: list[tuple[str, os.stat_result]] = []
 
-    def run(self, src: Path, dst: Path) -> list[ManifestEntry]:
+    def run(self, src: Path, dst: Path) -> CopyResult:
+        scanned_ns = time.time_ns()
         src_fd = fsio.open_root(src)
         try:
             os.mkdir(dst, 0o700)
             dst_fd = fsio.open_root(dst)
             try:
                 self._dirs.append((ROOT, os.fstat(src_fd)))
-                jobs: Jobs[ManifestEntry] = Jobs()
+                jobs: Jobs[_Copy] = Jobs()
                 try:
-                    self._walk(src_fd, dst_fd, ROOT, jobs)
+                    self._walk(src_fd, dst_fd, ROOT, jobs, os.fstat(dst_fd).st_dev)
                 finally:
-                    self.entries.extend(jobs.results())
+                    for entry, how, seen in jobs.results():
+                        self.entries.append(entry)
+                        if how is not None:
+                            self.how[entry.path] = how
+                            self.source[entry.path] = seen
                 self._make_links(dst_fd)
                 self._set_dir_metadata(dst_fd)
             finally:
                 os.close(dst_fd)
         finally:
             os.close(src_fd)
-        return group_hardlinks(self.entries, self.inodes)
+        return CopyResult(group_hardlinks(self.entries, self.inodes), self.how, self.source,
+                          scanned_ns)
 
-    def _walk(self, src_fd: int, dst_fd: int, rel: str, jobs: Jobs[ManifestEntry]) -> None:
+    def _walk(self, src_fd: int, dst_fd: int, rel: str, jobs: Jobs[_Copy], dst_dev: int) -> None:
         with os.scandir(src_fd) as it:
             names = sorted(entry.name for entry in it)
         batch: list[tuple[str, os.stat_result]] = []
@@ -79,7 +111,7 @@ class TreeCopy:
                 try:
                     child_dst = fsio.open_dir_at(dst_fd, name, path)
                     try:
-                        self._walk(child_src, child_dst, path, jobs)
+                        self._walk(child_src, child_dst, path, jobs, dst_dev)
                     finally:
                         os.close(child_dst)
                 finally:
@@ -94,7 +126,7 @@ class TreeCopy:
                         continue
                 batch.append((name, st))
                 if len(batch) >= BATCH:
-                    self._submit(jobs, src_fd, dst_fd, rel, batch)
+                    self._submit(jobs, src_fd, dst_fd, rel, batch, dst_dev)
                     batch = []
             elif stat.S_ISSOCK(st.st_mode):
                 # A socket is meaningless without the process that listened on it.
@@ -105,15 +137,15 @@ class TreeCopy:
                     "directories and symlinks)"
                 )
         if batch:
-            self._submit(jobs, src_fd, dst_fd, rel, batch)
+            self._submit(jobs, src_fd, dst_fd, rel, batch, dst_dev)
 
-    @staticmethod
-    def _submit(jobs: Jobs[ManifestEntry], src_fd: int, dst_fd: int, rel: str,
-                batch: list[tuple[str, os.stat_result]]) -> None:
+    def _submit(self, jobs: Jobs[_Copy], src_fd: int, dst_fd: int, rel: str,
+                batch: list[tuple[str, os.stat_result]], dst_dev: int) -> None:
         src_dup, dst_dup = dup_all(src_fd, dst_fd)
+        index = self.index
 
-        def job() -> list[ManifestEntry]:
-            return [_copy_one(src_dup, dst_dup, rel, name, st) for name, st in batch]
+        def job() -> list[_Copy]:
+            return [_copy_one(src_dup, dst_dup, rel, name, st, dst_dev, index) for name, st in batch]
 
         jobs.submit(job, (src_dup, dst_dup))
 
@@ -122,7 +154,10 @@ class TreeCopy:
         for path, first, st in self._links:
             # Both paths lie in the fresh copy, where every directory is one this copy made.
             os.link(first, path, src_dir_fd=dst_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
-            self.entries.append(entry_from(path, observe(st), sha[first]))
+            seen = observe(st)
+            self.entries.append(entry_from(path, seen, sha[first]))
+            self.how[path] = self.how[first]
+            self.source[path] = seen
 
     def _set_dir_metadata(self, dst_fd: int) -> None:
         """Deepest first, after every entry exists: creating one moves its directory's mtime."""
@@ -136,31 +171,44 @@ class TreeCopy:
             self.entries.append(entry)
 
 
-def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result) -> ManifestEntry:
+# (entry, how a file's digest was found or None for a symlink, the source's lstat)
+_Copy = tuple[ManifestEntry, Copied | None, Observed]
+
+
+def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result, dst_dev: int,
+              index: VolumeIndex) -> _Copy:
     path = join(rel, name)
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(name, dir_fd=src_fd)
+        seen = observe(st, target)
+        entry = entry_from(path, seen)
         os.symlink(target, name, dir_fd=dst_fd)
-        entry = entry_from(path, observe(st, target))
         fsio.set_symlink_metadata(dst_fd, name, entry, st.st_atime_ns)
-        return entry
+        return entry, None, seen
+    seen = observe(st)
+    how: Copied
     sfd = fsio.open_file_at(src_fd, name, path, (st.st_dev, st.st_ino))
     try:
         dfd = os.open(name, files.CREATE_FLAGS, 0o600, dir_fd=dst_fd)
         try:
-            sha, _ = thread_copier().copy(sfd, dfd, st)
-            entry = entry_from(path, observe(st), sha)
+            if fsio.CLONES.clone(sfd, dfd, st.st_dev, dst_dev):
+                sha = index.vouched(path, seen)  # None: read from the copy after the sync
+                how = "cloned" if sha is None else "vouched"
+            else:
+                sha, _ = thread_copier().copy(sfd, dfd, st)
+                how = "copied"
+            entry = entry_from(path, seen, sha)
             fsio.set_fd_metadata(dfd, entry, st.st_atime_ns)
         finally:
             os.close(dfd)
     finally:
         os.close(sfd)
-    return entry
+    return entry, how, seen
 
 
-def copy_tree(src: Path, dst: Path) -> list[ManifestEntry]:
-    """Copy `src` to the new directory `dst`; return the manifest of `src`, sorted."""
-    return TreeCopy().run(src, dst)
+def copy_tree(src: Path, dst: Path, index: VolumeIndex = EMPTY) -> CopyResult:
+    """Copy `src` to the new directory `dst`; the manifest of `src` (sorted) comes with it."""
+    return TreeCopy(index).run(src, dst)
 
 
 def remove_tree(path: Path) -> None:
@@ -249,7 +297,7 @@ def hash_entries(
         return out
 
     by_inode: dict[tuple[int, int], str] = {}
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="snapshot-hash") as pool:
+    with ThreadPoolExecutor(READERS, thread_name_prefix="snapshot-hash") as pool:
         futures = [
             pool.submit(job, parent, members)
             for parent, members in _by_directory((p, i) for i, p in first_of.items())

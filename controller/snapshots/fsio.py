@@ -210,22 +210,74 @@ def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
     return segments
 
 
+# What FICLONE and copy_file_range say when two files cannot share extents (another
+# filesystem, one without reflink, a kernel without the call), as opposed to an I/O error.
+_CANNOT_CLONE = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS})
+
+
+def _clone_whole(src_fd: int, dst_fd: int) -> None:
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Kernels before 5.18 refuse FICLONE between two mounts of one filesystem (a bind
+        # mount); copy_file_range shares the extents there.
+        size, offset = os.fstat(src_fd).st_size, 0
+        while offset < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+            if n == 0:
+                raise OSError(errno.EIO, "copy_file_range stopped before the end") from exc
+            offset += n
+
+
+class CloneSupport:
+    """Whether files can be cloned (share extents) from one filesystem to another.
+
+    Learnt once per (source device, destination device): the first clone that fails with
+    "cannot" turns cloning off for that pair; everything else there is copied.
+    """
+
+    def __init__(self) -> None:
+        self._verdict: dict[tuple[int, int], bool] = {}
+
+    def clone(self, src_fd: int, dst_fd: int, src_dev: int, dst_dev: int) -> bool:
+        """Make the empty dst share src's extents; False (dst still empty) when it cannot."""
+        pair = (src_dev, dst_dev)
+        if src_dev != dst_dev or self._verdict.get(pair) is False:
+            return False
+        try:
+            _clone_whole(src_fd, dst_fd)
+        except OSError as exc:
+            if exc.errno not in _CANNOT_CLONE:
+                raise
+            os.ftruncate(dst_fd, 0)
+            if pair not in self._verdict:
+                log.info("device %s cannot clone files (%s); copying instead", _device(dst_dev),
+                         exc.strerror)
+            self._verdict[pair] = False
+            return False
+        if pair not in self._verdict:
+            log.info("device %s clones files (reflink): copies share extents", _device(dst_dev))
+        self._verdict[pair] = True
+        return True
+
+
+def _device(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+CLONES = CloneSupport()
+
+
 class Copier:
     """Copies file contents while hashing them: each source byte is read once."""
 
     def __init__(self) -> None:
         self.buf = bytearray(CHUNK)
-        self.reflink = True  # until the filesystem says it cannot
 
     def copy(self, src_fd: int, dst_fd: int, st: os.stat_result) -> tuple[str, int]:
         """Copy src to the empty dst; return (sha256, bytes written)."""
-        if self.reflink and st.st_size >= CHUNK:
-            try:
-                fcntl.ioctl(dst_fd, FICLONE, src_fd)
-            except OSError:
-                self.reflink = False
-            else:
-                return hash_fd(src_fd, self.buf), 0
         if st.st_blocks * 512 < st.st_size:
             return self._copy_sparse(src_fd, dst_fd, st.st_size)
         view = memoryview(self.buf)
@@ -266,9 +318,17 @@ class Copier:
 
 
 def set_fd_metadata(fd: int, entry: ManifestEntry, atime_ns: int) -> None:
-    """Owner first: chown clears setuid/setgid, so the mode comes after it."""
-    os.fchown(fd, entry.uid, entry.gid)
-    os.fchmod(fd, entry.mode)
+    """Owner first: chown clears setuid/setgid, so the mode comes after it.
+
+    What is already right is left alone: each change is a journal transaction, and a tree
+    of 20 000 fresh files owned by root needs no chown at all.
+    """
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+        os.fchown(fd, entry.uid, entry.gid)
+        st = os.fstat(fd)
+    if stat.S_IMODE(st.st_mode) != entry.mode:
+        os.fchmod(fd, entry.mode)
     os.utime(fd, ns=(atime_ns, entry.mtime_ns))
 
 

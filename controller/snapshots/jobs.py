@@ -13,6 +13,9 @@ from controller.snapshots import fsio
 # Creating a file costs the filesystem far more than copying a small one, and such
 # syscalls run in parallel: a few workers copy a tree of small files 3-4x faster.
 WORKERS = 4
+# Hashing a cold tree of small files waits on the disk, not the CPU: more readers keep more
+# requests in flight (8 read the bench tree ~20 % faster than 4, on ext4 and XFS alike).
+READERS = 8
 BATCH = 64  # entries of one directory per job
 
 T = TypeVar("T")

@@ -51,6 +51,7 @@ class Observed:
     inode: tuple[int, int]
     nlink: int
     blocks: int = 0  # allocated bytes
+    ctime_ns: int = 0  # no process can set it: the live index trusts it (index.py)
 
 
 def check_volume_name(name: object) -> str:
@@ -110,6 +111,7 @@ def observe(st: os.stat_result, target: str | None = None) -> Observed:
         inode=(st.st_dev, st.st_ino),
         nlink=st.st_nlink,
         blocks=st.st_blocks * 512,
+        ctime_ns=st.st_ctime_ns,
     )
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 from controller.snapshots import fsio
-from controller.snapshots.check import HashPolicy, compare_tree, hash_all, hash_none
+from controller.snapshots.check import HashPolicy, check_tree, hash_all
+from controller.snapshots.index import EMPTY, VolumeIndex, read_index, volume_index, write_index
 from controller.snapshots.jobs import Jobs, dup_all, thread_copier
 from controller.snapshots.layout import (
     Snapshot,
@@ -35,7 +36,9 @@ from controller.util.errors import BadInput, CheckFailed
 
 log = logging.getLogger(__name__)
 
-# keep: equal; fix: metadata only; hash: size and mtime match, content decides;
+READ_WRITE_CREATE = (files.CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR
+
+# keep: equal; fix: metadata only; hash: size matches, nothing vouches for the content;
 # write: (re)create from the snapshot; link: hard-link to the group's first member.
 Action = Literal["keep", "fix", "hash", "write", "link"]
 
@@ -56,13 +59,17 @@ def decide(
     have: Observed | None,
     *,
     paranoid: bool = False,
+    vouched: str | None = None,
     leader_inode: tuple[int, int] | None = None,
     inode_owner: str | None = None,
 ) -> Action:
     """Pure: what one entry needs, from lstat alone (plus the state of its hard-link group).
 
-    `leader_inode`: for a hard-link member, the inode its group's first member has now.
-    `inode_owner`: the group (leader path or own path) that already claimed `have`'s inode.
+    `vouched`: the digest the live index vouches for (the file is unchanged since it was
+    last taken or restored), or None; a file of the right size that nothing vouches for is
+    hashed. `leader_inode`: for a hard-link member, the inode its group's first member has
+    now. `inode_owner`: the group (leader path or own path) that already claimed `have`'s
+    inode.
     """
     if want.type == "f" and want.hardlink not in (None, want.path):
         return "keep" if have is not None and have.inode == leader_inode else "link"
@@ -75,8 +82,10 @@ def decide(
             return "write"  # hard-linked to an entry the snapshot keeps apart
         if have.size != want.size:
             return "write"
-        if paranoid or have.mtime_ns != want.mtime_ns:
+        if paranoid or vouched is None:
             return "hash"
+        if vouched != want.sha256:
+            return "write"
     return "fix" if metadata_differences(want, have) else "keep"
 
 
@@ -128,9 +137,10 @@ class VolumeRestore:
     """
 
     def __init__(self, source: Path, volume: Path, entries: list[ManifestEntry], *,
-                 paranoid: bool) -> None:
+                 paranoid: bool, index: VolumeIndex = EMPTY) -> None:
         self.source = source
         self.volume = volume
+        self.index = index
         self.entries = sorted(entries, key=lambda e: sort_key(e.path))
         self.wanted = {e.path: e for e in self.entries}
         self.paranoid = paranoid
@@ -195,6 +205,7 @@ class VolumeRestore:
             entry,
             have,
             paranoid=self.paranoid,
+            vouched=self.index.vouched(entry.path, have) if entry.type == "f" else None,
             inode_owner=self._inode_owner.get(have.inode) if have is not None else None,
         )
         if entry.type == "f" and have is not None and have.type == "f":
@@ -311,9 +322,15 @@ class VolumeRestore:
         except FileNotFoundError as exc:
             raise CheckFailed(f"snapshot file {entry.path} is missing; the snapshot is damaged") from exc
         try:
-            dfd = os.open(temp, files.CREATE_FLAGS, 0o600, dir_fd=pfd)
+            dfd = os.open(temp, READ_WRITE_CREATE, 0o600, dir_fd=pfd)
             try:
-                sha, written = thread_copier().copy(sfd, dfd, os.fstat(sfd))
+                st = os.fstat(sfd)
+                if fsio.CLONES.clone(sfd, dfd, st.st_dev, os.fstat(dfd).st_dev):
+                    # The clone shares the snapshot file's extents: hashing it checks them, and
+                    # leaves its pages cached for the verify that hashes it again.
+                    sha, written = fsio.hash_fd(dfd, thread_copier().buf), st.st_size
+                else:
+                    sha, written = thread_copier().copy(sfd, dfd, st)
                 if sha != entry.sha256:
                     raise CheckFailed(
                         f"snapshot file {entry.path} does not match its manifest; "
@@ -365,7 +382,7 @@ class VolumeRestore:
 
 
 def _hash_if_in(paths: set[str]) -> HashPolicy:
-    def should_hash(entry: ManifestEntry) -> bool:
+    def should_hash(entry: ManifestEntry, have: Observed) -> bool:
         return entry.path in paths
 
     return should_hash
@@ -396,13 +413,14 @@ def restore_snapshot(
         remove_leftovers(where)
         snapshot = open_snapshot(where, app)
         _match_volumes(snapshot, targets)
+        index = read_index(where)
         # Dirty first: a restore killed halfway must not leave the volumes marked clean.
         write_state(where, clean=False, manifest_sha256=None)
         total = _Counts()
         written: dict[str, set[str]] = {}
         for name, volume in sorted(targets.items()):
             counts = VolumeRestore(snapshot.volume_dir(name), volume, snapshot.manifests[name],
-                                   paranoid=paranoid).run()
+                                   paranoid=paranoid, index=index.get(name, EMPTY)).run()
             total.rewritten += counts.rewritten
             total.created += counts.created
             total.removed += counts.removed
@@ -412,18 +430,24 @@ def restore_snapshot(
         for device_path in {os.stat(v).st_dev: v for v in targets.values()}.values():
             fsio.sync_filesystem(device_path)
         problems: list[str] = []
+        live: dict[str, VolumeIndex] = {}
         for name, volume in sorted(targets.items()):
-            problems += compare_tree(
+            checked = check_tree(
                 volume,
                 snapshot.manifests[name],
                 should_hash=hash_all if paranoid else _hash_if_in(written[name]),
                 label=f"{name}: ",
             )
+            problems += checked.problems
+            # Every file is now known to hold its digest: written and hashed just now, or
+            # kept because the index vouched for it or because it hashed equal.
+            live[name] = volume_index(checked.scanned_ns, snapshot.manifests[name], checked.seen)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise CheckFailed(
                 f"restore of {app} did not make the volumes equal the snapshot: {problems[0]}{more}"
             )
+        write_index(where, live)
         write_state(where, clean=True, manifest_sha256=snapshot.info.manifest_sha256)
         report = RestoreReport(
             rewritten=total.rewritten,
@@ -442,19 +466,24 @@ def verify_volumes(
 ) -> list[str]:
     """Differences between the live volumes and the last-known-good (empty: equal).
 
-    Without `paranoid`, equal size and mtime count as equal content; with it every file
-    is hashed.
+    Without `paranoid`, a file the live index vouches for (unchanged since it was last
+    taken or restored) is not read; every other file is hashed. With it every file is.
     """
     targets = resolve_volumes(store_root, volumes, None)
     with locked(store_root, app) as where, os_errors_fail(f"comparing the volumes of {app} failed"):
         snapshot = open_snapshot(where, app)
         _match_volumes(snapshot, targets)
+        index = {} if paranoid else read_index(where)
         problems: list[str] = []
         for name, volume in sorted(targets.items()):
-            problems += compare_tree(
-                volume,
-                snapshot.manifests[name],
-                should_hash=hash_all if paranoid else hash_none,
-                label=f"{name}: ",
-            )
+            problems += _compare_live(volume, snapshot.manifests[name], index.get(name, EMPTY),
+                                      label=f"{name}: ")
         return problems
+
+
+def _compare_live(volume: Path, want: list[ManifestEntry], index: VolumeIndex,
+                  label: str) -> list[str]:
+    def unless_vouched(entry: ManifestEntry, have: Observed) -> bool:
+        return index.vouched(entry.path, have) != entry.sha256
+
+    return check_tree(volume, want, should_hash=unless_vouched, label=label).problems

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from controller.snapshots import fsio
-from controller.snapshots.check import compare_tree
-from controller.snapshots.copy import copy_tree, remove_tree
+from controller.snapshots.check import check_tree, compare_tree
+from controller.snapshots.copy import CopyResult, copy_tree, remove_tree
+from controller.snapshots.index import EMPTY, VolumeIndex, read_index, volume_index, write_index
 from controller.snapshots.layout import (
     LAST_KNOWN_GOOD,
     LOCK_FILE,
@@ -31,7 +34,13 @@ from controller.snapshots.layout import (
     resolve_volumes,
     swap_link,
 )
-from controller.snapshots.manifest import check_commit, digest, render_manifest, summarise
+from controller.snapshots.manifest import (
+    ManifestEntry,
+    check_commit,
+    digest,
+    render_manifest,
+    summarise,
+)
 from controller.snapshots.space import check_free_space
 from controller.snapshots.state import write_state
 from controller.util import files
@@ -51,18 +60,25 @@ def take_snapshot(
     run_id: str | None = None,
     min_free_bytes: int = 0,
     allowed_root: Path | None = None,
+    paranoid: bool = False,
 ) -> SnapshotInfo:
-    """Copy the (undeployed) app's volumes into a new generation and make it last-known-good."""
+    """Copy the (undeployed) app's volumes into a new generation and make it last-known-good.
+
+    Where the store's filesystem can clone the volumes' files, they share extents with the
+    copy, and a file the live index vouches for keeps its digest unread; `paranoid` reads
+    every file.
+    """
     check_commit(commit)
     sources = resolve_volumes(store_root, volumes, allowed_root)
     with locked(store_root, app) as where:
         remove_leftovers(where)
         previous = link_target(where)
         check_free_space(where, app, sources, min_free_bytes)
+        index = {} if paranoid else read_index(where)
         name = new_generation_name()
         generation = where / name
         try:
-            info = _write_generation(where, generation, app, sources, commit, run_id)
+            info, live = _write_generation(where, generation, app, sources, commit, run_id, index)
             swap_link(where, name)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -80,6 +96,7 @@ def take_snapshot(
                 remove_tree(where / previous)
                 files.fsync_path(where)
                 log.info("snapshot of %s: old generation removed in %.2fs", app, clock.lap())
+            write_index(where, live)
             # The volumes were just copied whole, so they equal this snapshot.
             write_state(where, clean=True, manifest_sha256=info.manifest_sha256)
         except OSError as exc:
@@ -107,28 +124,26 @@ def _write_generation(
     sources: dict[str, Path],
     commit: str,
     run_id: str | None,
-) -> SnapshotInfo:
+    index: dict[str, VolumeIndex],
+) -> tuple[SnapshotInfo, dict[str, VolumeIndex]]:
     clock = _Stopwatch()
     os.mkdir(generation, 0o700)
     os.mkdir(generation / VOLUMES_DIR, 0o700)
-    manifests = {
-        name: copy_tree(src, generation / VOLUMES_DIR / name)
+    copies = {
+        name: copy_tree(src, generation / VOLUMES_DIR / name, index.get(name, EMPTY))
         for name, src in sorted(sources.items())
     }
-    manifest = render_manifest(manifests)
-    files.write_durably(generation / MANIFEST_FILE, manifest)
     copied = clock.lap()
     # One syncfs makes every copied file and directory durable before it is verified.
     fsio.sync_filesystem(generation)
     synced = clock.lap()
-    for name, entries in manifests.items():
-        problems = compare_tree(
-            generation / VOLUMES_DIR / name, entries, label=f"{name}: ", drop_cache=True
-        )
-        if problems:
-            raise CheckFailed(f"the new snapshot of {app} does not verify: {problems[0]}")
-    log.info("snapshot of %s: copied in %.2fs, synced in %.2fs, verified in %.2fs",
-             app, copied, synced, clock.lap())
+    manifests = {name: _verify_copy(app, generation / VOLUMES_DIR / name, name, copy)
+                 for name, copy in copies.items()}
+    manifest = render_manifest(manifests)
+    files.write_durably(generation / MANIFEST_FILE, manifest)
+    counts = collections.Counter(how for copy in copies.values() for how in copy.how.values())
+    log.info("snapshot of %s: copied in %.2fs, synced in %.2fs, verified in %.2fs (files: %s)",
+             app, copied, synced, clock.lap(), dict(counts))
     info = SnapshotInfo(
         app=app,
         path=where / LAST_KNOWN_GOOD,
@@ -141,7 +156,25 @@ def _write_generation(
     files.write_durably(generation / META_FILE, meta_document(info, generation.name))
     files.fsync_path(generation / VOLUMES_DIR)
     files.fsync_path(generation)
-    return info
+    live = {name: volume_index(copies[name].scanned_ns, manifests[name], copies[name].source)
+            for name in manifests}
+    return info, live
+
+
+def _verify_copy(app: str, root: Path, name: str, copy: CopyResult) -> list[ManifestEntry]:
+    """Check the synced copy from the disk; return its manifest with every digest filled in.
+
+    Metadata and structure of every entry are compared by lstat. Copied files are re-read
+    (their cached pages dropped) and must hash as their source did; cloned files share the
+    source's extents, so reading the copy once gives their digest; a vouched file keeps the
+    digest the live index recorded for its unchanged source.
+    """
+    checked = check_tree(root, copy.entries, label=f"{name}: ", drop_cache=True,
+                         should_hash=lambda e, _: copy.how.get(e.path) != "vouched")
+    if checked.problems:
+        raise CheckFailed(f"the new snapshot of {app} does not verify: {checked.problems[0]}")
+    return [replace(e, sha256=checked.hashes[e.path]) if e.type == "f" and e.sha256 is None else e
+            for e in copy.entries]
 
 
 def current_snapshot(store_root: Path, app: str) -> SnapshotInfo | None:
