@@ -146,9 +146,9 @@ def test_a_run_that_dies_after_its_verdict_is_finished_by_recovery_with_the_verd
     result = helpers.results_in(controller_clone)[run_id]
     assert (result["outcome"], result["canonical"]["advanced"]) == ("pass", True)  # as committed
     assert result["housekeeping"]["status"] == "recovered" and result["finished_at"]
-    assert helpers.log_subjects(controller_clone)[0] == (
-        f"[cold] static@{recipes['static'].versions[1][:7]} pass (run {run_id}); "
-        "housekeeping finished by recovery")
+    # (serve also rewarms the promoted recipe, as this host keeps it warm: not this test's business)
+    assert (f"[cold] static@{recipes['static'].versions[1][:7]} pass (run {run_id}); "
+            "housekeeping finished by recovery") in helpers.log_subjects(controller_clone)[:3]
     assert helpers.ccci("audit", "--registry", str(controller_clone)).returncode == 0
 
 

@@ -70,9 +70,14 @@ class Bed:
         assert run_id in results, proc.stdout + proc.stderr
         return results[run_id]
 
-    def remote_text(self, rel: str) -> str | None:
-        """A file as the bare remote (the truth every controller reads) has it on main."""
-        proc = subprocess.run(["git", "show", f"main:{rel}"], cwd=self.remote.bare, capture_output=True,
+    def remote_text(self, rel: str, *, as_filed: bool = False) -> str | None:
+        """A file as the bare remote (the truth every controller reads) has it on main; `as_filed`:
+        as the commit that added it had it (a request is gone once its verdict is in)."""
+        at = "main"
+        if as_filed:
+            at = subprocess.run(["git", "log", "-1", "--format=%H", "--diff-filter=A", "main", "--", rel],
+                                cwd=self.remote.bare, capture_output=True, text=True, check=False).stdout.strip()
+        proc = subprocess.run(["git", "show", f"{at}:{rel}"], cwd=self.remote.bare, capture_output=True,
                               text=True, check=False)
         return proc.stdout if proc.returncode == 0 else None
 
@@ -193,7 +198,7 @@ def test_serve_sweeps_at_its_hour_after_reconciling_the_live_keycloak_and_rewarm
         assert infra["commit"] == keycloak.versions[1], infra
         log = (state_dir / "logs" / "ccci.log").read_text()
         assert log.index(f"reconcile of {kc_app}: deployed") < log.index("sweep filed 1 requests"), log[-3000:]
-        request = load_untrusted((made.remote_text(f"requests/{run_id}.yaml") or "").encode(), run_id)
+        request = load_untrusted((made.remote_text(f"requests/{run_id}.yaml", as_filed=True) or "").encode(), run_id)
         assert (request["recipe"], request["ref"], request["mode"], request["requested_by"]) == (
             recipe, v1, "cold", "sweep")
         # Serve ran it; green on main, it seeded the canonical, and serve rewarmed.
