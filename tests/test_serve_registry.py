@@ -216,18 +216,26 @@ def test_a_controller_bug_costs_one_request_not_the_daemon(
     assert results[fine]["outcome"] == "rejected" and "has no commit" in results[fine]["error"]
 
 
+def _request_with_uncommitted_result(static_registry: tuple[RemoteRegistry, Path], hex6: str,
+                                     outcome: str) -> tuple[str, Path]:
+    """A committed request, and a controller clone where a result file for it exists that no
+    commit has."""
+    remote, _recipe = static_registry
+    name = f"{STAMP}-static-{hex6}"
+    remote.edit({f"requests/{name}.yaml": request_doc("static", ref="e" * 40)})
+    clone = remote.clone("controller")
+    leftover = clone / "results" / "2026-11" / f"{name}.yaml"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text(f"run: x\noutcome: {outcome}\nmode: cold\n")
+    return name, clone
+
+
 def test_uncommitted_leftovers_of_a_crash_do_not_pass_for_a_claim(
     static_registry: tuple[RemoteRegistry, Path], state_dir: Path
 ) -> None:
     """A controller killed between writing a result file and committing it left the file:
     the next pass must not take it for a claim."""
-    remote, _recipe = static_registry
-    name = f"{STAMP}-static-0000c1"
-    remote.edit({f"requests/{name}.yaml": request_doc("static", ref="e" * 40)})
-    clone = remote.clone("controller")
-    leftover = clone / "results" / "2026-11" / f"{name}.yaml"
-    leftover.parent.mkdir(parents=True)
-    leftover.write_text("run: x\noutcome: running\nmode: cold\n")
+    name, clone = _request_with_uncommitted_result(static_registry, "0000c1", "running")
     (clone / ".git" / "ccci-writing").write_text("")  # the writer's marker: it died before its commit
     proc = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
     assert proc.returncode == 0, proc.stderr
@@ -243,13 +251,7 @@ def test_a_result_file_nobody_committed_does_not_answer_a_request(
 ) -> None:
     """Only commits count, even without a crash marker: a result file left in the clone's
     results/ (the controller's folder) that no commit has does not answer the request."""
-    remote, _recipe = static_registry
-    name = f"{STAMP}-static-0000c2"
-    remote.edit({f"requests/{name}.yaml": request_doc("static", ref="e" * 40)})
-    clone = remote.clone("controller")
-    stray = clone / "results" / "2026-11" / f"{name}.yaml"
-    stray.parent.mkdir(parents=True)
-    stray.write_text("run: x\noutcome: pass\nmode: cold\n")
+    name, clone = _request_with_uncommitted_result(static_registry, "0000c2", "pass")
     proc = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
     assert proc.returncode == 0, proc.stderr
     assert "discarding uncommitted registry changes" in proc.stderr
