@@ -142,11 +142,12 @@ class ServeProcess:
     """A real `ccci serve` in a subprocess; stopped with SIGTERM (graceful)."""
 
     def __init__(self, clone: Path, state: Path, *args: str, log_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: list[str] | None = None) -> None:
+        """`prefix`: a command the controller runs under, such as `nsenter` into a host's netns."""
         self.log_path = log_path or (state.parent / f"serve-{clone.name}.log")
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--state-dir", str(state), "serve",
+            [*(prefix or []), sys.executable, "-m", "controller", "--state-dir", str(state), "serve",
              "--registry", str(clone), *args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
             env={**os.environ, "CCCI_STATE_DIR": str(state), **(env or {})},
