@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controller.flows.warm_apps import read_warm_state
 from controller.runtime.stack import LabelledObject, labelled_objects
 from controller.util import inflight
 from controller.util.locks import is_held_elsewhere
@@ -47,7 +48,9 @@ def find_leaks(state: StateDir) -> list[Leak]:
     live_runs = inflight.in_flight_runs(state)
     objects = labelled_objects()
     warm_apps = {o.labels.get("ccci.app", "") for o in objects if o.labels.get("ccci.mode") == "warm"}
-    busy = {app for app in warm_apps if app and is_held_elsewhere(state.app_lock(app))}
+    # A warm app is legitimately deployed while a run holds it, or while it is kept hot.
+    busy = {app for app in warm_apps if app and (is_held_elsewhere(state.app_lock(app))
+                                                 or read_warm_state(state, app).get("hot") is not None)}
     leaks = []
     for obj in objects:
         reason = classify(obj, live_runs, busy, state.owner_id)

@@ -7,12 +7,13 @@ import dataclasses
 import logging
 
 from controller import snapshots
-from controller.flows import deployment, keycloak, policy
+from controller.flows import deployment, hot, keycloak, policy
 from controller.flows.context import Context, Run, phase
 from controller.flows.deployment import Deployment
 from controller.flows.fleet.placement import own_index
 from controller.flows.warm_apps import app_lock, restore_app, restore_summary, write_warm_state
 from controller.registry.results import RunResult
+from controller.registry.settings import RecipeSettings
 from controller.runtime import probe, stack
 from controller.util import names
 from controller.util.errors import CcciError
@@ -61,7 +62,8 @@ def _quick_locked(ctx: Context, run: Run, timeout_s: int) -> None:
     deadline = Deadline(timeout_s)
     work = deployment.workdir(ctx, request.run_id)
     run.housekeeping.then(deployment.remove_workdir, work)
-    port = probe.free_port()
+    running = hot.running_hot(ctx.state, app, index.commit, info.manifest_sha256) if recipe.keeps_hot else None
+    port = running.host_port if running is not None else probe.free_port()
     with phase(ctx, result, "fetch"):
         base_commit = deployment.checkout_commit(ctx, recipe, index.commit, work / "base")
         commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
@@ -72,17 +74,22 @@ def _quick_locked(ctx: Context, run: Run, timeout_s: int) -> None:
     # Before the warm app is touched: a stack the policy refuses never reaches its data.
     policy.judge(ctx, result, base)
     policy.judge(ctx, result, head, known_good=lambda: base)
-    stack.undeploy(app, remove_volumes=False)  # a crashed run's deploy must not hold the volumes
-    # Hermetic: every quick run starts from the last-known-good bytes.
-    with phase(ctx, result, "restore"):
-        if not snapshots.volumes_clean(ctx.state.snapshots, app):
-            report = restore_app(ctx.state, app)
-            result.snapshot = restore_summary(report)
+    hot.forget_hot(ctx.state, app)  # from here on the app is this run's upgrade, not the known-good
+    if running is None:
+        stack.undeploy(app, remove_volumes=False)  # a crashed run's deploy must not hold the volumes
+        # Hermetic: every quick run starts from the last-known-good bytes (a hot app: from the
+        # known-good running on them since its restore).
+        with phase(ctx, result, "restore"):
+            if not snapshots.volumes_clean(ctx.state.snapshots, app):
+                report = restore_app(ctx.state, app)
+                result.snapshot = restore_summary(report)
     snapshots.mark_volumes_dirty(ctx.state.snapshots, app)
     realms: list[keycloak.RealmGrant] = []
-    run.housekeeping.then(_put_back, ctx, result, app, realms)
+    run.housekeeping.then(_put_back, ctx, result, recipe, app, realms, (index.commit, info.manifest_sha256))
     try:
         result.upgrade = {"from": base_commit, "to": commit}
+        if running is not None:
+            result.upgrade["hot"] = True  # it started with the upgrade: no restore, no reattach
         if base_commit == commit:
             # An upgrade test needs a real "from" version; say so, do not hide it.
             note = "the PR head is the snapshot's commit: no upgrade path was tested"
@@ -93,10 +100,13 @@ def _quick_locked(ctx: Context, run: Run, timeout_s: int) -> None:
                 realms.append(keycloak.prepare_realm(ctx, result, request.recipe, request.run_id, app))
                 base.extra_env.update(realms[0].env())
                 head.extra_env.update(realms[0].env())
-        deployment.deploy_app(ctx, result, base, name="reattach")
-        with phase(ctx, result, "converge (reattach)"):
-            before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
-                                          expected_commit=base_commit)
+        if running is not None:
+            before = running.state
+        else:
+            deployment.deploy_app(ctx, result, base, name="reattach")
+            with phase(ctx, result, "converge (reattach)"):
+                before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
+                                              expected_commit=base_commit)
         deployment.deploy_app(ctx, result, head, name="upgrade")
         passed = deployment.converge_and_assert(ctx, result, head, deadline, baseline=before)
         result.outcome = "pass" if passed else "fail"
@@ -110,18 +120,22 @@ def _quick_locked(ctx: Context, run: Run, timeout_s: int) -> None:
         result.error = exc.message
 
 
-def _put_back(ctx: Context, result: RunResult, app: str, realms: list[keycloak.RealmGrant]) -> None:
+def _put_back(ctx: Context, result: RunResult, recipe: RecipeSettings, app: str,
+              realms: list[keycloak.RealmGrant], known_good: tuple[str, str]) -> None:
     """After the verdict. PASS: undeploy, keep the (dirty) volume. Anything else: undeploy,
-    restore, verify, mark clean. A failure here never changes the verdict: the volumes stay
-    marked dirty, so the next warm run of the app restores them first."""
+    restore, verify, mark clean. A hot app is restored either way and deployed again at the
+    known-good (`known_good`: its commit and snapshot). A failure here never changes the
+    verdict: the volumes stay marked dirty, so the next warm run of the app restores them first."""
     try:
         deployment.undeploy_app(ctx, result, app, remove_volumes=False)
-        if result.outcome == "pass":
+        if result.outcome == "pass" and not recipe.keeps_hot:
             write_warm_state(ctx.state, app, data_commit=result.ref)
         else:
-            with phase(ctx, result, "rollback"):
+            with phase(ctx, result, "rollback" if result.outcome != "pass" else "restore (hot)"):
                 report = restore_app(ctx.state, app)
             result.snapshot = restore_summary(report)
+            if recipe.keeps_hot:
+                result.snapshot["hot"] = hot.deploy_hot(ctx, result, recipe, app, *known_good)
     except CcciError as exc:
         result.snapshot = {**result.snapshot, "verified": False}
         raise CcciError(f"putting {app} back failed: {exc.message}", cause="infra") from exc

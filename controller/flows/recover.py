@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from controller.flows import cleanup, keycloak, runs
+from controller.flows import cleanup, hot, keycloak, runs
 from controller.flows.context import Context
 from controller.flows.fleet.migrate import migrate_legacy_index
 from controller.flows.warm_apps import app_lock_if_free
@@ -75,6 +75,7 @@ def _undeploy_warm(ctx: Context, app: str) -> None:
             log.info("not undeploying %s: a live run holds it", app)
             return
         try:
+            hot.forget_hot(ctx.state, app)
             stack.undeploy(app, remove_volumes=False)
         except CcciError as exc:
             log.error("could not undeploy %s left by a dead run: %s", app, exc.message)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from controller import snapshots
-from controller.flows import deployment, keycloak, policy
+from controller.flows import deployment, hot, keycloak, policy
 from controller.flows.context import Context, Publication, Run, phase
 from controller.flows.deployment import Deployment
 from controller.flows.fleet.placement import keeps_warm
@@ -54,7 +54,8 @@ def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapsh
     result = run.result
     recipe = ctx.settings.recipe(recipe_name)
     deadline = Deadline(recipe.timeout_s)
-    stack.undeploy(app, remove_volumes=False)  # a leftover deploy must not hold the volumes
+    hot.forget_hot(ctx.state, app)
+    stack.undeploy(app, remove_volumes=False)  # a leftover (or hot) deploy must not hold the volumes
     current = snapshots.current_snapshot(ctx.state.snapshots, app)
     with phase(ctx, result, "restore"):
         if current is None:
@@ -100,6 +101,8 @@ def _rewarm_locked(ctx: Context, run: Run, recipe_name: str, app: str) -> snapsh
                                  min_free_gb=ctx.settings.limits.disk_min_free_gb)
     result.snapshot = {"restored": bool(result.snapshot.get("restored")), "verified": True,
                        "taken": info.manifest_sha256}
+    if recipe.keeps_hot:
+        result.snapshot["hot"] = hot.deploy_hot(ctx, result, recipe, app, commit, info.manifest_sha256)
     result.outcome = "pass"
     return info
 

@@ -184,6 +184,12 @@ class RecipeSettings:
     allow: tuple[str, ...]  # host policy grants (policy.allow)
     limits: ServiceLimits  # limits.service_*, with this recipe's overrides
     follow_up_cold: bool = False  # a failed quick run files a cold run of the same commit
+    hot: bool = False  # keep the warm canonical running at its known-good between quick runs
+
+    @property
+    def keeps_hot(self) -> bool:
+        """A hot canonical, where it can be one: an SSO recipe's runs each get their own realm."""
+        return self.hot and not self.sso
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,7 @@ def _recipe(name: str, raw: dict[str, Any], limits: LimitsSettings) -> RecipeSet
                              cpus=float(own.get("cpus", limits.service_cpus)),
                              pids=int(own.get("pids", limits.service_pids))),
         follow_up_cold=bool(raw["follow_up_cold"]),
+        hot=bool(raw["hot"]),
     )
 
 

@@ -129,6 +129,17 @@ RECIPE: dict[str, Any] = {
                            "`authority.cold` like any other.",
             "examples": [True],
         },
+        "hot": {
+            "type": "boolean",
+            "default": False,
+            "description": "`true`: keep the warm canonical running at its known-good between quick "
+                           "runs, so a quick run starts with the upgrade; after its verdict the app is "
+                           "undeployed, restored and deployed again at the known-good. Snapshots and "
+                           "restores still happen only while nothing runs. `false`: data-warm (the "
+                           "volumes are kept, the app is undeployed between runs). Not used for a "
+                           "recipe with `sso` (its runs each get their own realm).",
+            "examples": [True],
+        },
         "forge_repo": {
             "type": "string", "pattern": FORGE_REPO,
             "description": "The recipe's repository on the forge (`owner/name`): `!testme` comments on "
