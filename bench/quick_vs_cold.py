@@ -10,9 +10,10 @@ exists for: cold pays the first boot every time, quick upgrades data that is alr
 
 Set-up (tmp dir under /var/tmp, own state dir): a registry on a bare remote with the fixture under
 `--recipe-name` (default `bench-heavy`, so its warm app never collides with the tests' on a shared
-engine), SEED_ROWS from ccci.yaml (`recipes.<name>.env`) when `--seed-rows` is given. A cold run
-of v1 seeds the canonical, `ccci canonical rewarm` takes its snapshot. Then, --runs times, each
-variant of VARIANTS on v2 (cold, quick), each `ccci request` + `ccci run` in a subprocess:
+engine), and again as `<name>-hot` with `hot: true`, SEED_ROWS from ccci.yaml (`recipes.<name>.env`)
+when `--seed-rows` is given. For each, a cold run of v1 seeds the canonical, `ccci canonical
+rewarm` takes its snapshot (and deploys the hot one). Then, --runs times, each variant of
+VARIANTS on v2 (cold, quick, hot quick), each `ccci request` + `ccci run` in a subprocess:
 - time to verdict: from the start of `ccci run` until the run's verdict commit is on the remote
   (a thread watches the bare remote's log every 0.1 s): what a maintainer waits for;
 - wall: until `ccci run` exits, the housekeeping after the verdict and its commit included.
@@ -144,17 +145,23 @@ class VerdictWatch:
 
 @dataclass(frozen=True)
 class Variant:
-    """One column of the report: how a run of v2 is asked for. A new kind of run (say, quick
-    on a canonical kept running) is one more entry in VARIANTS, and one more column."""
+    """One column of the report: how a run of v2 is asked for. A new kind of run is one more
+    entry in VARIANTS, and one more column."""
 
     label: str
     mode: str  # what `ccci request --mode` asks
     what: str  # one line for the report
+    hot: bool = False  # of the fixture registered with `hot: true` (`<recipe-name>-hot`)
+
+    def recipe(self, base: str) -> str:
+        return f"{base}-hot" if self.hot else base
 
 
 VARIANTS = (
     Variant("cold", "cold", "fresh volumes: the first boot, then v2"),
     Variant("quick", "quick", "restore, reattach v1 on its data, upgrade to v2"),
+    Variant("hot quick", "quick", "v1 already running on its data (`hot: true`): upgrade to v2; "
+            "restore and redeploy v1 after the verdict", hot=True),
 )
 
 
@@ -257,8 +264,8 @@ def leftover_objects(app_prefixes: tuple[str, ...], owner: str) -> list[str]:
     return sorted(found)
 
 
-def clean_up(state: Path, recipe: str) -> list[str]:
-    """`ccci leaks` must pass; then the warm app's data goes. Returns what is still there."""
+def clean_up(state: Path, *recipes: str) -> list[str]:
+    """`ccci leaks` must pass; then the warm apps (and their data) go. Returns what is still there."""
     problems = []
     leaks = ccci(state, "leaks", check=False)
     if leaks.returncode != 0:
@@ -267,8 +274,9 @@ def clean_up(state: Path, recipe: str) -> list[str]:
     owner = StateDir(state).owner_id
     from controller.runtime import stack  # needs DOCKER_HOST, set by now
 
-    stack.undeploy(f"warm-{recipe}", remove_volumes=True)  # volumes and the generated secret
-    left = leftover_objects((f"warm-{recipe}", f"{recipe}-"), owner)
+    for recipe in recipes:
+        stack.undeploy(f"warm-{recipe}", remove_volumes=True)  # volumes and the generated secret
+    left = leftover_objects(tuple(p for r in recipes for p in (f"warm-{r}", f"{r}-")), owner)
     if left:
         problems.append("left behind: " + ", ".join(left))
     return problems
@@ -366,26 +374,32 @@ def main(argv: list[str] | None = None) -> int:
         options: dict[str, object] = {"timeout_s": RUN_TIMEOUT_S - 60, "stability_s": 2}
         if args.seed_rows:
             options["env"] = f"{{SEED_ROWS: '{rows}'}}"
-        registry.set_recipes(recipe_entry(recipe, fixture.path, **options))
+        registry.set_recipes(recipe_entry(recipe, fixture.path, **options)
+                             + recipe_entry(f"{recipe}-hot", fixture.path, hot="true", **options))
         clone = registry.clone("controller")
         remote = registry.bare
 
-        seed.append(request_and_run(state, clone, remote, recipe, v1, "cold", "seed cold v1", rows))
-        if not (seed[0].result.get("canonical") or {}).get("advanced"):
-            raise SystemExit(f"seed cold v1 did not seed the canonical: {seed[0].result.get('canonical')}")
-        print("… seed: canonical rewarm", file=sys.stderr, flush=True)
-        started = time.monotonic()
-        ccci(state, "canonical", "rewarm", recipe, "--registry", str(clone))
-        seed.append(Run("rewarm", "", time.monotonic() - started, {}))
+        for name in (recipe, f"{recipe}-hot"):
+            seeded = request_and_run(state, clone, remote, name, v1, "cold", f"seed cold v1 of {name}", rows)
+            if not (seeded.result.get("canonical") or {}).get("advanced"):
+                raise SystemExit(f"seed cold v1 did not seed the canonical: {seeded.result.get('canonical')}")
+            print(f"… seed: canonical rewarm of {name}", file=sys.stderr, flush=True)
+            started = time.monotonic()
+            ccci(state, "canonical", "rewarm", name, "--registry", str(clone))
+            seed += [seeded, Run(f"rewarm of {name}", "", time.monotonic() - started, {})]
 
         for n in range(args.runs):
             for variant in VARIANTS:
                 runs[variant.label].append(request_and_run(
-                    state, clone, remote, recipe, v2, variant.mode, f"{variant.label} v2 #{n + 1}", rows))
+                    state, clone, remote, variant.recipe(recipe), v2, variant.mode,
+                    f"{variant.label} v2 #{n + 1}", rows))
+                if variant.hot and not (runs[variant.label][-1].result.get("upgrade") or {}).get("hot"):
+                    raise SystemExit(f"{variant.label} #{n + 1} did not start from the running app: "
+                                     f"{runs[variant.label][-1].result.get('upgrade')}")
     except BaseException as exc:
         failure = exc
     finally:
-        problems = clean_up(state, recipe) if "DOCKER_HOST" in os.environ else []
+        problems = clean_up(state, recipe, f"{recipe}-hot") if "DOCKER_HOST" in os.environ else []
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
