@@ -13,7 +13,7 @@ Set-up (tmp dir under /var/tmp, own state dir): a registry on a bare remote with
 engine), and again as `<name>-hot` with `hot: true`, SEED_ROWS from ccci.yaml (`recipes.<name>.env`)
 when `--seed-rows` is given. For each, a cold run of v1 seeds the canonical, `ccci canonical
 rewarm` takes its snapshot (and deploys the hot one). Then, --runs times, each variant of
-VARIANTS on v2 (cold, quick, hot quick), each `ccci request` + `ccci run` in a subprocess:
+VARIANTS on v2, a PR head (cold, quick, hot quick), each `ccci request` + `ccci run` in a subprocess:
 - time to verdict: from the start of `ccci run` until the run's verdict commit is on the remote
   (a thread watches the bare remote's log every 0.1 s): what a maintainer waits for;
 - wall: until `ccci run` exits, the housekeeping after the verdict and its commit included.
@@ -192,10 +192,11 @@ def seeded_rows(result: dict[str, Any]) -> int | None:
     return None
 
 
-def result_of(clone: Path, run_id: str) -> dict[str, Any]:
+def result_of(clone: Path, run_id: str, proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     paths = list((clone / "results").glob(f"*/{run_id}.yaml"))
     if not paths:
-        raise SystemExit(f"{run_id}: no result file in {clone}/results")
+        raise SystemExit(f"{run_id}: no result file in {clone}/results; `ccci run` exited "
+                         f"{proc.returncode}:\n{proc.stdout.strip()}\n{proc.stderr.strip()[-3000:]}")
     doc: dict[str, Any] = read_yaml(paths[0])
     return doc
 
@@ -212,7 +213,7 @@ def request_and_run(state: Path, clone: Path, remote: Path, recipe: str, ref: st
     wall = time.monotonic() - started
     verdict = watch.stop()
     first_init = probe.stop() if probe else None
-    result = result_of(clone, run_id)
+    result = result_of(clone, run_id, proc)
     problems = []
     if proc.returncode != 0 or result.get("outcome") != "pass":
         problems.append(f"outcome {result.get('outcome')} (exit {proc.returncode}): {result.get('error')}")
@@ -368,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.seed_rows or fixture_seed_rows()
     try:
         isolate_environment(tmp, DOCKER_HOST=testbed_docker_host(), CCCI_STATE_DIR=str(state))
-        fixture = build_recipe("heavy-init", tmp / "recipes" / "heavy-init")
-        v1, v2 = fixture.versions[1], fixture.versions[2]
+        # v2 is a PR head, not on main: a cold run of it is not promoted, so every quick run
+        # starts from v1's known-good, which is current (a quick run is claimed only then).
+        fixture = build_recipe("heavy-init", tmp / "recipes" / "heavy-init", versions=[1])
+        v1, v2 = fixture.versions[1], fixture.branch_commit("pr-v2", 2)
         registry = RemoteRegistry.create(tmp / "registry")
         options: dict[str, object] = {"timeout_s": RUN_TIMEOUT_S - 60, "stability_s": 2}
         if args.seed_rows:
