@@ -259,3 +259,16 @@ def test_convergence_verdicts() -> None:
     assert fatal and "rollback_completed" in fatal
     _, waiting = convergence_problem(app(task("starting")), expected_commit=None, known_failures={})
     assert waiting == "service app has 0/1 tasks running"
+    # An update whose replicas all run the deployed commit is in swarm's monitor period only: the
+    # run's stability window starts; one still starting its new task, or with no commit to tell
+    # old from new, or rolling back, is waited out.
+    assert convergence_problem(app(task("running"), update="updating"), expected_commit="c1",
+                               known_failures={}) == (None, None)
+    for tasks, expected in (((task("running", commit="c0"),), "c1"), ((task("starting"),), "c1"),
+                            ((task("running"), task("starting")), "c1"), ((task("running"),), None)):
+        _, waiting = convergence_problem(app(*tasks, update="updating"), expected_commit=expected,
+                                         known_failures={})
+        assert waiting == "service app is updating", (tasks, expected)
+    _, waiting = convergence_problem(app(task("running"), update="rollback_started"), expected_commit="c1",
+                                     known_failures={})
+    assert waiting == "service app is updating"

@@ -231,10 +231,11 @@ def _convergence_problem(state: AppState, *, expected_commit: str | None,
             ended = svc.failures[-1]
             why = ended.error or f"{ended.state}, exit {ended.exit_code}"
             return f"service {svc.name} has no task running or scheduled (restart policy gave up): {why}", None
-        if svc.update_state in ("updating", "rollback_started"):
+        running = svc.running
+        if svc.update_state == "rollback_started" or (
+                svc.update_state == "updating" and not _updated(svc, running, expected_commit)):
             waiting = waiting or f"service {svc.name} is updating"
             continue
-        running = svc.running
         if len(running) != svc.replicas:
             waiting = waiting or f"service {svc.name} has {len(running)}/{svc.replicas} tasks running"
             continue
@@ -242,6 +243,16 @@ def _convergence_problem(state: AppState, *, expected_commit: str | None,
             stale = sorted({(t.commit or "none")[:12] for t in running if t.commit != expected_commit})
             waiting = waiting or f"service {svc.name} still runs commit {', '.join(stale)}"
     return None, waiting
+
+
+def _updated(svc: ServiceState, running: list[TaskState], expected_commit: str | None) -> bool:
+    """An update in swarm's monitor period whose every replica already runs, healthy, at the
+    commit the run deployed: what is left of `updating` is the monitor (5 s by default), which
+    the run's own stability window covers from now on: a task failing in it restarts the window,
+    and a failed update is fatal when swarm says so. Without an expected commit nothing tells
+    old tasks from new ones, so the update is waited out."""
+    return bool(expected_commit) and len(running) == svc.replicas and svc.scheduled == running \
+        and all(t.commit == expected_commit for t in running)
 
 
 def wait_converged(
