@@ -76,71 +76,77 @@ def ccci(state: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
-class FirstInitProbe:
+class Watch:
+    """A thread that calls `look` every `interval` seconds until it returns a number of seconds
+    (kept as `seconds`) or `stop` is called: the probes below watch a run from outside."""
+
+    interval = 1.0
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=type(self).__name__, daemon=True)
+
+    def look(self) -> float | None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while self.seconds is None and not self._stop.is_set():
+            self.seconds = self.look()
+            self._stop.wait(self.interval)
+
+    def start(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join()
+        return self.seconds
+
+
+class FirstInitProbe(Watch):
     """Reads "seeded in X s" from a cold app's service log while its run is in flight (the
     log goes with the app at teardown)."""
 
     def __init__(self, service: str) -> None:
-        self.service = service
-        self.seconds: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="first-init-probe", daemon=True)
-
-    def _loop(self) -> None:
         import docker
 
-        client = docker.from_env(timeout=30)
-        try:
-            while self.seconds is None and not self._stop.wait(1.0):
-                try:
-                    for svc in client.services.list(filters={"name": self.service}):
-                        text = b"".join(svc.logs(stdout=True, stderr=True)).decode(errors="replace")
-                        found = SEEDED.search(text)
-                        if found:
-                            self.seconds = float(found.group(1))
-                except Exception:  # the service comes and goes: try again next second
-                    continue
-        finally:
-            client.close()
+        super().__init__()
+        self.service = service
+        self.client = docker.from_env(timeout=30)
 
-    def start(self) -> FirstInitProbe:
-        self._thread.start()
-        return self
+    def look(self) -> float | None:
+        try:
+            for svc in self.client.services.list(filters={"name": self.service}):
+                found = SEEDED.search(b"".join(svc.logs(stdout=True, stderr=True)).decode(errors="replace"))
+                if found:
+                    return float(found.group(1))
+        except Exception:  # the service comes and goes: try again next second
+            pass
+        return None
 
     def stop(self) -> float | None:
-        self._stop.set()
-        self._thread.join()
-        return self.seconds
+        seconds = super().stop()
+        self.client.close()
+        return seconds
 
 
-class VerdictWatch:
+class VerdictWatch(Watch):
     """Notes when the verdict commit of `run_id` first shows on the bare remote (its subject
     names the run with a final outcome; the request's and the claim's do not)."""
 
+    interval = 0.1
+
     def __init__(self, remote: Path, run_id: str, started: float) -> None:
-        self.remote, self.run_id, self.started = remote, run_id, started
-        self.seconds: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="verdict-watch", daemon=True)
+        super().__init__()
+        self.remote, self.started = remote, started
+        self.verdict = re.compile(rf" (?:pass|fail|error|rejected|aborted) \(run {re.escape(run_id)}\)")
 
-    def _loop(self) -> None:
-        verdict = re.compile(rf" (?:pass|fail|error|rejected|aborted) \(run {re.escape(self.run_id)}\)")
-        while self.seconds is None and not self._stop.is_set():
-            subjects = subprocess.run(["git", "--git-dir", str(self.remote), "log", "-5", "--format=%s"],
-                                      capture_output=True, text=True, check=False).stdout.splitlines()
-            if any(verdict.search(s) for s in subjects):
-                self.seconds = time.monotonic() - self.started
-                return
-            self._stop.wait(0.1)
-
-    def start(self) -> VerdictWatch:
-        self._thread.start()
-        return self
-
-    def stop(self) -> float | None:
-        self._stop.set()
-        self._thread.join()
-        return self.seconds
+    def look(self) -> float | None:
+        subjects = subprocess.run(["git", "--git-dir", str(self.remote), "log", "-5", "--format=%s"],
+                                  capture_output=True, text=True, check=False).stdout.splitlines()
+        return time.monotonic() - self.started if any(self.verdict.search(s) for s in subjects) else None
 
 
 @dataclass(frozen=True)
