@@ -43,8 +43,7 @@ def run_upgrade(ctx: Context, run: Run) -> None:
     result.app = app
     result.gating = False
     work = deployment.workdir(ctx, request.run_id)
-    realms: list[keycloak.RealmGrant] = []
-    run.housekeeping.then(teardown, ctx, result, app, realms, work)
+    run.housekeeping.then(deployment.remove_workdir, work)
     count = ctx.settings.upgrade_from_tags(request.recipe)
     with phase(ctx, result, "fetch"):
         commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "head")
@@ -53,6 +52,8 @@ def run_upgrade(ctx: Context, run: Run) -> None:
         raise BadInput(f"recipe {request.recipe!r} has no release tag (X.Y.Z+<upstream>) in the history "
                        f"of {commit[:12]} other than the commit itself, so there is no version to "
                        "upgrade from")
+    realms: list[keycloak.RealmGrant] = []
+    run.housekeeping.then(teardown, ctx, result, app, realms, work)  # before anything is deployed
     head = Deployment(recipe=recipe, app=app, mode="cold", run=request.run_id, commit=commit,
                       domain=ctx.settings.domain(app), host_port=probe.free_port(),
                       checkout=work / "head", owner=ctx.state.owner_id)
