@@ -448,7 +448,8 @@ SETTINGS: dict[str, Any] = {
                 "max_parallel_cold": {
                     "type": "integer", "minimum": 1, "maximum": 64,
                     "default": 2,
-                    "description": "How many cold runs one controller runs at once.",
+                    "description": "How many cold runs one controller runs at once (an upgrade run counts as one: "
+                                   "it deploys its throw-away apps one at a time).",
                     "examples": [4],
                 },
                 "disk_min_free_gb": {
