@@ -3,6 +3,10 @@ recipe's latest release tags, each from the data that tag initialised."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ from controller.runtime import stack
 from controller.util import names
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
-from tests.helpers import STATIC_OPTIONS, RemoteRegistry, recipe_entry
+from tests.helpers import STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -60,3 +64,30 @@ def test_head_that_upgrades_from_the_last_tag_but_not_the_one_before_is_reported
     app = names.cold_app("schema-chain", run_id)
     assert helpers.objects_of_app(app) == []
     assert not [a for a, facts in stack.labelled_apps().items() if facts["run"] == run_id]
+
+
+def test_a_killed_upgrade_run_is_aborted_and_its_throwaway_app_removed_at_the_next_start(
+        git_remote: RemoteRegistry, chain: RecipeRepo, docker_host: str, state_dir: Path) -> None:
+    head = chain.branch_commit("pr-schema-4", 4)
+    git_remote.set_recipes(recipe_entry("schema-chain", chain.path, **STATIC_OPTIONS))
+    clone = git_remote.clone("controller")
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe",
+                          "schema-chain", "--ref", head, "--mode", "upgrade", "--by", "alice",
+                          check=True).stdout.strip()
+    app = names.cold_app("schema-chain", run_id)
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
+                             "--registry", str(clone), run_id],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
+    try:
+        wait_for(lambda: any(o.startswith("service") for o in helpers.objects_of_app(app)), 60,
+                 "the first row's services to exist")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert helpers.objects_of_app(app), "the killed run should have left its row's app behind"
+    serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
+    assert serve.returncode == 0, serve.stderr
+    assert helpers.objects_of_app(app) == []
+    helpers.git(clone, "pull", "-q")
+    result = helpers.results_in(clone)[run_id]
+    assert (result["mode"], result["outcome"]) == ("upgrade", "aborted"), result
