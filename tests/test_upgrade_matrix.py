@@ -3,6 +3,7 @@ recipe's latest release tags, each from the data that tag initialised."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,6 +65,15 @@ def test_head_that_upgrades_from_the_last_tag_but_not_the_one_before_is_reported
     app = names.cold_app("schema-chain", run_id)
     assert helpers.objects_of_app(app) == []
     assert not [a for a, facts in stack.labelled_apps().items() if facts["run"] == run_id]
+
+    status = json.loads(helpers.ccci("--state-dir", str(state_dir), "status", "--registry", str(clone), "--json",
+                                     check=True).stdout)
+    row, = status["recipes"]
+    assert (row["last_upgrade"]["run"], row["last_upgrade"]["outcome"]) == (run_id, "fail")
+    assert row["last_cold"] is None and row["known_good"] == chain.versions[3]
+    table = helpers.ccci("--state-dir", str(state_dir), "status", "--registry", str(clone), check=True,
+                         env={"COLUMNS": "200"}).stdout
+    assert "last upgrade" in table and f"fail @{head[:7]}" in table
 
 
 def test_a_killed_upgrade_run_is_aborted_and_its_throwaway_app_removed_at_the_next_start(
