@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.flows import modes, runs
+from controller.flows import modes, runs, upgrade
 from controller.flows.context import open_context
 from controller.flows.forge.reporter import context_of, verdict_comment
 from controller.flows.requests import trigger_mode
@@ -133,3 +133,23 @@ def test_a_recipe_without_release_tags_is_rejected_in_one_sentence_and_nothing_d
     assert [p["name"] for p in result["phases"]] == ["fetch"]
     assert "matrix" not in result
     assert helpers.log_subjects(clone)[0].startswith(f"[reject] static@{repo.versions[2][:7]} rejected")
+
+
+def test_the_run_passes_only_if_every_row_passes_and_a_head_failure_outranks_a_broken_release() -> None:
+    tags = [ReleaseTag(f"1.{n}.0+1", commit(n)) for n in (3, 2, 1)]
+
+    def verdict(*rows: tuple[str, str | None]) -> tuple[str, str | None, str | None]:
+        result = RunResult(run="r", recipe="a", ref=HEAD, mode="upgrade", requested_mode="upgrade",
+                           outcome="running", started_at="x")
+        result.matrix = [{"from": tag.name, "verdict": v, "cause": c, "error": f"{v} {c}"}
+                         for tag, (v, c) in zip(tags, rows, strict=False)]
+        upgrade._verdict(result, tags)
+        return result.outcome, result.cause, result.error
+
+    assert verdict(("pass", None), ("pass", None), ("pass", None)) == ("pass", None, None)
+    assert verdict(("pass", None), ("error", "from-version-broken"), ("fail", "recipe")) == (
+        "fail", "recipe", "the upgrade from 1.1.0+1: fail recipe")
+    assert verdict(("error", "from-version-broken"), ("pass", None), ("pass", None)) == (
+        "error", "from-version-broken", "the upgrade from 1.3.0+1: error from-version-broken")
+    outcome, cause, error = verdict(("pass", None))  # a teardown failed: the later rows never ran
+    assert (outcome, cause) == ("error", "infra") and error == "2 of 3 rows did not run (a teardown failed)"
