@@ -1,7 +1,8 @@
 """Build the fixture recipes (testbed/recipes/<name>/<n>/) into real git repositories.
 
-Each numbered directory is one version: commit n on `main`, tagged `<n>.0.0`. Tests and
-the demo use the same builder, so what the demo shows is what the tests prove.
+Each numbered directory is one version: commit n on `main`, tagged `<n>.0.0` (or as the caller
+names its tags, e.g. Co-op Cloud's `1.2.0+5.3.1`). Tests and the demo use the same builder, so
+what the demo shows is what the tests prove.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class RecipeRepo:
     def read(self, commit: str, rel: str) -> str:
         return _git(self.path, "show", f"{commit}:{rel}") + "\n"
 
-    def commit_version(self, version: int, *, message: str | None = None, tag: bool = True) -> str:
-        """Commit version `version`'s tree on main (a merge or a direct push)."""
+    def commit_version(self, version: int, *, message: str | None = None, tag: bool | str = True) -> str:
+        """Commit version `version`'s tree on main (a merge or a direct push), tagged `<n>.0.0`
+        or the tag named by `tag`."""
         if self.versions:
             _git(self.path, "checkout", "-q", "main")
         _replace_tree(self.path, RECIPES / self.name / str(version))
@@ -75,7 +77,7 @@ class RecipeRepo:
         _git(self.path, "commit", "-q", "--allow-empty", "-m", message or f"version {version}")
         sha = _git(self.path, "rev-parse", "HEAD")
         if tag:
-            _git(self.path, "tag", "-f", f"{version}.0.0")
+            _git(self.path, "tag", "-f", tag if isinstance(tag, str) else f"{version}.0.0")
         self.versions[version] = sha
         return sha
 
@@ -103,11 +105,13 @@ def available_versions(name: str) -> list[int]:
     return sorted(int(p.name) for p in (RECIPES / name).iterdir() if p.name.isdigit())
 
 
-def build_recipe(name: str, dest: Path, *, versions: list[int] | None = None) -> RecipeRepo:
-    """A git repository at `dest` with one commit per version on main (default: all)."""
+def build_recipe(name: str, dest: Path, *, versions: list[int] | None = None,
+                 tags: dict[int, str] | None = None) -> RecipeRepo:
+    """A git repository at `dest` with one commit per version on main (default: all), each
+    tagged `<n>.0.0`; with `tags`, only the versions it names, by the names it gives."""
     dest.mkdir(parents=True, exist_ok=True)
     _git(dest, "init", "-q", "--initial-branch=main")
     repo = RecipeRepo(name, dest, {})
     for version in versions or available_versions(name):
-        repo.commit_version(version)
+        repo.commit_version(version, tag=True if tags is None else tags.get(version, False))
     return repo

@@ -383,6 +383,24 @@ def test_a_repository_polled_the_first_time_does_not_replay_its_history(bed: Bed
     assert old["id"] != new["id"]
 
 
+def test_testme_upgrade_files_an_upgrade_request_that_cold_authority_admits_while_authority_upgrade_is_unset(
+        bed: Bed) -> None:
+    ctx, client = bed.context(), ForgeClient(bed.forge.url, bed.forge.token)
+    try:
+        comment = bed.forge.add_comment(REPO, 7, "carol", "!testme --upgrade")
+        event = CommentEvent(REPO, 7, True, "created", comment["id"], "!testme --upgrade", "carol",
+                             comment["created_at"])
+        intake = handle_comment(ctx, client, bed.forge.bot, event)
+    finally:
+        client.close()
+    assert intake.outcome == "filed", intake
+    doc = bed.requests()[str(intake.run_id)]
+    assert (doc["mode"], doc["requested_by"], doc["trigger"]) == ("upgrade", "carol", "!testme --upgrade")
+    assert doc["forge"]["allowed_by"] == "org:coop"  # authority.cold's rule: upgrade is unset
+    request = bed.context().registry.read_request(f"{intake.run_id}.yaml")
+    assert runs.decide(bed.context(), request) == runs.Decision("upgrade")
+
+
 # -- verdicts -----------------------------------------------------------------------------------
 
 def file_by_comment(bed: Bed, login: str, body: str) -> str:

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     registry_arg(parser)
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--ref", required=True, help="40-hex commit of the recipe to test")
-    parser.add_argument("--mode", default="cold", help="cold (default) or quick")
+    parser.add_argument("--mode", default="cold", help="cold (default), quick or upgrade")
     parser.add_argument("--by", required=True, dest="requested_by", help="who asks")
     parser.add_argument("--comment", default=None, help="the PR comment that asked, if any")
     parser.add_argument("--pr", type=int, default=None)

@@ -29,7 +29,7 @@ def execute(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     table = Table(title=f"ccci registry {status['registry']}")
-    for column in ("recipe", "known-good", "snapshot", "last cold", "last quick", "last run"):
+    for column in ("recipe", "known-good", "snapshot", "last cold", "last quick", "last upgrade", "last run"):
         table.add_column(column)
 
     def brief(run: dict[str, str] | None) -> str:
@@ -42,6 +42,7 @@ def execute(args: argparse.Namespace) -> int:
             (row["snapshot_commit"] or "-")[:12],
             brief(row["last_cold"]),
             brief(row["last_quick"]),
+            brief(row["last_upgrade"]),
             f"{row['last_run'] or '-'} {row['last_outcome'] or ''}",
         )
     console.print(table)

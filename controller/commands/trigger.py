@@ -1,4 +1,4 @@
-"""`ccci trigger`: turn a PR comment (`!testme`, `!testme --quick`) into a run request."""
+"""`ccci trigger`: turn a PR comment (`!testme`, `!testme --quick`, `!testme --upgrade`) into a run request."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def execute(args: argparse.Namespace) -> int:
     mode = trigger_mode(args.comment)  # BadInput (exit 2) for a look-alike: the commenter meant one
     if mode is None:
-        print("ignored: not a trigger (a bot passes on every comment; only `!testme` and "
-              "`!testme --quick` file a request)")
+        print("ignored: not a trigger (a bot passes on every comment; only `!testme`, "
+              "`!testme --quick` and `!testme --upgrade` file a request)")
         return 0
     run_id = file_request(args.registry, recipe=args.recipe, ref=args.ref, mode=mode,
                           requested_by=args.requested_by, trigger=args.comment.strip(), pr=args.pr)

@@ -37,7 +37,7 @@ def run_cold(ctx: Context, run: Run) -> None:
     deadline = Deadline(recipe.timeout_s)
     work = deployment.workdir(ctx, request.run_id)
     realms: list[keycloak.RealmGrant] = []
-    run.housekeeping.then(_teardown, ctx, result, app, realms, work)
+    run.housekeeping.then(teardown, ctx, result, app, realms, work)
     with phase(ctx, result, "fetch"):
         commit = deployment.checkout_commit(ctx, recipe, request.ref, work / "recipe")
     dep = Deployment(recipe=recipe, app=app, mode="cold", run=request.run_id, commit=commit,
@@ -64,10 +64,11 @@ def run_cold(ctx: Context, run: Run) -> None:
             result.canonical["reason"] = f"not promoted: {off_line}"
 
 
-def _teardown(ctx: Context, result: RunResult, app: str, realms: list[keycloak.RealmGrant],
-              work: Path) -> None:
-    """Everything of the cold app goes, its realm and work dir too; the first failure is raised
-    once every step was tried (start-up recovery removes what is left)."""
+def teardown(ctx: Context, result: RunResult, app: str, realms: list[keycloak.RealmGrant],
+             work: Path) -> None:
+    """Everything of a throw-away app goes (a cold run's, an upgrade run's), its realm and work
+    dir too; the first failure is raised once every step was tried (start-up recovery removes
+    what is left)."""
     failure: CcciError | None = None
     try:
         deployment.undeploy_app(ctx, result, app, remove_volumes=True)

@@ -105,11 +105,19 @@ def converge_and_assert(
 ) -> bool:
     """Wait for convergence, then the generic and custom asserts. True when all pass;
     a recipe that never converges raises (cause recipe or timeout) after recording why."""
+    state = converge(ctx, result, dep, deadline, suffix=suffix, baseline=baseline)
+    return assert_app(ctx, result, dep, state, deadline, suffix=suffix)
+
+
+def converge(ctx: Context, result: RunResult, dep: Deployment, deadline: Deadline, *,
+             suffix: str = "", baseline: stack.AppState | None = None) -> stack.AppState:
+    """Wait until `dep` converged at its commit; records a failed `converged` assert and raises
+    (cause recipe, timeout or limit) when it does not."""
     label = f" ({suffix})" if suffix else ""
     with phase(ctx, result, f"converge{label}"):
         try:
-            state = stack.wait_converged(dep.app, deadline, stability_s=dep.recipe.stability_s,
-                                         expected_commit=dep.commit, baseline=baseline)
+            return stack.wait_converged(dep.app, deadline, stability_s=dep.recipe.stability_s,
+                                        expected_commit=dep.commit, baseline=baseline)
         except CcciError as exc:
             killed = stack.killed_by_memory_limit(dep.app)
             if killed:
@@ -118,6 +126,12 @@ def converge_and_assert(
                                 f"in ccci.yaml raises it): {exc.message}", cause="limit")
             result.asserts.append(AssertOutcome(f"converged{label}", False, exc.message))
             raise exc from None
+
+
+def assert_app(ctx: Context, result: RunResult, dep: Deployment, state: stack.AppState,
+               deadline: Deadline, *, suffix: str = "") -> bool:
+    """The generic and custom asserts of a converged app, into the result; True when all pass."""
+    label = f" ({suffix})" if suffix else ""
     with phase(ctx, result, f"asserts{label}"):
         outcomes = generic_asserts(dep, state, deadline, label)
         outcomes.append(custom_assert(dep, label))

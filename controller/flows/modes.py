@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.flows import cold, quick, rewarm
+from controller.flows import cold, quick, rewarm, upgrade
 from controller.flows.context import Context, Run
 from controller.flows.fleet.placement import Placement, quick_placement
 from controller.registry.documents import Request
@@ -65,6 +65,10 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          fallback=Fallback("cold", "no-canonical", "quick.no_canonical",
                            lambda settings: settings.quick.no_canonical, "fallback-cold"),
          placement=quick_placement),
+    # Never promotes, never touches a warm app: throw-away apps like cold's, one per row in turn.
+    Mode("upgrade", "upgrade", authority="upgrade", gates=False, runner=upgrade.run_upgrade,
+         proves="the upgrade to this commit from each of the recipe's latest releases works on the "
+                "data that release initialised (informational, never gates)"),
     Mode("rewarm", "rewarm", authority=None, gates=False, runner=rewarm.run_rewarm,
          proves="the known-good redeploys on its warm data and a new snapshot was taken"),
     # The sweep files cold requests as `requested_by: sweep`; authority.cold must allow it.
@@ -85,7 +89,7 @@ def mode(name: str | None, *, where: str = "mode") -> Mode:
 
 
 def requestable(name: str, *, where: str) -> Mode:
-    """A mode a request may ask for (cold, quick), or BadInput."""
+    """A mode a request may ask for (cold, quick, upgrade), or BadInput."""
     if name not in REQUESTABLE:
         raise BadInput(f"{where}: {name!r} is not one of {', '.join(REQUESTABLE)}")
     return MODES[name]

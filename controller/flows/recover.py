@@ -19,6 +19,7 @@ from controller.util.log import run_context
 log = logging.getLogger(__name__)
 
 WARM_MODES = ("quick", "rewarm")  # modes whose app is the recipe's warm app
+THROWAWAY_MODES = ("cold", "upgrade")  # modes whose app is the run's own, removed with its volumes
 
 
 def abort_orphaned_runs(ctx: Context) -> list[str]:
@@ -51,11 +52,11 @@ def abort_orphaned_runs(ctx: Context) -> list[str]:
 def _finish_housekeeping(ctx: Context, run_id: str, existing: dict[str, Any]) -> None:
     """The run died after its verdict was committed, in its housekeeping: do what is left and
     record it, the verdict unchanged. A warm app was undeployed above; its volumes stay marked
-    dirty, so the next warm run restores the last-known-good before it deploys. A cold app goes
-    with its volumes; its realm goes with the reaper."""
+    dirty, so the next warm run restores the last-known-good before it deploys. A throw-away app
+    (cold, upgrade) goes with its volumes; its realm goes with the reaper."""
     app = existing.get("app")
     housekeeping: dict[str, Any] = {"status": "recovered", "by": ctx.controller_id}
-    if existing.get("mode") == "cold" and isinstance(app, str):
+    if existing.get("mode") in THROWAWAY_MODES and isinstance(app, str):
         try:
             cleanup.remove_cold_app(app)
         except CcciError as exc:

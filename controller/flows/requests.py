@@ -12,16 +12,17 @@ from controller.util.names import check_recipe_name
 from controller.util.timeutil import new_run_id
 from controller.util.yamlio import dump_document
 
-TRIGGERS = {"!testme": "cold", "!testme --quick": "quick"}
+TRIGGERS = {"!testme": "cold", "!testme --quick": "quick", "!testme --upgrade": "upgrade"}
 TRIGGER_WORD = "!testme"
-HOW_TO_TRIGGER = "write exactly `!testme` (cold) or `!testme --quick` (quick)"
+HOW_TO_TRIGGER = "write exactly `!testme` (cold), `!testme --quick` (quick) or `!testme --upgrade` (upgrade)"
 
 
 def trigger_mode(comment: str) -> str | None:
-    """The mode a comment asks for: exactly `!testme` → cold, `!testme --quick` → quick
-    (surrounding blank space aside); None for a comment that is no trigger at all. One that
-    looks like a trigger but is not exactly one (`!testme please`, a full-width look-alike, one
-    with invisible characters) is BadInput, so the commenter hears why nothing ran."""
+    """The mode a comment asks for: exactly `!testme` → cold, `!testme --quick` → quick,
+    `!testme --upgrade` → upgrade (surrounding blank space aside); None for a comment that is no
+    trigger at all. One that looks like a trigger but is not exactly one (`!testme please`, a
+    full-width look-alike, one with invisible characters) is BadInput, so the commenter hears
+    why nothing ran."""
     text = comment.strip()
     mode = TRIGGERS.get(text)
     if mode is not None:

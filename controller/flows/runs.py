@@ -182,7 +182,7 @@ def new_result(ctx: Context, request: Request, decision: Decision) -> RunResult:
         controller=ctx.controller_id,
         **what_was_asked(request),
         host=ctx.host,
-        deadline=placement.deadline(ctx.settings, request.recipe, started),
+        deadline=placement.deadline(ctx.settings, request.recipe, started, decision.mode),
         follow_up_of=request.follow_up_of,
     )
 

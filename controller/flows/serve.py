@@ -322,7 +322,8 @@ class Server:
                 if warm in self.warm_busy or f"rewarm:{warm}" in self.active:
                     return False
                 self.warm_busy.add(warm)
-        slot = self.cold_slots if decision.mode == "cold" else None
+        # An upgrade run deploys throw-away apps as a cold run does: it takes a cold slot.
+        slot = self.cold_slots if decision.mode in recover.THROWAWAY_MODES else None
         if slot is not None and not slot.acquire(blocking=False):
             return False
         try:

@@ -93,7 +93,7 @@ def collect_status(registry_path: Path, state_dir: str | Path | None, *, recipe:
             "last_mode": last.get("mode") if last else None,
             "last_outcome": last.get("outcome") if last else None,
             "last_finished_at": last.get("finished_at") if last else None,
-            **{f"last_{mode}": _brief(entry.get(f"last_{mode}")) for mode in ("cold", "quick", "rewarm")},
+            **{f"last_{mode}": _brief(entry.get(f"last_{mode}")) for mode in ("cold", "quick", "upgrade", "rewarm")},
         })
     daemons = []
     for path in sorted(state.serve.glob("*.json")) if state.serve.is_dir() else []:

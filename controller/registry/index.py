@@ -28,11 +28,11 @@ from controller.util.yamlio import load_untrusted
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # bump when what an entry holds changes: older indexes are rebuilt
+FORMAT = 4  # bump when what an entry holds changes: older indexes are rebuilt
 RECENT = 20  # runs kept per recipe for `ccci status --recipe`
 FIELDS = ("run", "recipe", "ref", "mode", "requested_mode", "outcome", "cause", "requested_by", "pr",
           "started_at", "finished_at", "host", "controller", "deadline")
-MODES = ("cold", "quick", "rewarm")
+MODES = ("cold", "quick", "upgrade", "rewarm")
 _TOP_LEVEL = re.compile(r"^([a-z_]+): ?(.*)$")
 # A quoted scalar with nothing inside that quoting would change ('', escapes, comments).
 _PLAIN_QUOTED = re.compile(r"""^'[^'#]*'$|^"[^"\\#]*"$""")

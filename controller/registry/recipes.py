@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 import subprocess
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller.registry.git import git, git_plain
@@ -140,3 +142,48 @@ def head_of_line(state: StateDir, recipe: RecipeSettings) -> str | None:
 
 def tags_at(state: StateDir, recipe: RecipeSettings, commit: str) -> list[str]:
     return git(_mirror(state, recipe), "tag", "--points-at", commit).split()
+
+
+# Co-op Cloud's release tags: the recipe's own semver, then `+` and the upstream version it
+# packages (`1.2.0+5.3.1`). A bare `X.Y.Z` counts too; pre-releases (`1.2.0-rc1+5.3.1`) and
+# anything else (`v1`, `nightly`) are not releases.
+RELEASE_TAG = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(\+[0-9A-Za-z._-]+)?$")
+
+
+@dataclass(frozen=True)
+class ReleaseTag:
+    name: str
+    commit: str
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        match = RELEASE_TAG.match(self.name)
+        assert match is not None, self.name
+        return int(match.group(1)), int(match.group(2)), int(match.group(3))
+
+
+def newest_releases(tags: list[tuple[str, str]], head: str, count: int) -> list[ReleaseTag]:
+    """Of (tag, commit) pairs, the `count` newest release tags by their X.Y.Z, newest first:
+    not the head's own commit (no upgrade to test), one tag per commit (the newest)."""
+    releases = [ReleaseTag(name, commit) for name, commit in tags
+                if RELEASE_TAG.match(name) and commit != head]
+    releases.sort(key=lambda tag: (tag.version, tag.name), reverse=True)
+    chosen: list[ReleaseTag] = []
+    seen: set[str] = set()
+    for tag in releases:
+        if tag.commit not in seen:
+            seen.add(tag.commit)
+            chosen.append(tag)
+    return chosen[:count]
+
+
+def releases_before(state: StateDir, recipe: RecipeSettings, head: str, count: int) -> list[ReleaseTag]:
+    """The `count` newest release tags in the history of `head` (a tag the head does not descend
+    from would make the upgrade a downgrade or a side-step), newest first."""
+    listing = git(_mirror(state, recipe), "for-each-ref", "--merged", head,
+                  "--format=%(refname:strip=2) %(*objectname) %(objectname)", "refs/tags")
+    pairs = []
+    for line in listing.splitlines():
+        name, *objects = line.split()
+        pairs.append((name, objects[0]))  # the peeled commit of an annotated tag comes first
+    return newest_releases(pairs, head, count)

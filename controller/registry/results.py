@@ -25,7 +25,7 @@ class RunResult:
     run: str
     recipe: str | None
     ref: str | None
-    mode: str | None  # what actually ran: cold | quick | rewarm; None when nothing ran
+    mode: str | None  # what actually ran: cold | quick | upgrade | rewarm; None when nothing ran
     requested_mode: str | None
     outcome: str
     started_at: str
@@ -52,6 +52,8 @@ class RunResult:
     sso: dict[str, Any] | None = None
     lock: dict[str, Any] | None = None  # warm runs: when the app lock was taken and given back
     upgrade: dict[str, Any] | None = None  # quick runs: the commits upgraded from and to
+    # Upgrade runs: a row per release tag upgraded from (from, from_commit, verdict, cause, …).
+    matrix: list[dict[str, Any]] | None = None
     policy: dict[str, Any] | None = None  # what the stack asks of the host: asks, added, granted
     # What the request asked beyond the fields above (the verdict consumes the request file).
     trigger: str | None = None
@@ -98,6 +100,8 @@ class RunResult:
             doc["lock"] = dict(self.lock)
         if self.upgrade is not None:
             doc["upgrade"] = dict(self.upgrade)
+        if self.matrix is not None:
+            doc["matrix"] = [dict(row) for row in self.matrix]
         if self.policy is not None:
             doc["policy"] = dict(self.policy)
         if self.trigger is not None:

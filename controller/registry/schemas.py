@@ -19,8 +19,8 @@ RUN_ID = r"^\d{8}T\d{6}-[a-z0-9][a-z0-9-]{0,62}-[0-9a-f]{6}$"
 
 # The modes of the registry format: what a request may ask for, and what a result
 # may say ran. The controller's mode table (flows/modes.py) must agree; a test holds them equal.
-REQUEST_MODES = ("cold", "quick")
-RESULT_MODES = ("cold", "quick", "rewarm")
+REQUEST_MODES = ("cold", "quick", "upgrade")
+RESULT_MODES = ("cold", "quick", "upgrade", "rewarm")
 
 REQUEST: dict[str, Any] = {
     "type": "object",

@@ -34,11 +34,14 @@ class AuthoritySettings:
 
     cold: tuple[str, ...]
     quick: tuple[str, ...]
+    upgrade: tuple[str, ...] | None = None  # None (unset): whoever `cold` admits
 
     def rules(self, key: str) -> tuple[str, ...]:
-        """The list of authority `key` (cold, quick); an unknown key: nobody."""
-        lists: dict[str, tuple[str, ...]] = {f.name: getattr(self, f.name) for f in fields(self)}
-        return lists.get(key, ())
+        """The list of authority `key` (cold, quick, upgrade); an unknown key: nobody."""
+        if key == "upgrade" and self.upgrade is None:
+            return self.cold
+        lists: dict[str, tuple[str, ...] | None] = {f.name: getattr(self, f.name) for f in fields(self)}
+        return lists.get(key) or ()
 
     def allows(self, key: str, user: str) -> bool:
         """Whether `user` is named (or '*' is) in authority `key`. Forge rules (`org:`, `team:`,
@@ -53,6 +56,13 @@ class QuickSettings:
 
     no_canonical: str  # fallback-cold | reject
     host_wait_s: float  # how long a quick request waits for a host holding its snapshot
+
+
+@dataclass(frozen=True)
+class UpgradeSettings:
+    """`upgrade`: upgrade runs from the recipe's release tags."""
+
+    from_tags: int  # how many of the latest release tags, unless the recipe says
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ class RecipeSettings:
     limits: ServiceLimits  # limits.service_*, with this recipe's overrides
     follow_up_cold: bool = False  # a failed quick run files a cold run of the same commit
     hot: bool = False  # keep the warm canonical running at its known-good between quick runs
+    upgrade_from: int | None = None  # release tags an upgrade run starts from; None: upgrade.from_tags
 
     @property
     def keeps_hot(self) -> bool:
@@ -201,6 +212,7 @@ class Settings:
     recipes: dict[str, RecipeSettings]
     authority: AuthoritySettings
     quick: QuickSettings
+    upgrade: UpgradeSettings
     sweep: SweepSettings
     warm: WarmSettings
     limits: LimitsSettings
@@ -212,6 +224,11 @@ class Settings:
             return self.recipes[name]
         except KeyError:
             raise BadInput(f"{SETTINGS_FILE}: at 'recipes': no recipe named {name!r}") from None
+
+    def upgrade_from_tags(self, name: str) -> int:
+        """How many release tags an upgrade run of recipe `name` starts from."""
+        own = self.recipe(name).upgrade_from
+        return own if own is not None else self.upgrade.from_tags
 
     def domain(self, app: str) -> str:
         return f"{app}.{self.base_domain}"
@@ -240,6 +257,7 @@ def _recipe(name: str, raw: dict[str, Any], limits: LimitsSettings) -> RecipeSet
                              pids=int(own.get("pids", limits.service_pids))),
         follow_up_cold=bool(raw["follow_up_cold"]),
         hot=bool(raw["hot"]),
+        upgrade_from=raw.get("upgrade_from"),
     )
 
 
@@ -270,7 +288,10 @@ def settings_from_document(doc: dict[str, Any]) -> Settings:
         base_domain=full["base_domain"],
         identity=_identity(identity),
         recipes={name: _recipe(name, raw, limit_settings) for name, raw in full["recipes"].items()},
-        authority=AuthoritySettings(cold=tuple(authority["cold"]), quick=tuple(authority["quick"])),
+        authority=AuthoritySettings(cold=tuple(authority["cold"]), quick=tuple(authority["quick"]),
+                                    upgrade=tuple(authority["upgrade"]) if authority.get("upgrade") is not None
+                                    else None),
+        upgrade=UpgradeSettings(from_tags=int(full["upgrade"]["from_tags"])),
         quick=QuickSettings(no_canonical=full["quick"]["no_canonical"],
                             host_wait_s=float(full["quick"]["host_wait_s"])),
         sweep=SweepSettings(at=sweep["at"], timezone=sweep["timezone"], max_tests=sweep["max_tests"],

@@ -140,6 +140,12 @@ RECIPE: dict[str, Any] = {
                            "recipe with `sso` (its runs each get their own realm).",
             "examples": [True],
         },
+        "upgrade_from": {
+            "type": "integer", "minimum": 1, "maximum": 20,
+            "description": "How many of this recipe's latest release tags an upgrade run "
+                           "(`!testme --upgrade`) tests the PR head against, over `upgrade.from_tags`.",
+            "examples": [4],
+        },
         "forge_repo": {
             "type": "string", "pattern": FORGE_REPO,
             "description": "The recipe's repository on the forge (`owner/name`): `!testme` comments on "
@@ -263,6 +269,15 @@ SETTINGS: dict[str, Any] = {
                                    "rolled back after). Empty: nobody.",
                     "examples": [["alice"]],
                 },
+                "upgrade": {
+                    "type": "array", "items": {"type": "string"},
+                    "description": "Who may request an upgrade run (the PR head deployed as an "
+                                   "upgrade from each of the recipe's latest release tags, on "
+                                   "throw-away apps; it never promotes). Unset: whoever `cold` "
+                                   "admits, since it costs the host what a few cold runs do and "
+                                   "touches nothing warm. Empty: nobody.",
+                    "examples": [["team:coop-cloud/maintainers"], []],
+                },
             },
         },
         "quick": {
@@ -288,6 +303,24 @@ SETTINGS: dict[str, Any] = {
                                    "time), for a host that holds the recipe's current snapshot to "
                                    "claim it; after that `no_canonical` decides, on any host.",
                     "examples": [3600.0],
+                },
+            },
+        },
+        "upgrade": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "Upgrade runs: the PR head deployed as an upgrade from each of the "
+                           "recipe's latest release tags (`X.Y.Z+<upstream>`), each on a throw-away "
+                           "app initialised by that tag.",
+            "examples": [{"from_tags": 3}],
+            "properties": {
+                "from_tags": {
+                    "type": "integer", "minimum": 1, "maximum": 20,
+                    "default": 2,
+                    "description": "How many release tags (the newest by version, from the PR head's "
+                                   "history) an upgrade run starts from, one row each; "
+                                   "`recipes.<name>.upgrade_from` overrides it per recipe.",
+                    "examples": [3],
                 },
             },
         },
@@ -415,7 +448,8 @@ SETTINGS: dict[str, Any] = {
                 "max_parallel_cold": {
                     "type": "integer", "minimum": 1, "maximum": 64,
                     "default": 2,
-                    "description": "How many cold runs one controller runs at once.",
+                    "description": "How many cold runs one controller runs at once (an upgrade run counts as one: "
+                                   "it deploys its throw-away apps one at a time).",
                     "examples": [4],
                 },
                 "disk_min_free_gb": {

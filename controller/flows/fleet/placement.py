@@ -69,9 +69,12 @@ def keeps_warm(settings: Settings, recipe: str, host: str, promoted_on: str | No
     return promoted_on == host
 
 
-def deadline(settings: Settings, recipe: str | None, started_at: str) -> str:
-    """A claim's deadline: its start + the recipe's timeout_s + serve.deadline_grace_s."""
+def deadline(settings: Settings, recipe: str | None, started_at: str, mode: str | None = None) -> str:
+    """A claim's deadline: its start + the recipe's timeout_s + serve.deadline_grace_s; an upgrade
+    run has timeout_s for each of its rows."""
     timeout = settings.recipes[recipe].timeout_s if recipe in settings.recipes else 0
+    if mode == "upgrade" and recipe in settings.recipes:
+        timeout *= settings.upgrade_from_tags(recipe)
     return iso(parse_iso(started_at) + dt.timedelta(seconds=timeout + settings.serve.deadline_grace_s))
 
 

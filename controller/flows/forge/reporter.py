@@ -78,6 +78,10 @@ def verdict_comment(forge: ForgeSettings, result: RunResult) -> str:
         lines.append(f"Nothing ran: {result.error}")
     elif result.error:
         lines.append(f"Why: {result.error}")
+    if result.matrix:
+        lines += ["", "| from | verdict | why |", "|---|---|---|"]
+        lines += [f"| `{row['from']}` | {row['verdict']} | {' '.join(str(row.get('error') or '').split())[:200]} |"
+                  for row in result.matrix]
     failed = [a for a in result.asserts if not a.ok]
     if failed:
         lines += ["", "Failed asserts:"] + [f"- `{a.name}`: {' '.join(a.detail.split())[:300]}" for a in failed]
