@@ -184,6 +184,22 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def run_until_deployed(state_dir: Path, clone: Path, run_id: str, app: str) -> subprocess.Popen[bytes]:
+    """`ccci run` of `run_id` in the background, returned once `app` has a service (a crash
+    test then kills or stops it there); killed if that never comes."""
+    proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
+                             "--registry", str(clone), run_id],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
+    try:
+        wait_for(lambda: any(o.startswith("service") for o in objects_of_app(app)), 60,
+                 f"the services of {app} to exist")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
 def objects_of_app(app: str) -> list[str]:
     """Every Docker object that belongs to `app` by label: services, containers, networks,
     configs, secrets, volumes (what the sacred teardown must leave at zero)."""

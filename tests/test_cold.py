@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from controller.util import names
 from controller.util.yamlio import load_untrusted
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
-from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
+from tests.helpers import NOTES_OPTIONS, STATIC_OPTIONS, RemoteRegistry, recipe_entry
 
 pytestmark = pytest.mark.docker
 
@@ -105,15 +103,9 @@ def test_sigkilled_cold_run_is_removed_by_next_serve_start(
                           "--recipe", "notes", "--ref", recipes["notes"].versions[1], "--by", "alice",
                           check=True).stdout.strip()
     app = names.cold_app("notes", run_id)
-    proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
-                             "--registry", str(controller_clone), run_id],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
-    try:
-        wait_for(lambda: any(o.startswith("service") for o in helpers.objects_of_app(app)), 60,
-                 "the run's services to exist")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = helpers.run_until_deployed(state_dir, controller_clone, run_id, app)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     assert helpers.objects_of_app(app), "the killed run should have left objects behind"
     serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(controller_clone), "--once")
     assert serve.returncode == 0, serve.stderr
@@ -158,11 +150,7 @@ def test_sigterm_to_a_foreground_run_tears_its_app_down(
                           "--recipe", "static", "--ref", recipes["static"].versions[1], "--by", "alice",
                           check=True).stdout.strip()
     app = names.cold_app("static", run_id)
-    proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
-                             "--registry", str(controller_clone), run_id],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
-    wait_for(lambda: any(o.startswith("service") for o in helpers.objects_of_app(app)), 60,
-             "the run's services to exist")
+    proc = helpers.run_until_deployed(state_dir, controller_clone, run_id, app)
     proc.terminate()
     assert proc.wait(timeout=120) == 130
     assert helpers.objects_of_app(app) == []

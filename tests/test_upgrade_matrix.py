@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from controller.runtime import stack
 from controller.util import names
 from testbed.fixtures import RecipeRepo, build_recipe
 from tests import helpers
-from tests.helpers import STATIC_OPTIONS, RemoteRegistry, recipe_entry, wait_for
+from tests.helpers import STATIC_OPTIONS, RemoteRegistry, recipe_entry
 
 pytestmark = pytest.mark.docker
 
@@ -85,15 +83,9 @@ def test_a_killed_upgrade_run_is_aborted_and_its_throwaway_app_removed_at_the_ne
                           "schema-chain", "--ref", head, "--mode", "upgrade", "--by", "alice",
                           check=True).stdout.strip()
     app = names.cold_app("schema-chain", run_id)
-    proc = subprocess.Popen([sys.executable, "-m", "controller", "--state-dir", str(state_dir), "run",
-                             "--registry", str(clone), run_id],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=helpers.REPO_ROOT)
-    try:
-        wait_for(lambda: any(o.startswith("service") for o in helpers.objects_of_app(app)), 60,
-                 "the first row's services to exist")
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = helpers.run_until_deployed(state_dir, clone, run_id, app)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
     assert helpers.objects_of_app(app), "the killed run should have left its row's app behind"
     serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
     assert serve.returncode == 0, serve.stderr

@@ -109,6 +109,20 @@ def converge_and_assert(
     return assert_app(ctx, result, dep, state, deadline, suffix=suffix)
 
 
+def upgrade_and_judge(ctx: Context, result: RunResult, head: Deployment, deadline: Deadline, *,
+                      before: stack.AppState, name: str = "upgrade", suffix: str = "") -> None:
+    """Upgrade the running app to `head` and judge it: the outcome is pass when it converges
+    and every assert passes, fail (cause recipe) with the failed asserts named otherwise; a
+    convergence that never comes raises as `converge` does."""
+    deploy_app(ctx, result, head, name=name)
+    passed = converge_and_assert(ctx, result, head, deadline, suffix=suffix, baseline=before)
+    result.outcome = "pass" if passed else "fail"
+    if not passed:
+        result.cause = "recipe"
+        result.error = "asserts failed after the upgrade: " + ", ".join(
+            a.name for a in result.asserts if not a.ok)
+
+
 def converge(ctx: Context, result: RunResult, dep: Deployment, deadline: Deadline, *,
              suffix: str = "", baseline: stack.AppState | None = None) -> stack.AppState:
     """Wait until `dep` converged at its commit; records a failed `converged` assert and raises

@@ -107,13 +107,7 @@ def _quick_locked(ctx: Context, run: Run, timeout_s: int) -> None:
             with phase(ctx, result, "converge (reattach)"):
                 before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
                                               expected_commit=base_commit)
-        deployment.deploy_app(ctx, result, head, name="upgrade")
-        passed = deployment.converge_and_assert(ctx, result, head, deadline, baseline=before)
-        result.outcome = "pass" if passed else "fail"
-        if not passed:
-            result.cause = "recipe"
-            result.error = "asserts failed after the upgrade: " + ", ".join(
-                a.name for a in result.asserts if not a.ok)
+        deployment.upgrade_and_judge(ctx, result, head, deadline, before=before)
     except CcciError as exc:
         result.outcome = "fail" if exc.cause in ("recipe", "timeout", "limit") else "error"
         result.cause = exc.cause or "infra"

@@ -99,13 +99,8 @@ def _run_row(ctx: Context, result: RunResult, tag: ReleaseTag, base: Deployment,
             raise CcciError("its own asserts failed: " + ", ".join(a.name for a in row.asserts if not a.ok),
                             cause="recipe")
         stage = "upgrade"
-        deployment.deploy_app(ctx, row, head, name="deploy (upgrade)")
-        passed = deployment.converge_and_assert(ctx, row, head, deadline, suffix="upgrade", baseline=before)
-        row.outcome = "pass" if passed else "fail"
-        if not passed:
-            row.cause = "recipe"
-            row.error = "asserts failed after the upgrade: " + ", ".join(
-                a.name for a in row.asserts if not a.ok)
+        deployment.upgrade_and_judge(ctx, row, head, deadline, before=before, name="deploy (upgrade)",
+                                     suffix="upgrade")
     except CcciError as exc:
         if stage == "from" and exc.cause in (*HEAD_FAULTS, None):
             row.outcome, row.cause = "error", FROM_BROKEN
