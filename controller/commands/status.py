@@ -12,6 +12,8 @@ from controller.commands import entry, options
 from controller.commands.options import recipe_name, registry_arg
 from controller.flows.status import collect_status
 
+COLUMNS_NOT_A_TERMINAL = 200
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("status", help="show recipes, known-good and last results")
@@ -28,9 +30,12 @@ def execute(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
     console = Console()
+    if not console.is_terminal:  # piped or captured: whole rows, not rows cut to 80 columns
+        console = Console(width=COLUMNS_NOT_A_TERMINAL)
     table = Table(title=f"ccci registry {status['registry']}")
     for column in ("recipe", "known-good", "snapshot", "last cold", "last quick", "last upgrade", "last run"):
-        table.add_column(column)
+        commit = column in ("known-good", "snapshot")  # a commit is searched for whole
+        table.add_column(column, no_wrap=commit, min_width=12 if commit else None)
 
     def brief(run: dict[str, str] | None) -> str:
         return f"{run['outcome']} @{(run['ref'] or '?')[:7]}" if run else "-"
