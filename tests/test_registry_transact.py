@@ -101,3 +101,16 @@ def test_a_push_rejected_every_time_gives_up_after_the_policys_attempts(
     assert raised.value.temporary and calls == 12
     assert "mine" not in remote_subjects(remote)
     assert not (registry.root / MINE).exists(), "the last rejected commit was undone too"
+
+
+def test_human_changes_are_the_ones_outside_the_controllers_folders(registry: Registry) -> None:
+    root = registry.root
+    (root / "ccci.yaml").write_text((root / "ccci.yaml").read_text() + "# edited by a person\n")
+    (root / "notes dir").mkdir()
+    (root / "notes dir" / "todo.txt").write_text("x\n")  # untracked, a space in its name
+    (root / "results" / "2026-12").mkdir(parents=True)
+    (root / "results" / "2026-12" / "stray.yaml").write_text("x\n")  # the controller's folder: not theirs
+    assert sorted(registry.human_changes()) == ['"notes dir/todo.txt"', "ccci.yaml"]
+    git(root, "checkout", "-q", "ccci.yaml")
+    (root / "ccci.yaml").unlink()  # a tracked file gone from the work tree counts too
+    assert "ccci.yaml" in registry.human_changes()

@@ -138,10 +138,15 @@ class Registry:
     def human_changes(self) -> list[str]:
         """Uncommitted changes outside the controller's folders (someone edited ccci.yaml in
         this clone): never the controller's to discard."""
-        # The controller's folders are left out of the look itself: a year of results is 100 000
-        # files to stat, and none of them is a person's.
-        status = self.git("status", "--porcelain", "--untracked-files=all", "--", ".",
-                          *(f":(exclude){d}" for d in REGISTRY_DIRS), strip=False)
+        # Only the top-level entries outside the controller's folders are looked at, named one by
+        # one: an exclude pathspec still walks a year of results (100 000 files) for untracked ones.
+        tracked = self.git("ls-tree", "-z", "--name-only", "HEAD").split("\0")
+        tops = {p.name for p in self.root.iterdir()} | set(tracked)
+        outside = sorted(t for t in tops if t and t != ".git" and t not in REGISTRY_DIRS)
+        if not outside:
+            return []
+        status = self.git("--literal-pathspecs", "status", "--porcelain", "--untracked-files=all", "--",
+                          *outside, strip=False)
         return [line[3:] for line in status.splitlines()
                 if line[3:] and not line[3:].startswith(tuple(f"{d}/" for d in REGISTRY_DIRS))]
 
