@@ -103,6 +103,33 @@ def test_a_push_rejected_every_time_gives_up_after_the_policys_attempts(
     assert not (registry.root / MINE).exists(), "the last rejected commit was undone too"
 
 
+def index_version(clone: Path) -> int:
+    return int.from_bytes((clone / ".git" / "index").read_bytes()[4:8], "big")
+
+
+def test_a_clone_is_set_for_a_long_history_once_and_an_operators_choice_stays(remote: RemoteRegistry) -> None:
+    made_before = Registry(remote.clone("before"))  # as `git clone` (or an older ccci) left it
+    assert index_version(made_before.root) != 4 and not list((made_before.root / ".git").glob("sharedindex.*"))
+
+    def mutate(root: Path) -> list[str]:
+        (root / MINE).write_text("mine\n")
+        return [MINE]
+
+    made_before.transact(mutate, "mine")
+    assert git(made_before.root, "config", "--local", "core.splitIndex") == "true"
+    assert git(made_before.root, "config", "--local", "index.version") == "4"
+    assert index_version(made_before.root) == 4 and list((made_before.root / ".git").glob("sharedindex.*"))
+    assert git(made_before.root, "ls-files", MINE) == MINE and not git(made_before.root, "status", "--porcelain")
+    # An operator who wants no split index keeps it so.
+    theirs = remote.clone("theirs")
+    git(theirs, "config", "core.splitIndex", "false")
+    registry = Registry(theirs)
+    registry.sync()
+    assert git(theirs, "config", "--local", "core.splitIndex") == "false"
+    assert git(theirs, "config", "--local", "index.version") == "4" and index_version(theirs) == 4
+    assert not list((theirs / ".git").glob("sharedindex.*"))
+
+
 def test_human_changes_are_the_ones_outside_the_controllers_folders(registry: Registry) -> None:
     root = registry.root
     (root / "ccci.yaml").write_text((root / "ccci.yaml").read_text() + "# edited by a person\n")
