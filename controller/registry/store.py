@@ -33,10 +33,11 @@ Mutation = Callable[[Path], list[str] | None]
 _DEFAULT_IDENTITY = defaults()["identity"]
 
 # What keeps a clone of a year of results cheap to commit in: every commit, fast-forward and
-# status reads and writes git's index, one entry per tracked file (100 000 after a year). Split,
-# each write is the few changed entries (the shared rest is rewritten now and then); version 4
-# makes the whole a quarter smaller. An operator's own value of either is left alone.
-CLONE_CONFIG = {"core.splitindex": "true", "index.version": "4"}
+# status writes git's index, one entry per tracked file (100 000 after a year). Split, a write
+# is the few changed entries; the shared rest is rewritten now and then. Git splits the index on
+# its next write once this is set, so setting it costs nothing more. An operator's own value
+# stays.
+SPLIT_INDEX = "core.splitindex"
 
 
 @dataclass(frozen=True)
@@ -101,36 +102,25 @@ class Registry:
     # -- syncing with the remote -----------------------------------------------------------
 
     def tune_for_history(self) -> None:
-        """Once per process: set what CLONE_CONFIG lists and the clone's own config lacks, and
-        write the index in that form now (a fresh clone and one made before this ccci alike).
-        Only speed depends on it: a failure is logged, and the clone works as it is."""
+        """Once per process: set SPLIT_INDEX where the clone's own config does not say (a fresh
+        clone and one made before this ccci alike). Only speed depends on it: a failure is
+        logged, and the clone works as it is."""
         if self._tuned:
             return
         self._tuned = True
         try:
-            have = self.git("config", "--local", "--get-regexp", r"^(core\.splitindex|index\.version)$")
+            self.git("config", "--local", "--get", SPLIT_INDEX)
+            return  # set, by us or by the operator
         except ExternalError as exc:
-            if exc.returncode != 1:  # 1: none of them is set
+            if exc.returncode != 1:  # 1: not set
                 log.warning("clone settings not checked: %s", exc.message)
                 return
-            have = ""
-        present = {line.split(" ", 1)[0] for line in have.splitlines()}
-        missing = {key: value for key, value in CLONE_CONFIG.items() if key not in present}
-        if not missing:
-            return
-        rewrite = []
-        if "index.version" in missing:
-            rewrite += ["--index-version", missing["index.version"]]
-        if "core.splitindex" in missing:
-            rewrite.append("--split-index")
         try:
-            for key, value in missing.items():
-                self.git("config", "--local", key, value)
-            self.git("update-index", *rewrite)
+            self.git("config", "--local", SPLIT_INDEX, "true")
         except ExternalError as exc:
-            log.warning("clone settings for a long history not applied: %s", exc.message)
+            log.warning("split index not set for a long history: %s", exc.message)
             return
-        log.info("%s: set %s for a long history", self.root, ", ".join(f"{k}={v}" for k, v in missing.items()))
+        log.info("%s: git's index is split from its next write (a long history)", self.root)
 
     def _upstream(self) -> str | None:
         if not self.remote:
