@@ -3,9 +3,11 @@ cannot be; what it says equals what a full read of every result says."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+from controller.registry import index as index_module
 from controller.registry.index import ResultsIndex, brief_of
 from controller.registry.results import RunResult
 from controller.registry.store import Registry
@@ -14,9 +16,11 @@ from tests import helpers
 from tests.helpers import HEX_A, RemoteRegistry
 
 
-def result(run: str, recipe: str, mode: str, outcome: str, started: str) -> str:
+def result(run: str, recipe: str, mode: str, outcome: str, started: str, *, host: str | None = None,
+           controller: str | None = None) -> str:
     doc = RunResult(run=run, recipe=recipe, ref=HEX_A, mode=mode, requested_mode=mode, outcome=outcome,
-                    started_at=started, finished_at=None if outcome == "running" else started, requested_by="alice")
+                    started_at=started, finished_at=None if outcome == "running" else started, requested_by="alice",
+                    host=host, controller=controller)
     return dump_document(doc.to_document())
 
 
@@ -30,6 +34,23 @@ def commit(clone: Path, files: dict[str, str], message: str = "results") -> None
 
 def rel(run: str) -> str:
     return f"results/{run[:4]}-{run[4:6]}/{run}.yaml"
+
+
+def canonical(recipe: str, known_good: str, run: str) -> str:
+    return dump_document({"recipe": recipe, "known_good": known_good, "promoted_by_run": run,
+                          "promoted_at": "2026-12-01T10:00:00Z"})
+
+
+def saved(path: Path) -> dict[str, object]:
+    """What the index file says (its second line; the first is format, commit and digest)."""
+    body = path.read_bytes().split(b"\n", 1)[1]
+    return dict(json.loads(body))
+
+
+def edit_by_hand(path: Path, doc: dict[str, object]) -> None:
+    """A new body under the old header: what a hand (or a torn tool) leaves."""
+    header = path.read_bytes().split(b"\n", 1)[0]
+    path.write_bytes(header + b"\n" + json.dumps(doc).encode() + b"\n")
 
 
 def test_a_brief_read_by_line_equals_the_full_parse() -> None:
@@ -54,14 +75,14 @@ def test_the_index_follows_new_results_and_rebuilds_after_a_rewrite(git_remote: 
     notes = index.recipes["notes"]
     assert notes["last"]["run"] == b and notes["last_cold"]["run"] == a
     assert notes["last_cold_finished_at"] == "2026-12-01T10:00:00Z"
-    built_at = json.loads(path.read_text())["commit"]
+    built_at = saved(path)["commit"]
     # The verdict of b and a new run c: read from what changed, not from the history.
     commit(clone, {rel(b): result(b, "notes", "quick", "pass", "2026-12-01T11:00:00Z"),
                    rel(c): result(c, "static", "cold", "running", "2026-12-01T12:00:00Z")})
     moved = ResultsIndex(registry, path).refresh()
     assert moved.count == 3 and moved.running == [c]
     assert moved.recipes["notes"]["last_quick"]["outcome"] == "pass"
-    assert json.loads(path.read_text())["commit"] != built_at
+    assert saved(path)["commit"] != built_at
     # A history rewritten under it (the indexed commit is gone): rebuilt, not trusted.
     helpers.git(clone, "reset", "-q", "--hard", "HEAD~1")
     rebuilt = ResultsIndex(registry, path).refresh()
@@ -107,13 +128,69 @@ def test_a_cache_edited_by_hand_is_rebuilt_and_deleting_it_changes_nothing_but_t
     first = status()
     cache = next((state_dir / "cache").glob("results-*.json"))
     # Edited by hand at the same commit (a lie that parses): the digest gives it away.
-    doc = json.loads(cache.read_text())
-    doc["recipes"]["notes"]["last_cold"]["outcome"] = "fail"
+    doc = saved(cache)
+    doc["recipes"]["notes"]["last_cold"]["outcome"] = "fail"  # type: ignore[index]
     doc["running"] = []
-    cache.write_text(json.dumps(doc))
+    edit_by_hand(cache, doc)
     assert status() == first
-    assert json.loads(cache.read_text())["running"] == [runs[2]]
+    assert saved(cache)["running"] == [runs[2]]
     # Gone: built again, the same answer.
     cache.unlink()
     assert status() == first and cache.exists()
     assert first["results"] == 3 and first["running"] == [runs[2]]
+
+
+def test_the_index_keeps_each_canonical_with_its_promoting_host(git_remote: RemoteRegistry,
+                                                                 tmp_path: Path) -> None:
+    clone = git_remote.clone("controller")
+    registry = Registry(clone)
+    path = tmp_path / "cache" / "results.json"
+    a, b = "20261201T100000-notes-00000a", "20261201T110000-notes-00000b"
+    promoting = result(a, "notes", "cold", "pass", "2026-12-01T10:00:00Z", controller="ci07.example.org:4242")
+    commit(clone, {rel(a): promoting, "canonicals/notes.yaml": canonical("notes", HEX_A, a)})
+    built = ResultsIndex(registry, path).refresh()
+    assert built.canonicals == {"notes": {"known_good": HEX_A, "promoted_by_run": a, "host": "ci07"}}
+    # Advanced by a run naming its host: read from what changed.
+    commit(clone, {rel(b): result(b, "notes", "cold", "pass", "2026-12-01T11:00:00Z", host="beta"),
+                   "canonicals/notes.yaml": canonical("notes", "b" * 40, b)})
+    moved = ResultsIndex(registry, path).refresh()
+    assert moved.canonicals["notes"] == {"known_good": "b" * 40, "promoted_by_run": b, "host": "beta"}
+    # A canonical removed by hand leaves the index too; the same answer as a full build.
+    helpers.git(clone, "rm", "-q", "canonicals/notes.yaml")
+    helpers.git(clone, "commit", "-qm", "no canonical")
+    assert ResultsIndex(registry, path).refresh().canonicals == {}
+    path.unlink()
+    assert ResultsIndex(registry, path).refresh().canonicals == {}
+    # A canonical edited by hand in the cache: the digest gives it away.
+    helpers.git(clone, "revert", "--no-edit", "HEAD")
+    truth = ResultsIndex(registry, path).refresh().canonicals
+    doc = saved(path)
+    doc["canonicals"] = {"notes": {"known_good": HEX_A, "promoted_by_run": a, "host": "mallory"}}
+    edit_by_hand(path, doc)
+    assert ResultsIndex(registry, path).refresh().canonicals == truth
+
+
+def test_an_index_of_the_previous_format_is_rebuilt_with_what_the_new_one_adds(
+        git_remote: RemoteRegistry, tmp_path: Path) -> None:
+    clone = git_remote.clone("controller")
+    registry = Registry(clone)
+    path = tmp_path / "cache" / "results.json"
+    a = "20261201T100000-notes-00000a"
+    commit(clone, {rel(a): result(a, "notes", "cold", "pass", "2026-12-01T10:00:00Z", host="alpha"),
+                   "canonicals/notes.yaml": canonical("notes", HEX_A, a)})
+    fresh = ResultsIndex(registry, path).refresh()
+    # What ccci of format 3 left at this very commit: one indented JSON document, its digest
+    # inside, no canonicals — and nothing in it about the running run it claims.
+    old = {k: v for k, v in saved(path).items() if k != "canonicals"}
+    old.update(format=3, running=["20261201T090000-notes-000009"])
+    old["digest"] = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    path.write_text(json.dumps(old, sort_keys=True, indent=1) + "\n")
+    upgraded = ResultsIndex(registry, path).refresh()
+    assert upgraded.canonicals == fresh.canonicals == {
+        "notes": {"known_good": HEX_A, "promoted_by_run": a, "host": "alpha"}}
+    assert upgraded.running == [] and upgraded.count == 1
+    header = json.loads(path.read_bytes().split(b"\n", 1)[0])
+    assert header["format"] == index_module.FORMAT == 4 and header["commit"] == registry.head()
+    # A torn file (the body cut short) is rebuilt too.
+    path.write_bytes(path.read_bytes()[:-40])
+    assert ResultsIndex(registry, path).refresh().canonicals == fresh.canonicals

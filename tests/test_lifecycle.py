@@ -258,8 +258,7 @@ def test_results_are_committed_only_by_the_lifecycle() -> None:
     # Who names a result's path: the lifecycle writes it; the rest read it or link to it.
     assert result_paths == {"controller/flows/runs.py", "controller/registry/store.py",
                             "controller/util/names.py", "controller/flows/audit.py",
-                            "controller/flows/forge/reporter.py", "controller/flows/fleet/keepers.py",
-                            "controller/registry/index.py"}
+                            "controller/flows/forge/reporter.py", "controller/registry/index.py"}
     assert "result_rel(" not in (REPO / "controller/flows/warm_apps.py").read_text()
 
 

@@ -101,3 +101,36 @@ def test_a_push_rejected_every_time_gives_up_after_the_policys_attempts(
     assert raised.value.temporary and calls == 12
     assert "mine" not in remote_subjects(remote)
     assert not (registry.root / MINE).exists(), "the last rejected commit was undone too"
+
+
+def test_a_clone_gets_a_split_index_once_and_an_operators_choice_stays(remote: RemoteRegistry) -> None:
+    made_before = Registry(remote.clone("before"))  # as `git clone` (or an older ccci) left it
+    assert not list((made_before.root / ".git").glob("sharedindex.*"))
+
+    def mutate(root: Path) -> list[str]:
+        (root / MINE).write_text("mine\n")
+        return [MINE]
+
+    made_before.transact(mutate, "mine")
+    assert git(made_before.root, "config", "--local", "core.splitIndex") == "true"
+    assert list((made_before.root / ".git").glob("sharedindex.*")), "the commit's index write split it"
+    assert git(made_before.root, "ls-files", MINE) == MINE and not git(made_before.root, "status", "--porcelain")
+    # An operator who wants no split index keeps it so.
+    theirs = remote.clone("theirs")
+    git(theirs, "config", "core.splitIndex", "false")
+    Registry(theirs).transact(mutate, "mine again")
+    assert git(theirs, "config", "--local", "core.splitIndex") == "false"
+    assert not list((theirs / ".git").glob("sharedindex.*"))
+
+
+def test_human_changes_are_the_ones_outside_the_controllers_folders(registry: Registry) -> None:
+    root = registry.root
+    (root / "ccci.yaml").write_text((root / "ccci.yaml").read_text() + "# edited by a person\n")
+    (root / "notes dir").mkdir()
+    (root / "notes dir" / "todo.txt").write_text("x\n")  # untracked, a space in its name
+    (root / "results" / "2026-12").mkdir(parents=True)
+    (root / "results" / "2026-12" / "stray.yaml").write_text("x\n")  # the controller's folder: not theirs
+    assert sorted(registry.human_changes()) == ['"notes dir/todo.txt"', "ccci.yaml"]
+    git(root, "checkout", "-q", "ccci.yaml")
+    (root / "ccci.yaml").unlink()  # a tracked file gone from the work tree counts too
+    assert "ccci.yaml" in registry.human_changes()

@@ -265,7 +265,7 @@ class Server:
         if self.stopping:
             return
         try:
-            keepers.queue_owed_rewarms(self.ctx)
+            keepers.queue_owed_rewarms(self.ctx, self.results_index)
             abandoned.mark_abandoned(self.ctx, self.results_index)
         except CcciError as exc:
             log.warning("fleet duties skipped this pass: %s", exc.message)

@@ -3,7 +3,9 @@ flight — kept in the state dir, named by the commit it was built from, and bro
 from git's own record of what changed since. Reading it costs what changed, not the history.
 
 It also keeps the requests still waiting for a result, so a `serve` pass finds its work without
-listing every request ever filed.
+listing every request ever filed; and per recipe with a canonical its known-good, the run that
+promoted it and that run's host, so a pass tells which recipes this host keeps warm without
+reading every canonical and promoting result.
 
 The registry stays the truth: the index is rebuilt whenever it is missing, unreadable, not
 matching its digest, or its commit is not in the clone's history; nothing that decides a verdict
@@ -19,11 +21,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from controller.registry.documents import DOC_MAX_BYTES, parse_canonical
 from controller.registry.git import git, is_ancestor
 from controller.registry.store import Registry
 from controller.util import names
 from controller.util.errors import CcciError
-from controller.util.files import atomic_write_json, read_json
+from controller.util.files import write_durably
 from controller.util.yamlio import load_untrusted
 
 log = logging.getLogger(__name__)
@@ -57,25 +60,52 @@ def brief_of(text: str, where: str) -> dict[str, Any]:
     return found
 
 
-def digest_of(doc: dict[str, Any]) -> str:
+def digest_of(body: bytes) -> str:
     """What the index says, hashed: a file edited by hand (or torn by a tool) no longer matches."""
-    body = {k: v for k, v in doc.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(body).hexdigest()
 
 
-def _trusted(cached: Any, path: Path) -> bool:
-    if not isinstance(cached, dict) or cached.get("format") != FORMAT:
-        return False  # missing, torn or from another version of ccci: rebuilt without a word
-    if cached.get("digest") != digest_of(cached) or not isinstance(cached.get("commit"), str):
+def serialise(doc: dict[str, Any]) -> bytes:
+    """The file: a header line (format, commit, digest of the rest), then the index on one line.
+    One serialisation per save, and a read checks the digest over the bytes it parses, without
+    serialising again (a year's index is megabytes of JSON, written after every commit)."""
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    header = {"format": FORMAT, "commit": doc.get("commit"), "digest": digest_of(body)}
+    return json.dumps(header).encode() + b"\n" + body + b"\n"
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """The index saved at `path`, or None when it is missing, torn, of another format or does not
+    match its digest: then it is rebuilt."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    first, _, body = raw.partition(b"\n")
+    try:
+        header = json.loads(first)
+    except ValueError:
+        return None  # torn, or from a ccci before this layout: rebuilt without a word
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        return None  # from another version of ccci: rebuilt without a word
+    body = body.rstrip(b"\n")
+    if header.get("digest") != digest_of(body):
         log.warning("results index %s does not match its digest (edited by hand?): rebuilding it", path)
-        return False
-    return True
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("commit"), str):
+        return None
+    return doc
 
 
 def _empty(commit: str | None) -> dict[str, Any]:
-    # in_flight: {run: {host, deadline, recipe}}; hosts: {host: {last_seen}} — the fleet's view.
+    # in_flight: {run: {host, deadline, recipe}}; hosts: {host: {last_seen}} — the fleet's view;
+    # canonicals: {recipe: {known_good, promoted_by_run, host}}.
     return {"format": FORMAT, "commit": commit, "count": 0, "recipes": {}, "running": [], "in_flight": {},
-            "hosts": {}, "pending": []}
+            "hosts": {}, "pending": [], "canonicals": {}}
 
 
 def host_of(brief: dict[str, Any]) -> str | None:
@@ -88,6 +118,8 @@ def host_of(brief: dict[str, Any]) -> str | None:
     if isinstance(controller, str) and ":" in controller:
         return controller.rsplit(":", 1)[0].split(".", 1)[0].lower()
     return None
+
+
 def _request_name(rel: str) -> str | None:
     """The entry of `requests/` a changed path belongs to (serve lists that folder's entries)."""
     name = rel[len(names.REQUESTS_DIR) + 1:].split("/", 1)[0]
@@ -129,12 +161,18 @@ class ResultsIndex:
         """{host: {last_seen}}: the latest time a result of that host names (its commits)."""
         return {host: dict(entry) for host, entry in self.doc["hosts"].items()}
 
+    @property
+    def canonicals(self) -> dict[str, dict[str, Any]]:
+        """{recipe: {known_good, promoted_by_run, host}} of every readable canonical; `host` is
+        the one the promoting run names (None when its result says none)."""
+        return {recipe: dict(entry) for recipe, entry in self.doc["canonicals"].items()}
+
     def refresh(self) -> ResultsIndex:
         head = self.registry.head()
         if self.doc.get("commit") == head:
             return self  # a long-lived index (serve's) already at HEAD: nothing to read
-        cached = self.doc if self.doc.get("commit") else read_json(self.path)
-        if cached is self.doc or _trusted(cached, self.path):
+        cached = self.doc if self.doc.get("commit") else load(self.path)
+        if cached is not None:
             if cached["commit"] == head:
                 self.doc = cached
                 return self
@@ -153,7 +191,7 @@ class ResultsIndex:
             if not is_ancestor(root, cached["commit"], head):
                 return False
             changes = git(root, "diff", "--name-status", "--no-renames", cached["commit"], head, "--",
-                          f"{names.RESULTS_DIR}/", f"{names.REQUESTS_DIR}/")
+                          f"{names.RESULTS_DIR}/", f"{names.REQUESTS_DIR}/", f"{names.CANONICALS_DIR}/")
         except CcciError:
             return False
         self.doc = cached
@@ -167,6 +205,9 @@ class ResultsIndex:
                     pending.discard(name)  # withdrawn before anyone answered it
                 elif name:
                     requests.append(name)
+                continue
+            if rel.startswith(f"{names.CANONICALS_DIR}/"):
+                self._add_canonical(rel, deleted=status.startswith("D"))
                 continue
             if status.startswith("D"):
                 return False
@@ -196,6 +237,34 @@ class ResultsIndex:
         self.doc["pending"] = sorted(
             name for name in (_request_name(rel) for rel in requests.splitlines())
             if name and names.result_id_for(name) not in answered)
+        canonicals = git(self.registry.root, "ls-tree", "--name-only", head, "--", f"{names.CANONICALS_DIR}/")
+        for rel in canonicals.splitlines():
+            self._add_canonical(rel)
+
+    def _add_canonical(self, rel: str, *, deleted: bool = False) -> None:
+        """Record what `canonicals/<recipe>.yaml` says now, with the host of its promoting run
+        (read once, when the canonical changes: a result's host never changes)."""
+        name = rel[len(names.CANONICALS_DIR) + 1:]
+        if "/" in name or not name.endswith(".yaml"):
+            return
+        recipe = name[: -len(".yaml")]
+        self.doc["canonicals"].pop(recipe, None)
+        if deleted:
+            return
+        try:
+            current = parse_canonical((self.registry.root / rel).read_bytes()[: DOC_MAX_BYTES + 1], rel)
+        except (OSError, CcciError) as exc:
+            log.warning("results index: %s left out: %s", rel, getattr(exc, "message", exc))
+            return
+        host = None
+        if current.promoted_by_run:
+            promoting = names.result_rel(current.promoted_by_run)
+            try:
+                host = host_of(brief_of((self.registry.root / promoting).read_text(), promoting))
+            except (OSError, UnicodeDecodeError, CcciError):
+                host = None  # no readable result: no host promoted it (as a full read would say)
+        self.doc["canonicals"][recipe] = {"known_good": current.known_good,
+                                          "promoted_by_run": current.promoted_by_run, "host": host}
 
     def _add(self, rel: str) -> None:
         if not rel.endswith(".yaml"):
@@ -241,8 +310,7 @@ class ResultsIndex:
                                                      str(brief["finished_at"]))
 
     def _save(self) -> None:
-        self.doc["digest"] = digest_of(self.doc)
         try:
-            atomic_write_json(self.path, self.doc)
+            write_durably(self.path, serialise(self.doc))
         except OSError as exc:  # a read-only state dir: the index is only a cache
             log.warning("results index not saved: %s", exc)

@@ -32,6 +32,13 @@ Mutation = Callable[[Path], list[str] | None]
 
 _DEFAULT_IDENTITY = defaults()["identity"]
 
+# What keeps a clone of a year of results cheap to commit in: every commit, fast-forward and
+# status writes git's index, one entry per tracked file (100 000 after a year). Split, a write
+# is the few changed entries; the shared rest is rewritten now and then. Git splits the index on
+# its next write once this is set, so setting it costs nothing more. An operator's own value
+# stays.
+SPLIT_INDEX = "core.splitindex"
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -61,6 +68,7 @@ class Registry:
         self._writing_path = self.root / ".git" / "ccci-writing"
         self._branch: str | None = None
         self._remote: str | bool | None = False
+        self._tuned = False
 
     # -- facts about the clone -------------------------------------------------------------
 
@@ -92,6 +100,27 @@ class Registry:
             yield
 
     # -- syncing with the remote -----------------------------------------------------------
+
+    def tune_for_history(self) -> None:
+        """Once per process: set SPLIT_INDEX where the clone's own config does not say (a fresh
+        clone and one made before this ccci alike). Only speed depends on it: a failure is
+        logged, and the clone works as it is."""
+        if self._tuned:
+            return
+        self._tuned = True
+        try:
+            self.git("config", "--local", "--get", SPLIT_INDEX)
+            return  # set, by us or by the operator
+        except ExternalError as exc:
+            if exc.returncode != 1:  # 1: not set
+                log.warning("clone settings not checked: %s", exc.message)
+                return
+        try:
+            self.git("config", "--local", SPLIT_INDEX, "true")
+        except ExternalError as exc:
+            log.warning("split index not set for a long history: %s", exc.message)
+            return
+        log.info("%s: git's index is split from its next write (a long history)", self.root)
 
     def _upstream(self) -> str | None:
         if not self.remote:
@@ -138,10 +167,15 @@ class Registry:
     def human_changes(self) -> list[str]:
         """Uncommitted changes outside the controller's folders (someone edited ccci.yaml in
         this clone): never the controller's to discard."""
-        # The controller's folders are left out of the look itself: a year of results is 100 000
-        # files to stat, and none of them is a person's.
-        status = self.git("status", "--porcelain", "--untracked-files=all", "--", ".",
-                          *(f":(exclude){d}" for d in REGISTRY_DIRS), strip=False)
+        # Only the top-level entries outside the controller's folders are looked at, named one by
+        # one: an exclude pathspec still walks a year of results (100 000 files) for untracked ones.
+        tracked = self.git("ls-tree", "-z", "--name-only", "HEAD").split("\0")
+        tops = {p.name for p in self.root.iterdir()} | set(tracked)
+        outside = sorted(t for t in tops if t and t != ".git" and t not in REGISTRY_DIRS)
+        if not outside:
+            return []
+        status = self.git("--literal-pathspecs", "status", "--porcelain", "--untracked-files=all", "--",
+                          *outside, strip=False)
         return [line[3:] for line in status.splitlines()
                 if line[3:] and not line[3:].startswith(tuple(f"{d}/" for d in REGISTRY_DIRS))]
 
@@ -150,6 +184,7 @@ class Registry:
         DirtyClone, moving nothing, when the remote moved and a person's uncommitted work is
         in the way."""
         with self.locked():
+            self.tune_for_history()
             self.discard_uncommitted()
             if not self.remote:
                 return

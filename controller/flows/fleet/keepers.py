@@ -5,36 +5,38 @@ other keepers find the new known-good here, on their next pass."""
 
 from __future__ import annotations
 
-import functools
 import logging
-from pathlib import Path
 
 from controller.flows.context import Context
-from controller.flows.fleet.placement import host_of_result, keeps_warm, own_index
+from controller.flows.fleet.placement import keeps_warm, own_index
 from controller.flows.rewarm import queue_rewarm
 from controller.flows.warm_apps import read_warm_state
-from controller.registry.documents import read_result
+from controller.registry.index import ResultsIndex
 from controller.util import names
 from controller.util.errors import CcciError
 
 log = logging.getLogger(__name__)
 
 
-def queue_owed_rewarms(ctx: Context) -> list[str]:
+def queue_owed_rewarms(ctx: Context, index: ResultsIndex | None = None) -> list[str]:
     """Queue a rewarm of each recipe this host keeps warm and holds no current snapshot of,
-    unless one for that known-good was already tried here; the recipes queued. Each pass: a
-    canonical read per recipe, more only for the recipes this host keeps warm."""
+    unless one for that known-good was already tried here; the recipes queued. Which recipes
+    this host keeps warm comes from the results index (`index`, or the state dir's): per recipe
+    its canonical and the promoting host, so a pass reads no canonical and no result of the
+    recipes kept elsewhere. From there the registry decides: the canonical is read again."""
+    if index is None:
+        index = ResultsIndex(ctx.registry, ctx.state.results_index(ctx.registry.root))
+    promoted = index.refresh().canonicals
     queued = []
     for recipe in sorted(ctx.settings.recipes):
         app = names.warm_app(recipe)
+        if recipe not in promoted or ctx.state.rewarm_request(recipe).exists():
+            continue
+        if not keeps_warm(ctx.settings, recipe, ctx.host, promoted[recipe].get("host")):
+            continue
         try:
             current = ctx.registry.canonical(recipe)
-            if current is None or ctx.state.rewarm_request(recipe).exists():
-                continue
-            promoted_on = None
-            if not ctx.settings.recipes[recipe].warm_hosts:
-                promoted_on = _host_of_run(ctx.registry.root, current.promoted_by_run)
-            if not keeps_warm(ctx.settings, recipe, ctx.host, promoted_on):
+            if current is None:
                 continue
             if read_warm_state(ctx.state, app).get("rewarm_of") == current.known_good:
                 continue  # tried here (a failure stays failed until the known-good moves)
@@ -48,11 +50,3 @@ def queue_owed_rewarms(ctx: Context) -> list[str]:
         queued.append(recipe)
         log.info("%s keeps %s warm: rewarm queued for the known-good %s", ctx.host, app, current.known_good[:12])
     return queued
-
-
-@functools.lru_cache(maxsize=4096)
-def _host_of_run(root: Path, run_id: str) -> str | None:
-    """The host a finished run ran on (a result's host never changes: read each once)."""
-    rel = names.result_rel(run_id)
-    path = root / rel
-    return host_of_result(read_result(path, rel)) if path.is_file() else None
