@@ -26,7 +26,6 @@ from controller.snapshots.manifest import (
     ManifestEntry,
     Observed,
     metadata_differences,
-    observe,
     parent_of,
     sort_key,
 )
@@ -146,13 +145,18 @@ class VolumeRestore:
         self.paranoid = paranoid
         self.counts = _Counts()
         self._inode_owner: dict[tuple[int, int], str] = {}
+        self._seen: dict[str, Observed] = {}
 
     def run(self) -> _Counts:
         vol_fd = fsio.open_root(self.volume)
         try:
             snap_fd = fsio.open_root(self.source)
             try:
-                self._remove_extras(vol_fd, fsio.scan(vol_fd))
+                # One lstat pass serves both the removal of extras and every decision: only
+                # this restore (holding the app's lock, the app undeployed) changes the volume,
+                # and what it removes as extra is never an entry it decides on.
+                self._seen = fsio.scan(vol_fd)
+                self._remove_extras(vol_fd, self._seen)
                 members = self._restore_all_but_members(vol_fd, snap_fd)
                 with fsio.DirCursor(vol_fd) as vol:
                     for entry in members:
@@ -194,13 +198,12 @@ class VolumeRestore:
 
     def _restore_entry(self, entry: ManifestEntry, vol_fd: int, vol: fsio.DirCursor,
                        snap: fsio.DirCursor, jobs: Jobs[_Outcome]) -> None:
+        have = self._seen.get(entry.path)
         if entry.path == ROOT:
             pfd, name = vol_fd, ""
-            have: Observed | None = observe(os.fstat(vol_fd))
         else:
             parent, name = _split(entry.path)
             pfd = vol.fd_for(parent)
-            have = fsio.observe_at(pfd, name)
         action = decide(
             entry,
             have,
