@@ -7,7 +7,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ ROOT = "."
 VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MODE_RE = re.compile(r"[0-7]{1,5}")
 MANIFEST_FORMAT = 1
 
 
@@ -181,43 +182,62 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _field(doc: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+def _field(doc: Mapping[str, Any], key: str, kind: type, at: Callable[[], str]) -> Any:
     value = doc.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise CheckFailed(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+    if type(value) is not kind:  # exact: a bool is not an int here
+        raise CheckFailed(f"{at()}: field {key!r} is missing or not a {kind.__name__}")
     return value
 
 
-def _optional_str(doc: Mapping[str, Any], key: str, where: str) -> str | None:
+def _optional_str(doc: Mapping[str, Any], key: str, at: Callable[[], str]) -> str | None:
     value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise CheckFailed(f"{where}: field {key!r} is not a string")
+    if value is not None and type(value) is not str:
+        raise CheckFailed(f"{at()}: field {key!r} is not a string")
     return value
+
+
+def _load_lines(data: bytes, where: str) -> list[Any]:
+    """Every line's JSON value. The whole file is parsed in one call, several times faster
+    than a call per line on 20 000 lines; only a malformed file is parsed again line by
+    line, to name the line."""
+    lines = data.splitlines()
+    try:
+        docs: list[Any] = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        pass
+    else:
+        if len(docs) == len(lines):  # a line holding two values would shift the count
+            return docs
+    for number, raw in enumerate(lines, start=1):
+        try:
+            json.loads(raw)
+        except ValueError as exc:
+            raise CheckFailed(f"{where}:{number}: not valid JSON ({exc})") from exc
+    raise CheckFailed(f"{where}: not one JSON value per line")
 
 
 def parse_manifest(data: bytes, where: str = "manifest") -> dict[str, list[ManifestEntry]]:
     """Read a manifest file back; malformed or unsafe entries raise CheckFailed."""
     volumes: dict[str, list[ManifestEntry]] = {}
-    for number, raw in enumerate(data.splitlines(), start=1):
-        at = f"{where}:{number}"
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise CheckFailed(f"{at}: not valid JSON ({exc})") from exc
-        if not isinstance(doc, dict):
-            raise CheckFailed(f"{at}: not a JSON object")
+    for number, doc in enumerate(_load_lines(data, where), start=1):
+
+        def at(number: int = number) -> str:
+            return f"{where}:{number}"
+
+        if type(doc) is not dict:
+            raise CheckFailed(f"{at()}: not a JSON object")
         volume = _field(doc, "volume", str, at)
         if not VOLUME_NAME_RE.match(volume):
-            raise CheckFailed(f"{at}: {volume!r} is not a valid volume name")
+            raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
         kind = _field(doc, "type", str, at)
         if kind not in ("f", "d", "l"):
-            raise CheckFailed(f"{at}: type {kind!r} is not one of f, d, l")
+            raise CheckFailed(f"{at()}: type {kind!r} is not one of f, d, l")
         mode_text = _field(doc, "mode", str, at)
-        if not re.fullmatch(r"[0-7]{1,5}", mode_text) or int(mode_text, 8) > 0o7777:
-            raise CheckFailed(f"{at}: mode {mode_text!r} is not octal permission bits")
+        if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
+            raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
         sha = _optional_str(doc, "sha256", at)
         if sha is not None and not SHA256_RE.match(sha):
-            raise CheckFailed(f"{at}: sha256 {sha!r} is not a hex digest")
+            raise CheckFailed(f"{at()}: sha256 {sha!r} is not a hex digest")
         volumes.setdefault(volume, []).append(
             ManifestEntry(
                 path=_field(doc, "path", str, at),
