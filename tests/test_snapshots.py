@@ -259,29 +259,30 @@ def test_only_paranoid_sees_an_edit_the_live_index_vouches_for(store: Path, volu
     assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
 
 
-def test_a_take_trusts_the_live_index_only_where_it_clones(
-    store: Path, volume: Path, request: pytest.FixtureRequest
+def test_a_take_links_what_the_live_index_vouches_for_and_paranoid_reads_everything(
+    store: Path, volume: Path
 ) -> None:
-    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    old_copy = first.path.resolve() / "volumes/data/data/stealth.bin"
+    old_inode, old_bytes = inode(old_copy), old_copy.read_bytes()
     stealth = volume / "data/stealth.bin"
     stealth.write_bytes(bytes(len(stealth.read_bytes())))
     os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
     forge_index_row(store, "data", "data/stealth.bin", stealth)
 
-    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+    second = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
 
-    if request.node.callspec.params["snapshot_place"] == "disk":
-        # A copy reads every byte anyway, so the digest is always the source's own.
-        assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
-        verify_snapshot(store, APP)
-    else:
-        # A clone of a file the index vouches for is not read: the forged row is believed,
-        # and verify_snapshot, which reads every stored file from the disk, catches it.
-        assert snapshot_manifest(store, APP)["data"] != volume_manifest(volume)
-        with pytest.raises(CheckFailed, match=r"data/stealth\.bin: content differs"):
-            verify_snapshot(store, APP)
-    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, paranoid=True)
+    # The forged row is believed: the file is linked to the last generation's copy, unread.
+    # The snapshot stays honest about what it holds (the old bytes under their own digest,
+    # so it verifies), but it is not the volume as it is now.
+    new_copy = second.path.resolve() / "volumes/data/data/stealth.bin"
+    assert inode(new_copy) == old_inode and new_copy.read_bytes() == old_bytes
+    assert snapshot_manifest(store, APP)["data"] != volume_manifest(volume)
+    verify_snapshot(store, APP)
+    third = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, paranoid=True)
     assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    paranoid_copy = third.path.resolve() / "volumes/data/data/stealth.bin"
+    assert paranoid_copy.read_bytes() == stealth.read_bytes() != old_bytes
     verify_snapshot(store, APP)
 
 

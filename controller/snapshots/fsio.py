@@ -18,13 +18,15 @@ from typing import cast
 
 from controller.snapshots.manifest import ROOT, ManifestEntry, Observed, join, observe
 from controller.util.errors import CheckFailed
-from controller.util.files import TEMP_PREFIX
+from controller.util.files import CREATE_FLAGS, TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a fifo that replaced a file between lstat and open must not hang.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A new file that is read back as well: a clone's digest is read from it.
+READ_WRITE_CREATE = (CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR
 CHUNK = 1 << 20
 FICLONE = 0x40049409
 

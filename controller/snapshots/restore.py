@@ -30,12 +30,9 @@ from controller.snapshots.manifest import (
     sort_key,
 )
 from controller.snapshots.state import write_state
-from controller.util import files
 from controller.util.errors import BadInput, CheckFailed
 
 log = logging.getLogger(__name__)
-
-READ_WRITE_CREATE = (files.CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR
 
 # keep: equal; fix: metadata only; hash: size matches, nothing vouches for the content;
 # write: (re)create from the snapshot; link: hard-link to the group's first member.
@@ -325,7 +322,7 @@ class VolumeRestore:
         except FileNotFoundError as exc:
             raise CheckFailed(f"snapshot file {entry.path} is missing; the snapshot is damaged") from exc
         try:
-            dfd = os.open(temp, READ_WRITE_CREATE, 0o600, dir_fd=pfd)
+            dfd = os.open(temp, fsio.READ_WRITE_CREATE, 0o600, dir_fd=pfd)
             try:
                 st = os.fstat(sfd)
                 if fsio.CLONES.clone(sfd, dfd, st.st_dev, os.fstat(dfd).st_dev):
