@@ -499,6 +499,24 @@ def test_low_disk_refuses_before_writing(
     verify_snapshot(store, APP)
 
 
+def test_the_disk_guard_skips_its_scan_only_where_the_whole_filesystem_would_fit(
+    store: Path, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bound = snapshot_space.filesystem_bound(volume)
+    assert bound is not None and bound >= snapshot_space.disk_usage(volume)
+    scanned: list[Path] = []
+    real_usage = snapshot_space.disk_usage
+    monkeypatch.setattr(snapshot_space, "disk_usage", lambda root: scanned.append(root) or real_usage(root))
+    monkeypatch.setattr(snapshot_space, "filesystem_bound", lambda path: 10 << 20)
+
+    monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 12 << 20)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, min_free_bytes=1 << 20)
+    assert scanned == []
+    monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 10 << 20)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B, min_free_bytes=1 << 20)
+    assert scanned == [volume]
+
+
 def test_min_free_bytes_is_kept_free(store: Path, volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 90 << 20)
     with pytest.raises(CheckFailed, match=r"plus 95\.4 MiB that must stay free"):
