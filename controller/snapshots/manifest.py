@@ -220,6 +220,51 @@ def _load_lines(data: bytes, where: str) -> list[Any]:
     raise CheckFailed(f"{where}: not one JSON value per line")
 
 
+def _check_fields(doc: dict[str, Any], at: Callable[[], str]) -> None:
+    """Raise for the first malformed field, in the order a reader would check them."""
+    volume = _field(doc, "volume", str, at)
+    if not VOLUME_NAME_RE.match(volume):
+        raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
+    kind = _field(doc, "type", str, at)
+    if kind not in ("f", "d", "l"):
+        raise CheckFailed(f"{at()}: type {kind!r} is not one of f, d, l")
+    mode_text = _field(doc, "mode", str, at)
+    if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
+        raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
+    _optional_str(doc, "sha256", at)
+    _field(doc, "path", str, at)
+    for key in ("uid", "gid", "size", "mtime_ns"):
+        _field(doc, key, int, at)
+    for key in ("target", "hardlink"):
+        _optional_str(doc, key, at)
+
+
+def _entry_from_doc(doc: dict[str, Any], at: Callable[[], str]) -> tuple[str, ManifestEntry]:
+    get: Callable[[str], Any] = doc.get
+    volume, path, kind, mode_text, sha = (get("volume"), get("path"), get("type"), get("mode"),
+                                          get("sha256"))
+    uid, gid, size, mtime_ns = get("uid"), get("gid"), get("size"), get("mtime_ns")
+    target, hardlink = get("target"), get("hardlink")
+    # One test for the usual line; a failing one is checked field by field, for the message.
+    if not (
+        type(volume) is str and type(path) is str and kind in ("f", "d", "l")
+        and type(mode_text) is str and (sha is None or type(sha) is str)
+        and type(uid) is int and type(gid) is int and type(size) is int
+        and type(mtime_ns) is int and (target is None or type(target) is str)
+        and (hardlink is None or type(hardlink) is str)
+    ):
+        _check_fields(doc, at)
+    if not VOLUME_NAME_RE.match(volume):
+        raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
+    if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
+        raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
+    if sha is not None and not SHA256_RE.match(sha):
+        raise CheckFailed(f"{at()}: sha256 {sha!r} is not a hex digest")
+    return volume, ManifestEntry(path=path, type=kind, mode=int(mode_text, 8), uid=uid,
+                                 gid=gid, size=size, mtime_ns=mtime_ns, sha256=sha,
+                                 target=target, hardlink=hardlink)
+
+
 def parse_manifest(data: bytes, where: str = "manifest") -> dict[str, list[ManifestEntry]]:
     """Read a manifest file back; malformed or unsafe entries raise CheckFailed."""
     volumes: dict[str, list[ManifestEntry]] = {}
@@ -230,32 +275,8 @@ def parse_manifest(data: bytes, where: str = "manifest") -> dict[str, list[Manif
 
         if type(doc) is not dict:
             raise CheckFailed(f"{at()}: not a JSON object")
-        volume = _field(doc, "volume", str, at)
-        if not VOLUME_NAME_RE.match(volume):
-            raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
-        kind = _field(doc, "type", str, at)
-        if kind not in ("f", "d", "l"):
-            raise CheckFailed(f"{at()}: type {kind!r} is not one of f, d, l")
-        mode_text = _field(doc, "mode", str, at)
-        if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
-            raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
-        sha = _optional_str(doc, "sha256", at)
-        if sha is not None and not SHA256_RE.match(sha):
-            raise CheckFailed(f"{at()}: sha256 {sha!r} is not a hex digest")
-        volumes.setdefault(volume, []).append(
-            ManifestEntry(
-                path=_field(doc, "path", str, at),
-                type=kind,
-                mode=int(mode_text, 8),
-                uid=_field(doc, "uid", int, at),
-                gid=_field(doc, "gid", int, at),
-                size=_field(doc, "size", int, at),
-                mtime_ns=_field(doc, "mtime_ns", int, at),
-                sha256=sha,
-                target=_optional_str(doc, "target", at),
-                hardlink=_optional_str(doc, "hardlink", at),
-            )
-        )
+        volume, entry = _entry_from_doc(doc, at)
+        volumes.setdefault(volume, []).append(entry)
     for name, entries in volumes.items():
         check_entries(entries, f"{where}: volume {name}")
     return volumes
