@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -149,6 +149,38 @@ def _scan_dir(dir_fd: int, rel: str, found: dict[str, Observed]) -> None:
             child = open_dir_at(dir_fd, name, path)
             try:
                 _scan_dir(child, path, found)
+            finally:
+                os.close(child)
+
+
+def rescan(
+    root_fd: int, before: Mapping[str, Observed], restat: Callable[[str, Observed], bool]
+) -> dict[str, Observed]:
+    """Like scan, but an entry `before` has and `restat` declines keeps its earlier lstat.
+
+    Every directory is listed again, so what appeared or vanished since is seen; every
+    entry that is new, or that `restat` picks, is lstat'ed again.
+    """
+    found = {ROOT: observe(os.fstat(root_fd))}
+    _rescan_dir(root_fd, ROOT, before, restat, found)
+    return found
+
+
+def _rescan_dir(dir_fd: int, rel: str, before: Mapping[str, Observed],
+                restat: Callable[[str, Observed], bool], found: dict[str, Observed]) -> None:
+    with os.scandir(dir_fd) as it:
+        names = [entry.name for entry in it]
+    for name in names:
+        path = join(rel, name)
+        earlier = before.get(path)
+        seen = observe_at(dir_fd, name) if earlier is None or restat(path, earlier) else earlier
+        if seen is None:
+            continue
+        found[path] = seen
+        if seen.type == "d":
+            child = open_dir_at(dir_fd, name, path)
+            try:
+                _rescan_dir(child, path, before, restat, found)
             finally:
                 os.close(child)
 
