@@ -35,6 +35,7 @@ from controller.snapshots import (
 )
 from controller.snapshots import space as snapshot_space
 from controller.snapshots.jobs import WORKERS, Jobs
+from controller.snapshots.layout import LAST_KNOWN_GOOD
 from controller.snapshots.manifest import (
     Observed,
     check_entries,
@@ -56,6 +57,7 @@ from tests.snapshot_helpers import (
     rewrite_manifest,
     spawn,
     tree_digest,
+    wait_past_racy_window,
     write,
 )
 
@@ -134,6 +136,51 @@ def test_new_take_replaces_the_old_generation(store: Path, volume: Path) -> None
     assert sorted(os.listdir(store / APP)) == sorted(
         [".lock", "last-known-good", "live-index.json", "volumes-state.json", link_target(store)])
     assert verify_snapshot(store, APP) == second
+
+
+def test_a_replacing_take_links_unchanged_files_and_outlives_the_older_generation(
+    store: Path, volume: Path
+) -> None:
+    wait_past_racy_window(volume)
+    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    old = first.path.resolve() / "volumes/data"
+    kept, changed = inode(old / "data/keep.bin"), inode(old / "cache/b")
+    write(volume / "cache/b", b"changed")
+
+    second = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+
+    new = second.path.resolve() / "volumes/data"
+    assert not old.exists() and generation_dirs(store) == [link_target(store)]
+    # The unchanged file is the older generation's inode, now under the new name only.
+    assert inode(new / "data/keep.bin") == kept and os.stat(new / "data/keep.bin").st_nlink == 1
+    assert inode(new / "cache/b") != changed
+    # Hard-link groups are copied, never linked across generations.
+    assert os.stat(new / "hl/one").st_nlink == 2
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    assert verify_snapshot(store, APP) == second
+
+
+def test_a_restore_never_shares_an_inode_with_the_snapshot(
+    store: Path, volume: Path, snapshot_place: Path
+) -> None:
+    wait_past_racy_window(volume)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    write(volume / "data/keep.bin", b"upgraded")
+    (volume / "docs/readme.txt").unlink()
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)  # links what is unchanged
+    stored = store / APP / LAST_KNOWN_GOOD / "volumes/data"
+    snapshot_inodes = {os.lstat(p).st_ino for p in stored.rglob("*") if p.is_file()}
+    write(volume / "cache/b", b"changed after the take")
+    empty = snapshot_place / "fresh"
+    empty.mkdir()
+
+    restore_snapshot(store, APP, {"data": volume})
+    restore_snapshot(store, APP, {"data": empty})
+
+    for root in (volume, empty):
+        restored = {os.lstat(p).st_ino for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+        assert restored and not restored & snapshot_inodes
+        assert volume_manifest(root) == snapshot_manifest(store, APP)["data"]
 
 
 def test_take_refuses_bad_names_and_paths(store: Path, volume: Path, tmp_path: Path) -> None:
