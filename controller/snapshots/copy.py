@@ -112,18 +112,21 @@ class TreeCopy:
             dst_fd = fsio.open_root(dst)
             try:
                 self._dirs.append((ROOT, os.fstat(src_fd)))
-                jobs: Jobs[_Copy] = Jobs()
+                jobs: Jobs[_Copy | _HardLinked] = Jobs()
                 prev_fd = self._open_previous(-1, ROOT)
+                dst_dev = os.fstat(dst_fd).st_dev
+                hard_linked: list[_HardLinked] = []
                 try:
-                    self._walk(src_fd, dst_fd, prev_fd, ROOT, jobs, os.fstat(dst_fd).st_dev)
+                    self._walk(src_fd, dst_fd, prev_fd, ROOT, jobs, dst_dev)
                 finally:
                     if prev_fd >= 0:
                         os.close(prev_fd)
-                    for entry, how, seen in jobs.results():
-                        self.entries.append(entry)
-                        if how is not None:
-                            self.how[entry.path] = how
-                            self.source[entry.path] = seen
+                    for done in jobs.results():
+                        if isinstance(done, _HardLinked):
+                            hard_linked.append(done)
+                        else:
+                            self._add(done)
+                self._copy_hard_linked(src_fd, dst_fd, dst_dev, hard_linked)
                 self._make_links(dst_fd)
                 self._set_dir_metadata(dst_fd)
             finally:
@@ -149,12 +152,51 @@ class TreeCopy:
             log.warning("previous snapshot: cannot open %s (%s); copying its files", path, exc)
             return -1
 
-    def _walk(self, src_fd: int, dst_fd: int, prev_fd: int, rel: str, jobs: Jobs[_Copy],
-              dst_dev: int) -> None:
+    def _add(self, copied: _Copy) -> None:
+        entry, how, seen = copied
+        self.entries.append(entry)
+        if how is not None:
+            self.how[entry.path] = how
+            self.source[entry.path] = seen
+
+    def _copy_hard_linked(self, src_fd: int, dst_fd: int, dst_dev: int,
+                          found: list[_HardLinked]) -> None:
+        """Copy the first path of each hard-linked inode; link the others to it later."""
+        how = _How(self.index, {}, -1, dst_dev, self.read_back)
+        for item in sorted(found, key=lambda item: sort_key(item.path)):
+            inode = (item.st.st_dev, item.st.st_ino)
+            self.inodes[item.path] = inode
+            first = self._first_of_inode.setdefault(inode, item.path)
+            if first != item.path:
+                self._links.append((item.path, first, item.st))
+                continue
+            parent = parent_of(item.path)
+            src_pfd = fsio.open_dir_chain(src_fd, parent)
+            try:
+                dst_pfd = fsio.open_dir_chain(dst_fd, parent)
+                try:
+                    self._add(_copy_one(src_pfd, dst_pfd, parent, item.path.rpartition("/")[2],
+                                        item.st, how))
+                finally:
+                    os.close(dst_pfd)
+            finally:
+                os.close(src_pfd)
+
+    def _walk(self, src_fd: int, dst_fd: int, prev_fd: int, rel: str,
+              jobs: Jobs[_Copy | _HardLinked], dst_dev: int) -> None:
         with os.scandir(src_fd) as it:
-            names = sorted(entry.name for entry in it)
-        batch: list[tuple[str, os.stat_result]] = []
-        for name in names:
+            # Files and symlinks (by the directory's d_type, no syscall) go to the workers
+            # unstat'ed: their lstat, cold after a cache drop, runs there in parallel.
+            found = sorted((entry.name, entry.is_symlink() or entry.is_file(follow_symlinks=False))
+                           for entry in it)
+        batch: list[str] = []
+        for name, leaf in found:
+            if leaf:
+                batch.append(name)
+                if len(batch) >= BATCH:
+                    self._submit(jobs, src_fd, dst_fd, prev_fd, rel, batch, dst_dev)
+                    batch = []
+                continue
             path = join(rel, name)
             st = fsio.lstat_at(src_fd, name)
             if st is None:
@@ -178,17 +220,7 @@ class TreeCopy:
                 finally:
                     os.close(child_src)
             elif kind in ("f", "l"):
-                if kind == "f" and st.st_nlink > 1:
-                    inode = (st.st_dev, st.st_ino)
-                    self.inodes[path] = inode
-                    first = self._first_of_inode.setdefault(inode, path)
-                    if first != path:
-                        self._links.append((path, first, st))
-                        continue
-                batch.append((name, st))
-                if len(batch) >= BATCH:
-                    self._submit(jobs, src_fd, dst_fd, prev_fd, rel, batch, dst_dev)
-                    batch = []
+                batch.append(name)  # it was something else when the directory was read
             elif stat.S_ISSOCK(st.st_mode):
                 # A socket is meaningless without the process that listened on it.
                 log.info("snapshot skips the socket %s", path)
@@ -200,16 +232,17 @@ class TreeCopy:
         if batch:
             self._submit(jobs, src_fd, dst_fd, prev_fd, rel, batch, dst_dev)
 
-    def _submit(self, jobs: Jobs[_Copy], src_fd: int, dst_fd: int, prev_fd: int, rel: str,
-                batch: list[tuple[str, os.stat_result]], dst_dev: int) -> None:
+    def _submit(self, jobs: Jobs[_Copy | _HardLinked], src_fd: int, dst_fd: int, prev_fd: int,
+                rel: str, batch: list[str], dst_dev: int) -> None:
         fds = dup_all(src_fd, dst_fd, *([prev_fd] if prev_fd >= 0 else []))
         src_dup, dst_dup = fds[:2]
         prev_dup = fds[2] if len(fds) > 2 else -1
         how = _How(self.index, self.previous.entries if self.previous else {}, prev_dup,
                    dst_dev, self.read_back)
 
-        def job() -> list[_Copy]:
-            return [_copy_one(src_dup, dst_dup, rel, name, st, how) for name, st in batch]
+        def job() -> list[_Copy | _HardLinked]:
+            return [done for name in batch
+                    if (done := _copy_leaf(src_dup, dst_dup, rel, name, how)) is not None]
 
         jobs.submit(job, fds)
 
@@ -237,6 +270,28 @@ class TreeCopy:
 
 # (entry, how a file's digest was found or None for a symlink, the source's lstat)
 _Copy = tuple[ManifestEntry, Copied | None, Observed]
+
+
+@dataclass(frozen=True)
+class _HardLinked:
+    """A source file with more than one name: copied after the walk, which finds them all."""
+
+    path: str
+    st: os.stat_result
+
+
+def _copy_leaf(src_fd: int, dst_fd: int, rel: str, name: str,
+               how: _How) -> _Copy | _HardLinked | None:
+    """lstat a file or symlink the walk found and copy it; None when it is gone."""
+    path = join(rel, name)
+    st = fsio.lstat_at(src_fd, name)
+    if st is None:
+        return None
+    if entry_type(st.st_mode) not in ("f", "l"):
+        raise CheckFailed(f"{path}: changed while being read")
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return _HardLinked(path, st)
+    return _copy_one(src_fd, dst_fd, rel, name, st, how)
 
 # What a failed link to the previous generation means: nothing to link to (that file
 # is gone: the old generation is damaged) or too many links; then the file is copied.
