@@ -39,6 +39,7 @@ from controller.snapshots.layout import LAST_KNOWN_GOOD
 from controller.snapshots.manifest import (
     Observed,
     check_entries,
+    entry_to_json,
     group_hardlinks,
     parse_manifest,
     render_manifest,
@@ -773,6 +774,19 @@ def test_manifest_round_trips_and_sorts_parents_first() -> None:
     data = render_manifest({"v": entries})
     assert parse_manifest(data) == {"v": entries}
     assert render_manifest({"v": list(reversed(entries))}) == data
+
+
+def test_manifest_lines_are_what_json_dumps_writes(volume: Path) -> None:
+    odd = ['quote"back\\slash\nnewline\ttab', "ünïcode-☃", LATIN1_NAME, "\x7f\x01"]
+    entries = volume_manifest(volume) + [
+        ManifestEntry(path=name, type="l", mode=0o777, uid=2**40, gid=0, size=len(name),
+                      mtime_ns=-5, target=name) for name in odd
+    ]
+    for entry in entries:
+        doc = {"volume": "v", "path": entry.path, "type": entry.type, "mode": f"{entry.mode:04o}",
+               "uid": entry.uid, "gid": entry.gid, "size": entry.size, "mtime_ns": entry.mtime_ns,
+               "sha256": entry.sha256, "target": entry.target, "hardlink": entry.hardlink}
+        assert entry_to_json(entry, "v") == json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
 
 
 @pytest.mark.parametrize(
