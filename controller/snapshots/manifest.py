@@ -223,6 +223,12 @@ def _load_lines(data: bytes, where: str) -> list[Any]:
     raise CheckFailed(f"{where}: not one JSON value per line")
 
 
+# Every manifest line repeats its volume's name and one of a few modes: each distinct
+# value is checked once (the modes once for all, as there are only 4096 of them).
+_VALID_VOLUMES: set[str] = set()
+_MODES = {f"{mode:04o}": mode for mode in range(0o10000)}
+
+
 def _check_fields(doc: dict[str, Any], at: Callable[[], str]) -> None:
     """Raise for the first malformed field, in the order a reader would check them."""
     volume = _field(doc, "volume", str, at)
@@ -257,13 +263,18 @@ def _entry_from_doc(doc: dict[str, Any], at: Callable[[], str]) -> tuple[str, Ma
         and (hardlink is None or type(hardlink) is str)
     ):
         _check_fields(doc, at)
-    if not VOLUME_NAME_RE.match(volume):
-        raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
-    if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
-        raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
+    if volume not in _VALID_VOLUMES:
+        if not VOLUME_NAME_RE.match(volume):
+            raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
+        _VALID_VOLUMES.add(volume)
+    mode = _MODES.get(mode_text)
+    if mode is None:
+        if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
+            raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
+        mode = int(mode_text, 8)
     if sha is not None and not SHA256_RE.match(sha):
         raise CheckFailed(f"{at()}: sha256 {sha!r} is not a hex digest")
-    return volume, ManifestEntry(path=path, type=kind, mode=int(mode_text, 8), uid=uid,
+    return volume, ManifestEntry(path=path, type=kind, mode=mode, uid=uid,
                                  gid=gid, size=size, mtime_ns=mtime_ns, sha256=sha,
                                  target=target, hardlink=hardlink)
 
