@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from controller.snapshots import (
     volumes_clean,
 )
 from controller.snapshots import space as snapshot_space
+from controller.snapshots.copy import linkable
 from controller.snapshots.jobs import WORKERS, Jobs
 from controller.snapshots.layout import LAST_KNOWN_GOOD
 from controller.snapshots.manifest import (
@@ -740,6 +742,18 @@ def _seen(kind: str | None = "f", inode: int = 1, **kw: object) -> Observed:
                                    target="t" if kind == "l" else None, inode=(1, inode), nlink=1)
     base.update(kw)
     return Observed(**base)  # type: ignore[arg-type]
+
+
+def test_a_take_links_only_a_vouched_file_the_last_manifest_holds_exactly() -> None:
+    source = _entry("f")
+    assert linkable(source, _seen(), _entry("f"))
+    assert not linkable(replace(source, sha256=None), _seen(), _entry("f"))  # not vouched for
+    assert not linkable(source, _seen(), None)  # not in the last snapshot
+    assert not linkable(source, _seen(), _entry("f", sha256="cd" * 32))
+    assert not linkable(source, _seen(), _entry("f", mode=0o600))
+    assert not linkable(source, _seen(), _entry("f", mtime_ns=6))
+    assert not linkable(source, _seen(nlink=2), _entry("f"))  # hard links are copied
+    assert not linkable(source, _seen(), _entry("f", hardlink="f"))
 
 
 def test_decide_uses_lstat_first_and_hashes_only_when_needed() -> None:

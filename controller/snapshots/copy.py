@@ -66,20 +66,20 @@ class PreviousCopy:
     entries: dict[str, ManifestEntry]  # its manifest, by path
 
 
-def linkable(path: str, seen: Observed, vouched: str | None,
-             previous: ManifestEntry | None) -> bool:
+def linkable(entry: ManifestEntry, seen: Observed, previous: ManifestEntry | None) -> bool:
     """Pure: whether a source file may be a hard link to the previous generation's file.
 
-    Only when the live index vouches for the source's digest (unchanged since it was last
-    taken or restored) and the previous manifest records that same file exactly: digest,
-    size, mode, owner and mtime. Hard-link groups are copied as before.
+    `entry` is the source file's manifest entry with the digest the live index vouches for
+    (None: not vouched for). Only when the index vouches for it (the file is unchanged
+    since it was last taken or restored) and the previous manifest records that same file
+    exactly: digest, size, mode, owner and mtime. Hard-link groups are copied as before.
     """
     return (
-        vouched is not None
+        entry.sha256 is not None  # vouched for by the live index
         and previous is not None
         and previous.hardlink is None
         and seen.nlink == 1
-        and entry_from(path, seen, vouched) == previous
+        and entry == previous
     )
 
 
@@ -333,10 +333,13 @@ def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
         return entry, None, seen
     seen = observe(st)
     vouched = how_to.index.vouched(path, seen)
-    if (how_to.prev_fd >= 0 and linkable(path, seen, vouched, how_to.previous.get(path))
-            and _link_previous(name, how_to, dst_fd, path)):
-        # The inode keeps the previous take's metadata, equal to the source's (linkable).
-        return entry_from(path, seen, vouched), "linked", seen
+    if vouched is not None and how_to.prev_fd >= 0:
+        entry = entry_from(path, seen, vouched)
+        if linkable(entry, seen, how_to.previous.get(path)) and _link_previous(
+            name, how_to, dst_fd, path
+        ):
+            # The inode keeps the previous take's metadata, equal to the source's (linkable).
+            return entry, "linked", seen
     how: Copied
     sfd = fsio.open_file_at(src_fd, name, path, (st.st_dev, st.st_ino))
     try:
