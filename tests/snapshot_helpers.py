@@ -8,9 +8,11 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from controller.snapshots import volume_manifest
+from controller.snapshots.index import RACY_NS
 from controller.snapshots.layout import LAST_KNOWN_GOOD, MANIFEST_FILE, META_FILE
 from controller.snapshots.manifest import digest, render_manifest
 
@@ -116,6 +118,16 @@ def mutate_bulk(root: Path, rng: random.Random, *, fraction: float) -> None:
     victim = root / f"d{rng.randrange(37):02d}"
     if victim.is_dir() and rng.random() < 0.3:
         shutil.rmtree(victim)
+
+
+def wait_past_racy_window(root: Path, deadline_s: float = 5.0) -> None:
+    """Poll the clock until every entry below `root` changed over RACY_NS ago, so the live
+    index a take or restore writes now vouches for all of them."""
+    newest = max(os.lstat(p).st_ctime_ns for p in [root, *root.rglob("*")])
+    give_up = time.monotonic() + deadline_s
+    while time.time_ns() <= newest + RACY_NS:
+        assert time.monotonic() < give_up, "the clock did not move past the racy window"
+        time.sleep(0.01)
 
 
 def generation_dirs(store: Path, app: str = APP) -> list[str]:

@@ -32,6 +32,7 @@ from tests.snapshot_helpers import (
     link_target,
     mutate_bulk,
     spawn,
+    wait_past_racy_window,
 )
 
 TRIALS = int(os.environ.get("CCCI_SNAPSHOT_FAULT_TRIALS", "50"))
@@ -205,8 +206,19 @@ def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 point = sys.argv[4]
-real_replace, real_write_state = os.replace, restore.write_state
-if point == "take: copied, before syncfs":
+real_replace, real_write_state, real_link = os.replace, restore.write_state, os.link
+links = 0
+
+def link_then_die(*args, **kwargs):
+    global links
+    links += 1
+    if links > 20:
+        die()
+    real_link(*args, **kwargs)
+
+if point == "take: half linked to the old generation":
+    os.link = link_then_die
+elif point == "take: copied, before syncfs":
     fsio.sync_filesystem = die
 elif point == "take: verified, before the swap":
     store.swap_link = die
@@ -233,6 +245,7 @@ else:
 """
 
 TAKE_POINTS = {  # kill point -> which snapshot must survive it
+    "take: half linked to the old generation": "old",
     "take: copied, before syncfs": "old",
     "take: verified, before the swap": "old",
     "take: temp link made, before the rename": "old",
@@ -248,6 +261,7 @@ def test_take_killed_at_each_step_keeps_exactly_one_snapshot(
 ) -> None:
     store, source = snapshot_place / "store", snapshot_place / "volume"
     build_bulk_tree(source, files=200, large=1, large_bytes=1 << 20)
+    wait_past_racy_window(source)  # so that the live index vouches for every file: links
     old = take_snapshot(store, APP, {"data": source}, commit=COMMIT_A)
     mark_volumes_dirty(store, APP)  # as a rewarm does before it deploys the new version
     mutate_bulk(source, random.Random(3), fraction=0.1)

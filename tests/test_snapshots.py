@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,13 @@ from controller.snapshots import (
     volumes_clean,
 )
 from controller.snapshots import space as snapshot_space
+from controller.snapshots.copy import linkable
 from controller.snapshots.jobs import WORKERS, Jobs
+from controller.snapshots.layout import LAST_KNOWN_GOOD
 from controller.snapshots.manifest import (
     Observed,
     check_entries,
+    entry_to_json,
     group_hardlinks,
     parse_manifest,
     render_manifest,
@@ -56,6 +60,7 @@ from tests.snapshot_helpers import (
     rewrite_manifest,
     spawn,
     tree_digest,
+    wait_past_racy_window,
     write,
 )
 
@@ -134,6 +139,51 @@ def test_new_take_replaces_the_old_generation(store: Path, volume: Path) -> None
     assert sorted(os.listdir(store / APP)) == sorted(
         [".lock", "last-known-good", "live-index.json", "volumes-state.json", link_target(store)])
     assert verify_snapshot(store, APP) == second
+
+
+def test_a_replacing_take_links_unchanged_files_and_outlives_the_older_generation(
+    store: Path, volume: Path
+) -> None:
+    wait_past_racy_window(volume)
+    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    old = first.path.resolve() / "volumes/data"
+    kept, changed = inode(old / "data/keep.bin"), inode(old / "cache/b")
+    write(volume / "cache/b", b"changed")
+
+    second = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+
+    new = second.path.resolve() / "volumes/data"
+    assert not old.exists() and generation_dirs(store) == [link_target(store)]
+    # The unchanged file is the older generation's inode, now under the new name only.
+    assert inode(new / "data/keep.bin") == kept and os.stat(new / "data/keep.bin").st_nlink == 1
+    assert inode(new / "cache/b") != changed
+    # Hard-link groups are copied, never linked across generations.
+    assert os.stat(new / "hl/one").st_nlink == 2
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    assert verify_snapshot(store, APP) == second
+
+
+def test_a_restore_never_shares_an_inode_with_the_snapshot(
+    store: Path, volume: Path, snapshot_place: Path
+) -> None:
+    wait_past_racy_window(volume)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    write(volume / "data/keep.bin", b"upgraded")
+    (volume / "docs/readme.txt").unlink()
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)  # links what is unchanged
+    stored = store / APP / LAST_KNOWN_GOOD / "volumes/data"
+    snapshot_inodes = {os.lstat(p).st_ino for p in stored.rglob("*") if p.is_file()}
+    write(volume / "cache/b", b"changed after the take")
+    empty = snapshot_place / "fresh"
+    empty.mkdir()
+
+    restore_snapshot(store, APP, {"data": volume})
+    restore_snapshot(store, APP, {"data": empty})
+
+    for root in (volume, empty):
+        restored = {os.lstat(p).st_ino for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+        assert restored and not restored & snapshot_inodes
+        assert volume_manifest(root) == snapshot_manifest(store, APP)["data"]
 
 
 def test_take_refuses_bad_names_and_paths(store: Path, volume: Path, tmp_path: Path) -> None:
@@ -259,29 +309,30 @@ def test_only_paranoid_sees_an_edit_the_live_index_vouches_for(store: Path, volu
     assert volume_manifest(volume) == snapshot_manifest(store, APP)["data"]
 
 
-def test_a_take_trusts_the_live_index_only_where_it_clones(
-    store: Path, volume: Path, request: pytest.FixtureRequest
+def test_a_take_links_what_the_live_index_vouches_for_and_paranoid_reads_everything(
+    store: Path, volume: Path
 ) -> None:
-    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    old_copy = first.path.resolve() / "volumes/data/data/stealth.bin"
+    old_inode, old_bytes = inode(old_copy), old_copy.read_bytes()
     stealth = volume / "data/stealth.bin"
     stealth.write_bytes(bytes(len(stealth.read_bytes())))
     os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
     forge_index_row(store, "data", "data/stealth.bin", stealth)
 
-    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+    second = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
 
-    if request.node.callspec.params["snapshot_place"] == "disk":
-        # A copy reads every byte anyway, so the digest is always the source's own.
-        assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
-        verify_snapshot(store, APP)
-    else:
-        # A clone of a file the index vouches for is not read: the forged row is believed,
-        # and verify_snapshot, which reads every stored file from the disk, catches it.
-        assert snapshot_manifest(store, APP)["data"] != volume_manifest(volume)
-        with pytest.raises(CheckFailed, match=r"data/stealth\.bin: content differs"):
-            verify_snapshot(store, APP)
-    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, paranoid=True)
+    # The forged row is believed: the file is linked to the last generation's copy, unread.
+    # The snapshot stays honest about what it holds (the old bytes under their own digest,
+    # so it verifies), but it is not the volume as it is now.
+    new_copy = second.path.resolve() / "volumes/data/data/stealth.bin"
+    assert inode(new_copy) == old_inode and new_copy.read_bytes() == old_bytes
+    assert snapshot_manifest(store, APP)["data"] != volume_manifest(volume)
+    verify_snapshot(store, APP)
+    third = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, paranoid=True)
     assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    paranoid_copy = third.path.resolve() / "volumes/data/data/stealth.bin"
+    assert paranoid_copy.read_bytes() == stealth.read_bytes() != old_bytes
     verify_snapshot(store, APP)
 
 
@@ -498,6 +549,24 @@ def test_low_disk_refuses_before_writing(
     verify_snapshot(store, APP)
 
 
+def test_the_disk_guard_skips_its_scan_only_where_the_whole_filesystem_would_fit(
+    store: Path, volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bound = snapshot_space.filesystem_bound(volume)
+    assert bound is not None and bound >= snapshot_space.disk_usage(volume)
+    scanned: list[Path] = []
+    real_usage = snapshot_space.disk_usage
+    monkeypatch.setattr(snapshot_space, "disk_usage", lambda root: scanned.append(root) or real_usage(root))
+    monkeypatch.setattr(snapshot_space, "filesystem_bound", lambda path: 10 << 20)
+
+    monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 12 << 20)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, min_free_bytes=1 << 20)
+    assert scanned == []
+    monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 10 << 20)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B, min_free_bytes=1 << 20)
+    assert scanned == [volume]
+
+
 def test_min_free_bytes_is_kept_free(store: Path, volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshot_space, "_free_bytes", lambda path: 90 << 20)
     with pytest.raises(CheckFailed, match=r"plus 95\.4 MiB that must stay free"):
@@ -675,6 +744,18 @@ def _seen(kind: str | None = "f", inode: int = 1, **kw: object) -> Observed:
     return Observed(**base)  # type: ignore[arg-type]
 
 
+def test_a_take_links_only_a_vouched_file_the_last_manifest_holds_exactly() -> None:
+    source = _entry("f")
+    assert linkable(source, _seen(), _entry("f"))
+    assert not linkable(replace(source, sha256=None), _seen(), _entry("f"))  # not vouched for
+    assert not linkable(source, _seen(), None)  # not in the last snapshot
+    assert not linkable(source, _seen(), _entry("f", sha256="cd" * 32))
+    assert not linkable(source, _seen(), _entry("f", mode=0o600))
+    assert not linkable(source, _seen(), _entry("f", mtime_ns=6))
+    assert not linkable(source, _seen(nlink=2), _entry("f"))  # hard links are copied
+    assert not linkable(source, _seen(), _entry("f", hardlink="f"))
+
+
 def test_decide_uses_lstat_first_and_hashes_only_when_needed() -> None:
     want = _entry("f")
     assert decide(want, _seen()) == "hash"  # nothing vouches for its content
@@ -707,6 +788,19 @@ def test_manifest_round_trips_and_sorts_parents_first() -> None:
     data = render_manifest({"v": entries})
     assert parse_manifest(data) == {"v": entries}
     assert render_manifest({"v": list(reversed(entries))}) == data
+
+
+def test_manifest_lines_are_what_json_dumps_writes(volume: Path) -> None:
+    odd = ['quote"back\\slash\nnewline\ttab', "ünïcode-☃", LATIN1_NAME, "\x7f\x01"]
+    entries = volume_manifest(volume) + [
+        ManifestEntry(path=name, type="l", mode=0o777, uid=2**40, gid=0, size=len(name),
+                      mtime_ns=-5, target=name) for name in odd
+    ]
+    for entry in entries:
+        doc = {"volume": "v", "path": entry.path, "type": entry.type, "mode": f"{entry.mode:04o}",
+               "uid": entry.uid, "gid": entry.gid, "size": entry.size, "mtime_ns": entry.mtime_ns,
+               "sha256": entry.sha256, "target": entry.target, "hardlink": entry.hardlink}
+        assert entry_to_json(entry, "v") == json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,16 +74,19 @@ def check_tree(
     should_hash: HashPolicy = hash_all,
     label: str = "",
     drop_cache: bool = False,
+    before: Mapping[str, Observed] | None = None,
+    restat: Callable[[str, Observed], bool] = lambda path, earlier: True,
 ) -> TreeCheck:
     """Scan `root`, compare it with `want`, hash the files `should_hash` picks.
 
     An entry without a digest (sha256 None) is hashed when picked but never compared:
-    the caller learns its digest from `hashes`.
+    the caller learns its digest from `hashes`. Given `before` (an earlier scan of the
+    same tree), entries `restat` declines keep their earlier lstat (fsio.rescan).
     """
     scanned_ns = time.time_ns()
     root_fd = fsio.open_root(root)
     try:
-        seen = fsio.scan(root_fd)
+        seen = fsio.scan(root_fd) if before is None else fsio.rescan(root_fd, before, restat)
         problems = tree_differences(want, seen, label)
         if problems:
             return TreeCheck(problems, seen, scanned_ns, {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -27,12 +28,11 @@ from controller.snapshots.manifest import (
     parent_of,
     sort_key,
 )
-from controller.util import files
 from controller.util.errors import CheckFailed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Copied = Literal["copied", "cloned", "vouched"]
+Copied = Literal["copied", "cloned", "vouched", "linked"]
 
 
 @dataclass
@@ -40,14 +40,47 @@ class CopyResult:
     """A copied volume: its manifest, and where each file's digest came from.
 
     Digests of "copied" files were computed from the source bytes on the way; "cloned"
-    files share the source's extents and have no digest yet (sha256 None) until it is read
-    from the copy; "vouched" files were cloned and their digest comes from the live index.
+    files share the source's extents and their digest was read from the clone right after
+    it was made (with `read_back`, not yet: sha256 None until read after the sync);
+    "vouched" files were cloned and their digest comes from the live index; "linked" files
+    are hard links to the previous generation's inode, which the live index and that
+    generation's manifest both vouch for.
     """
 
     entries: list[ManifestEntry]
     how: dict[str, Copied]
     source: dict[str, Observed]  # lstat of each source file when it was copied
     scanned_ns: int  # the clock before the walk began (for the live index)
+
+
+@dataclass(frozen=True)
+class PreviousCopy:
+    """The same volume in the last-known-good, whose unchanged files a new take links to.
+
+    Snapshot files are never written once taken (a restore clones or copies from them into
+    a new inode), so two generations can share an inode, and removing the older one only
+    removes names.
+    """
+
+    root: Path  # <generation>/volumes/<name>
+    entries: dict[str, ManifestEntry]  # its manifest, by path
+
+
+def linkable(entry: ManifestEntry, seen: Observed, previous: ManifestEntry | None) -> bool:
+    """Pure: whether a source file may be a hard link to the previous generation's file.
+
+    `entry` is the source file's manifest entry with the digest the live index vouches for
+    (None: not vouched for). Only when the index vouches for it (the file is unchanged
+    since it was last taken or restored) and the previous manifest records that same file
+    exactly: digest, size, mode, owner and mtime. Hard-link groups are copied as before.
+    """
+    return (
+        entry.sha256 is not None  # vouched for by the live index
+        and previous is not None
+        and previous.hardlink is None
+        and seen.nlink == 1
+        and entry == previous
+    )
 
 
 class TreeCopy:
@@ -58,8 +91,11 @@ class TreeCopy:
     cloned where the filesystem can, else copied and hashed in one pass.
     """
 
-    def __init__(self, index: VolumeIndex = EMPTY) -> None:
+    def __init__(self, index: VolumeIndex = EMPTY, previous: PreviousCopy | None = None, *,
+                 read_back: bool = False) -> None:
         self.index = index
+        self.previous = previous
+        self.read_back = read_back
         self.entries: list[ManifestEntry] = []
         self.how: dict[str, Copied] = {}
         self.source: dict[str, Observed] = {}
@@ -76,15 +112,21 @@ class TreeCopy:
             dst_fd = fsio.open_root(dst)
             try:
                 self._dirs.append((ROOT, os.fstat(src_fd)))
-                jobs: Jobs[_Copy] = Jobs()
+                jobs: Jobs[_Copy | _HardLinked] = Jobs()
+                prev_fd = self._open_previous(-1, ROOT)
+                dst_dev = os.fstat(dst_fd).st_dev
+                hard_linked: list[_HardLinked] = []
                 try:
-                    self._walk(src_fd, dst_fd, ROOT, jobs, os.fstat(dst_fd).st_dev)
+                    self._walk(src_fd, dst_fd, prev_fd, ROOT, jobs, dst_dev)
                 finally:
-                    for entry, how, seen in jobs.results():
-                        self.entries.append(entry)
-                        if how is not None:
-                            self.how[entry.path] = how
-                            self.source[entry.path] = seen
+                    if prev_fd >= 0:
+                        os.close(prev_fd)
+                    for done in jobs.results():
+                        if isinstance(done, _HardLinked):
+                            hard_linked.append(done)
+                        else:
+                            self._add(done)
+                self._copy_hard_linked(src_fd, dst_fd, dst_dev, hard_linked)
                 self._make_links(dst_fd)
                 self._set_dir_metadata(dst_fd)
             finally:
@@ -94,11 +136,67 @@ class TreeCopy:
         return CopyResult(group_hardlinks(self.entries, self.inodes), self.how, self.source,
                           scanned_ns)
 
-    def _walk(self, src_fd: int, dst_fd: int, rel: str, jobs: Jobs[_Copy], dst_dev: int) -> None:
+    def _open_previous(self, parent_fd: int, path: str) -> int:
+        """The previous generation's directory at `path`, or -1 when there is none to link from."""
+        if self.previous is None:
+            return -1
+        entry = self.previous.entries.get(path)
+        if entry is None or entry.type != "d":
+            return -1
+        try:
+            if path == ROOT:
+                return fsio.open_root(self.previous.root)
+            return fsio.open_dir_at(parent_fd, path.rpartition("/")[2], path)
+        except (OSError, CheckFailed) as exc:
+            # A damaged previous generation only means copying what could have been linked.
+            log.warning("previous snapshot: cannot open %s (%s); copying its files", path, exc)
+            return -1
+
+    def _add(self, copied: _Copy) -> None:
+        entry, how, seen = copied
+        self.entries.append(entry)
+        if how is not None:
+            self.how[entry.path] = how
+            self.source[entry.path] = seen
+
+    def _copy_hard_linked(self, src_fd: int, dst_fd: int, dst_dev: int,
+                          found: list[_HardLinked]) -> None:
+        """Copy the first path of each hard-linked inode; link the others to it later."""
+        how = _How(self.index, {}, -1, dst_dev, self.read_back)
+        for item in sorted(found, key=lambda item: sort_key(item.path)):
+            inode = (item.st.st_dev, item.st.st_ino)
+            self.inodes[item.path] = inode
+            first = self._first_of_inode.setdefault(inode, item.path)
+            if first != item.path:
+                self._links.append((item.path, first, item.st))
+                continue
+            parent = parent_of(item.path)
+            src_pfd = fsio.open_dir_chain(src_fd, parent)
+            try:
+                dst_pfd = fsio.open_dir_chain(dst_fd, parent)
+                try:
+                    self._add(_copy_one(src_pfd, dst_pfd, parent, item.path.rpartition("/")[2],
+                                        item.st, how))
+                finally:
+                    os.close(dst_pfd)
+            finally:
+                os.close(src_pfd)
+
+    def _walk(self, src_fd: int, dst_fd: int, prev_fd: int, rel: str,
+              jobs: Jobs[_Copy | _HardLinked], dst_dev: int) -> None:
         with os.scandir(src_fd) as it:
-            names = sorted(entry.name for entry in it)
-        batch: list[tuple[str, os.stat_result]] = []
-        for name in names:
+            # Files and symlinks (by the directory's d_type, no syscall) go to the workers
+            # unstat'ed: their lstat, cold after a cache drop, runs there in parallel.
+            found = sorted((entry.name, entry.is_symlink() or entry.is_file(follow_symlinks=False))
+                           for entry in it)
+        batch: list[str] = []
+        for name, leaf in found:
+            if leaf:
+                batch.append(name)
+                if len(batch) >= BATCH:
+                    self._submit(jobs, src_fd, dst_fd, prev_fd, rel, batch, dst_dev)
+                    batch = []
+                continue
             path = join(rel, name)
             st = fsio.lstat_at(src_fd, name)
             if st is None:
@@ -111,23 +209,18 @@ class TreeCopy:
                 try:
                     child_dst = fsio.open_dir_at(dst_fd, name, path)
                     try:
-                        self._walk(child_src, child_dst, path, jobs, dst_dev)
+                        child_prev = self._open_previous(prev_fd, path) if prev_fd >= 0 else -1
+                        try:
+                            self._walk(child_src, child_dst, child_prev, path, jobs, dst_dev)
+                        finally:
+                            if child_prev >= 0:
+                                os.close(child_prev)
                     finally:
                         os.close(child_dst)
                 finally:
                     os.close(child_src)
             elif kind in ("f", "l"):
-                if kind == "f" and st.st_nlink > 1:
-                    inode = (st.st_dev, st.st_ino)
-                    self.inodes[path] = inode
-                    first = self._first_of_inode.setdefault(inode, path)
-                    if first != path:
-                        self._links.append((path, first, st))
-                        continue
-                batch.append((name, st))
-                if len(batch) >= BATCH:
-                    self._submit(jobs, src_fd, dst_fd, rel, batch, dst_dev)
-                    batch = []
+                batch.append(name)  # it was something else when the directory was read
             elif stat.S_ISSOCK(st.st_mode):
                 # A socket is meaningless without the process that listened on it.
                 log.info("snapshot skips the socket %s", path)
@@ -137,17 +230,21 @@ class TreeCopy:
                     "directories and symlinks)"
                 )
         if batch:
-            self._submit(jobs, src_fd, dst_fd, rel, batch, dst_dev)
+            self._submit(jobs, src_fd, dst_fd, prev_fd, rel, batch, dst_dev)
 
-    def _submit(self, jobs: Jobs[_Copy], src_fd: int, dst_fd: int, rel: str,
-                batch: list[tuple[str, os.stat_result]], dst_dev: int) -> None:
-        src_dup, dst_dup = dup_all(src_fd, dst_fd)
-        index = self.index
+    def _submit(self, jobs: Jobs[_Copy | _HardLinked], src_fd: int, dst_fd: int, prev_fd: int,
+                rel: str, batch: list[str], dst_dev: int) -> None:
+        fds = dup_all(src_fd, dst_fd, *([prev_fd] if prev_fd >= 0 else []))
+        src_dup, dst_dup = fds[:2]
+        prev_dup = fds[2] if len(fds) > 2 else -1
+        how = _How(self.index, self.previous.entries if self.previous else {}, prev_dup,
+                   dst_dev, self.read_back)
 
-        def job() -> list[_Copy]:
-            return [_copy_one(src_dup, dst_dup, rel, name, st, dst_dev, index) for name, st in batch]
+        def job() -> list[_Copy | _HardLinked]:
+            return [done for name in batch
+                    if (done := _copy_leaf(src_dup, dst_dup, rel, name, how)) is not None]
 
-        jobs.submit(job, (src_dup, dst_dup))
+        jobs.submit(job, fds)
 
     def _make_links(self, dst_fd: int) -> None:
         sha = {e.path: e.sha256 for e in self.entries if e.path in self.inodes}
@@ -175,8 +272,57 @@ class TreeCopy:
 _Copy = tuple[ManifestEntry, Copied | None, Observed]
 
 
-def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result, dst_dev: int,
-              index: VolumeIndex) -> _Copy:
+@dataclass(frozen=True)
+class _HardLinked:
+    """A source file with more than one name: copied after the walk, which finds them all."""
+
+    path: str
+    st: os.stat_result
+
+
+def _copy_leaf(src_fd: int, dst_fd: int, rel: str, name: str,
+               how: _How) -> _Copy | _HardLinked | None:
+    """lstat a file or symlink the walk found and copy it; None when it is gone."""
+    path = join(rel, name)
+    st = fsio.lstat_at(src_fd, name)
+    if st is None:
+        return None
+    if entry_type(st.st_mode) not in ("f", "l"):
+        raise CheckFailed(f"{path}: changed while being read")
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return _HardLinked(path, st)
+    return _copy_one(src_fd, dst_fd, rel, name, st, how)
+
+# What a failed link to the previous generation means: nothing to link to (that file
+# is gone: the old generation is damaged) or too many links; then the file is copied.
+_CANNOT_LINK = frozenset({errno.ENOENT, errno.EMLINK})
+
+
+@dataclass(frozen=True)
+class _How:
+    """What a copy job needs to know to pick link, clone or copy for its files."""
+
+    index: VolumeIndex
+    previous: dict[str, ManifestEntry]
+    prev_fd: int  # the previous generation's directory of this batch, or -1
+    dst_dev: int
+    read_back: bool  # a clone's digest is read after the sync, not right away
+
+
+def _link_previous(src_name: str, how: _How, dst_fd: int, path: str) -> bool:
+    try:
+        os.link(src_name, src_name, src_dir_fd=how.prev_fd, dst_dir_fd=dst_fd,
+                follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_LINK:
+            raise
+        log.warning("previous snapshot: cannot link %s (%s); copying it", path, exc.strerror)
+        return False
+    return True
+
+
+def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
+              how_to: _How) -> _Copy:
     path = join(rel, name)
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(name, dir_fd=src_fd)
@@ -186,14 +332,27 @@ def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
         fsio.set_symlink_metadata(dst_fd, name, entry, st.st_atime_ns)
         return entry, None, seen
     seen = observe(st)
+    vouched = how_to.index.vouched(path, seen)
+    if vouched is not None and how_to.prev_fd >= 0:
+        entry = entry_from(path, seen, vouched)
+        if linkable(entry, seen, how_to.previous.get(path)) and _link_previous(
+            name, how_to, dst_fd, path
+        ):
+            # The inode keeps the previous take's metadata, equal to the source's (linkable).
+            return entry, "linked", seen
     how: Copied
     sfd = fsio.open_file_at(src_fd, name, path, (st.st_dev, st.st_ino))
     try:
-        dfd = os.open(name, files.CREATE_FLAGS, 0o600, dir_fd=dst_fd)
+        dfd = os.open(name, fsio.READ_WRITE_CREATE, 0o600, dir_fd=dst_fd)
         try:
-            if fsio.CLONES.clone(sfd, dfd, st.st_dev, dst_dev):
-                sha = index.vouched(path, seen)  # None: read from the copy after the sync
+            if fsio.CLONES.clone(sfd, dfd, st.st_dev, how_to.dst_dev):
+                sha = vouched
                 how = "cloned" if sha is None else "vouched"
+                if sha is None and not how_to.read_back:
+                    # The clone is a new inode with nothing cached: this reads the extents
+                    # it shares from the disk (the clone flushed the source's dirty pages
+                    # first), while other workers still clone, instead of after them all.
+                    sha = fsio.hash_fd(dfd, thread_copier().buf)
             else:
                 sha, _ = thread_copier().copy(sfd, dfd, st)
                 how = "copied"
@@ -206,9 +365,14 @@ def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
     return entry, how, seen
 
 
-def copy_tree(src: Path, dst: Path, index: VolumeIndex = EMPTY) -> CopyResult:
-    """Copy `src` to the new directory `dst`; the manifest of `src` (sorted) comes with it."""
-    return TreeCopy(index).run(src, dst)
+def copy_tree(src: Path, dst: Path, index: VolumeIndex = EMPTY,
+              previous: PreviousCopy | None = None, *, read_back: bool = False) -> CopyResult:
+    """Copy `src` to the new directory `dst`; the manifest of `src` (sorted) comes with it.
+
+    Files the live index and `previous` both vouch for are hard-linked to it. With
+    `read_back`, clones get their digest later, from the disk after the sync.
+    """
+    return TreeCopy(index, previous, read_back=read_back).run(src, dst)
 
 
 def remove_tree(path: Path) -> None:

@@ -12,19 +12,21 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
 from controller.snapshots.manifest import ROOT, ManifestEntry, Observed, join, observe
 from controller.util.errors import CheckFailed
-from controller.util.files import TEMP_PREFIX
+from controller.util.files import CREATE_FLAGS, TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a fifo that replaced a file between lstat and open must not hang.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A new file that is read back as well: a clone's digest is read from it.
+READ_WRITE_CREATE = (CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR
 CHUNK = 1 << 20
 FICLONE = 0x40049409
 
@@ -147,6 +149,38 @@ def _scan_dir(dir_fd: int, rel: str, found: dict[str, Observed]) -> None:
             child = open_dir_at(dir_fd, name, path)
             try:
                 _scan_dir(child, path, found)
+            finally:
+                os.close(child)
+
+
+def rescan(
+    root_fd: int, before: Mapping[str, Observed], restat: Callable[[str, Observed], bool]
+) -> dict[str, Observed]:
+    """Like scan, but an entry `before` has and `restat` declines keeps its earlier lstat.
+
+    Every directory is listed again, so what appeared or vanished since is seen; every
+    entry that is new, or that `restat` picks, is lstat'ed again.
+    """
+    found = {ROOT: observe(os.fstat(root_fd))}
+    _rescan_dir(root_fd, ROOT, before, restat, found)
+    return found
+
+
+def _rescan_dir(dir_fd: int, rel: str, before: Mapping[str, Observed],
+                restat: Callable[[str, Observed], bool], found: dict[str, Observed]) -> None:
+    with os.scandir(dir_fd) as it:
+        names = [entry.name for entry in it]
+    for name in names:
+        path = join(rel, name)
+        earlier = before.get(path)
+        seen = observe_at(dir_fd, name) if earlier is None or restat(path, earlier) else earlier
+        if seen is None:
+            continue
+        found[path] = seen
+        if seen.type == "d":
+            child = open_dir_at(dir_fd, name, path)
+            try:
+                _rescan_dir(child, path, before, restat, found)
             finally:
                 os.close(child)
 

@@ -52,7 +52,13 @@ class VolumeIndex:
         if have is None or have.type != "f":
             return None
         row = self.rows.get(path)
-        if row is None or row[:5] != stamp(have) or have.ctime_ns >= self.scanned_ns - RACY_NS:
+        if (
+            type(row) is not list
+            or len(row) != 6
+            or have.ctime_ns >= self.scanned_ns - RACY_NS
+            or row[4] != have.ctime_ns  # the field most likely to differ first
+            or row[:4] != [have.inode[0], have.inode[1], have.size, have.mtime_ns]
+        ):
             return None
         sha = row[5]
         return sha if isinstance(sha, str) and SHA256_RE.match(sha) else None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Literal
 
 from controller.util.errors import BadInput, CheckFailed
@@ -18,7 +21,9 @@ ROOT = "."
 VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MODE_RE = re.compile(r"[0-7]{1,5}")
 MANIFEST_FORMAT = 1
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,14 @@ def check_commit(commit: object) -> str:
     return commit
 
 
+@functools.lru_cache(maxsize=1 << 16)  # one take or restore sorts the same paths several times
 def sort_key(path: str) -> tuple[bytes, ...]:
     """Component-wise byte order: a directory sorts right before its own contents (pre-order)."""
     if path == ROOT:
         return ()
-    return tuple(os.fsencode(path).split(b"/"))
+    # os.fsencode's own steps, without its Python-level checks: sorting 20 000 paths
+    # calls this for each, several times per take and restore.
+    return tuple(path.encode(_FS_ENCODING, _FS_ERRORS).split(b"/"))
 
 
 def parent_of(path: str) -> str:
@@ -148,23 +156,23 @@ def group_hardlinks(
 
 
 def entry_to_json(entry: ManifestEntry, volume: str | None = None) -> str:
-    doc: dict[str, Any] = {}
-    if volume is not None:
-        doc["volume"] = volume
-    doc.update(
-        path=entry.path,
-        type=entry.type,
-        mode=f"{entry.mode:04o}",
-        uid=entry.uid,
-        gid=entry.gid,
-        size=entry.size,
-        mtime_ns=entry.mtime_ns,
-        sha256=entry.sha256,
-        target=entry.target,
-        hardlink=entry.hardlink,
+    """One manifest line: byte for byte json.dumps(doc, separators=(",", ":"),
+    ensure_ascii=True) of the entry's fields in this order (a test holds the two equal),
+    written out with json's own string quoting, three times faster on 20 000 entries.
+    ensure_ascii keeps non-UTF-8 names (surrogate escapes) representable and the bytes stable.
+    """
+    head = "{" if volume is None else f'{{"volume":{_quote(volume)},'
+    return (
+        f'{head}"path":{_quote(entry.path)},"type":{_quote(entry.type)},'
+        f'"mode":"{entry.mode:04o}","uid":{int(entry.uid)},"gid":{int(entry.gid)},'
+        f'"size":{int(entry.size)},"mtime_ns":{int(entry.mtime_ns)},'
+        f'"sha256":{_quote_or_null(entry.sha256)},"target":{_quote_or_null(entry.target)},'
+        f'"hardlink":{_quote_or_null(entry.hardlink)}}}'
     )
-    # ensure_ascii keeps non-UTF-8 names (surrogate escapes) representable and the bytes stable.
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+
+
+def _quote_or_null(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
 
 
 def render_manifest(volumes: Mapping[str, list[ManifestEntry]]) -> bytes:
@@ -181,57 +189,108 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _field(doc: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+def _field(doc: Mapping[str, Any], key: str, kind: type, at: Callable[[], str]) -> Any:
     value = doc.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise CheckFailed(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+    if type(value) is not kind:  # exact: a bool is not an int here
+        raise CheckFailed(f"{at()}: field {key!r} is missing or not a {kind.__name__}")
     return value
 
 
-def _optional_str(doc: Mapping[str, Any], key: str, where: str) -> str | None:
+def _optional_str(doc: Mapping[str, Any], key: str, at: Callable[[], str]) -> str | None:
     value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise CheckFailed(f"{where}: field {key!r} is not a string")
+    if value is not None and type(value) is not str:
+        raise CheckFailed(f"{at()}: field {key!r} is not a string")
     return value
+
+
+def _load_lines(data: bytes, where: str) -> list[Any]:
+    """Every line's JSON value. The whole file is parsed in one call, several times faster
+    than a call per line on 20 000 lines; only a malformed file is parsed again line by
+    line, to name the line."""
+    lines = data.splitlines()
+    try:
+        docs: list[Any] = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        pass
+    else:
+        if len(docs) == len(lines):  # a line holding two values would shift the count
+            return docs
+    for number, raw in enumerate(lines, start=1):
+        try:
+            json.loads(raw)
+        except ValueError as exc:
+            raise CheckFailed(f"{where}:{number}: not valid JSON ({exc})") from exc
+    raise CheckFailed(f"{where}: not one JSON value per line")
+
+
+# Every manifest line repeats its volume's name and one of a few modes: each distinct
+# value is checked once (the modes once for all, as there are only 4096 of them).
+_VALID_VOLUMES: set[str] = set()
+_MODES = {f"{mode:04o}": mode for mode in range(0o10000)}
+
+
+def _check_fields(doc: dict[str, Any], at: Callable[[], str]) -> None:
+    """Raise for the first malformed field, in the order a reader would check them."""
+    volume = _field(doc, "volume", str, at)
+    if not VOLUME_NAME_RE.match(volume):
+        raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
+    kind = _field(doc, "type", str, at)
+    if kind not in ("f", "d", "l"):
+        raise CheckFailed(f"{at()}: type {kind!r} is not one of f, d, l")
+    mode_text = _field(doc, "mode", str, at)
+    if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
+        raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
+    _optional_str(doc, "sha256", at)
+    _field(doc, "path", str, at)
+    for key in ("uid", "gid", "size", "mtime_ns"):
+        _field(doc, key, int, at)
+    for key in ("target", "hardlink"):
+        _optional_str(doc, key, at)
+
+
+def _entry_from_doc(doc: dict[str, Any], at: Callable[[], str]) -> tuple[str, ManifestEntry]:
+    get: Callable[[str], Any] = doc.get
+    volume, path, kind, mode_text, sha = (get("volume"), get("path"), get("type"), get("mode"),
+                                          get("sha256"))
+    uid, gid, size, mtime_ns = get("uid"), get("gid"), get("size"), get("mtime_ns")
+    target, hardlink = get("target"), get("hardlink")
+    # One test for the usual line; a failing one is checked field by field, for the message.
+    if not (
+        type(volume) is str and type(path) is str and kind in ("f", "d", "l")
+        and type(mode_text) is str and (sha is None or type(sha) is str)
+        and type(uid) is int and type(gid) is int and type(size) is int
+        and type(mtime_ns) is int and (target is None or type(target) is str)
+        and (hardlink is None or type(hardlink) is str)
+    ):
+        _check_fields(doc, at)
+    if volume not in _VALID_VOLUMES:
+        if not VOLUME_NAME_RE.match(volume):
+            raise CheckFailed(f"{at()}: {volume!r} is not a valid volume name")
+        _VALID_VOLUMES.add(volume)
+    mode = _MODES.get(mode_text)
+    if mode is None:
+        if not MODE_RE.fullmatch(mode_text) or int(mode_text, 8) > 0o7777:
+            raise CheckFailed(f"{at()}: mode {mode_text!r} is not octal permission bits")
+        mode = int(mode_text, 8)
+    if sha is not None and not SHA256_RE.match(sha):
+        raise CheckFailed(f"{at()}: sha256 {sha!r} is not a hex digest")
+    return volume, ManifestEntry(path=path, type=kind, mode=mode, uid=uid,
+                                 gid=gid, size=size, mtime_ns=mtime_ns, sha256=sha,
+                                 target=target, hardlink=hardlink)
 
 
 def parse_manifest(data: bytes, where: str = "manifest") -> dict[str, list[ManifestEntry]]:
     """Read a manifest file back; malformed or unsafe entries raise CheckFailed."""
     volumes: dict[str, list[ManifestEntry]] = {}
-    for number, raw in enumerate(data.splitlines(), start=1):
-        at = f"{where}:{number}"
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise CheckFailed(f"{at}: not valid JSON ({exc})") from exc
-        if not isinstance(doc, dict):
-            raise CheckFailed(f"{at}: not a JSON object")
-        volume = _field(doc, "volume", str, at)
-        if not VOLUME_NAME_RE.match(volume):
-            raise CheckFailed(f"{at}: {volume!r} is not a valid volume name")
-        kind = _field(doc, "type", str, at)
-        if kind not in ("f", "d", "l"):
-            raise CheckFailed(f"{at}: type {kind!r} is not one of f, d, l")
-        mode_text = _field(doc, "mode", str, at)
-        if not re.fullmatch(r"[0-7]{1,5}", mode_text) or int(mode_text, 8) > 0o7777:
-            raise CheckFailed(f"{at}: mode {mode_text!r} is not octal permission bits")
-        sha = _optional_str(doc, "sha256", at)
-        if sha is not None and not SHA256_RE.match(sha):
-            raise CheckFailed(f"{at}: sha256 {sha!r} is not a hex digest")
-        volumes.setdefault(volume, []).append(
-            ManifestEntry(
-                path=_field(doc, "path", str, at),
-                type=kind,
-                mode=int(mode_text, 8),
-                uid=_field(doc, "uid", int, at),
-                gid=_field(doc, "gid", int, at),
-                size=_field(doc, "size", int, at),
-                mtime_ns=_field(doc, "mtime_ns", int, at),
-                sha256=sha,
-                target=_optional_str(doc, "target", at),
-                hardlink=_optional_str(doc, "hardlink", at),
-            )
-        )
+    for number, doc in enumerate(_load_lines(data, where), start=1):
+
+        def at(number: int = number) -> str:
+            return f"{where}:{number}"
+
+        if type(doc) is not dict:
+            raise CheckFailed(f"{at()}: not a JSON object")
+        volume, entry = _entry_from_doc(doc, at)
+        volumes.setdefault(volume, []).append(entry)
     for name, entries in volumes.items():
         check_entries(entries, f"{where}: volume {name}")
     return volumes

@@ -5,13 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from controller.snapshots import fsio
 from controller.snapshots.check import HashPolicy, check_tree, hash_all
-from controller.snapshots.index import EMPTY, VolumeIndex, read_index, volume_index, write_index
+from controller.snapshots.index import (
+    EMPTY,
+    RACY_NS,
+    VolumeIndex,
+    read_index,
+    volume_index,
+    write_index,
+)
 from controller.snapshots.jobs import Jobs, dup_all, thread_copier
 from controller.snapshots.layout import (
     Snapshot,
@@ -31,12 +40,9 @@ from controller.snapshots.manifest import (
     sort_key,
 )
 from controller.snapshots.state import write_state
-from controller.util import files
 from controller.util.errors import BadInput, CheckFailed
 
 log = logging.getLogger(__name__)
-
-READ_WRITE_CREATE = (files.CREATE_FLAGS & ~os.O_WRONLY) | os.O_RDWR
 
 # keep: equal; fix: metadata only; hash: size matches, nothing vouches for the content;
 # write: (re)create from the snapshot; link: hard-link to the group's first member.
@@ -89,6 +95,23 @@ def decide(
     return "fix" if metadata_differences(want, have) else "keep"
 
 
+@dataclass(frozen=True)
+class VolumeScan:
+    """One lstat pass over a live volume, and the clock just before it began."""
+
+    scanned_ns: int
+    seen: dict[str, Observed]
+
+
+def scan_volume(volume: Path) -> VolumeScan:
+    scanned_ns = time.time_ns()
+    fd = fsio.open_root(volume)
+    try:
+        return VolumeScan(scanned_ns, fsio.scan(fd))
+    finally:
+        os.close(fd)
+
+
 def _split(path: str) -> tuple[str, str]:
     return parent_of(path), path.rpartition("/")[2]
 
@@ -137,7 +160,7 @@ class VolumeRestore:
     """
 
     def __init__(self, source: Path, volume: Path, entries: list[ManifestEntry], *,
-                 paranoid: bool, index: VolumeIndex = EMPTY) -> None:
+                 paranoid: bool, index: VolumeIndex = EMPTY, scan: VolumeScan | None = None) -> None:
         self.source = source
         self.volume = volume
         self.index = index
@@ -146,13 +169,24 @@ class VolumeRestore:
         self.paranoid = paranoid
         self.counts = _Counts()
         self._inode_owner: dict[tuple[int, int], str] = {}
+        self._scan = scan
+        self.seen: dict[str, Observed] = {}  # the volume as the decisions saw it
+        self.scanned_ns = 0  # the clock before that scan
+        self.touched: set[str] = set()  # entries this restore may have changed
 
     def run(self) -> _Counts:
         vol_fd = fsio.open_root(self.volume)
         try:
             snap_fd = fsio.open_root(self.source)
             try:
-                self._remove_extras(vol_fd, fsio.scan(vol_fd))
+                # One lstat pass serves both the removal of extras and every decision: only
+                # this restore (holding the app's lock, the app undeployed) changes the volume,
+                # and what it removes as extra is never an entry it decides on.
+                scan = self._scan
+                if scan is None or scan.seen[ROOT].inode != observe(os.fstat(vol_fd)).inode:
+                    scan = scan_volume(self.volume)
+                self.scanned_ns, self.seen = scan.scanned_ns, scan.seen
+                self._remove_extras(vol_fd, self.seen)
                 members = self._restore_all_but_members(vol_fd, snap_fd)
                 with fsio.DirCursor(vol_fd) as vol:
                     for entry in members:
@@ -163,6 +197,22 @@ class VolumeRestore:
         finally:
             os.close(vol_fd)
         return self.counts
+
+    def needs_restat(self, path: str, earlier: Observed) -> bool:
+        """Whether the verify must lstat `path` again rather than trust the decisions' scan.
+
+        Only this restore changes the volume (the app is undeployed, the app's lock is
+        held): what it did not touch is as that scan saw it. Directories (their mtimes
+        are set last), hard-linked inodes (a change through one name shows in all) and
+        files changed just before that scan (the live index must not stamp them within
+        their racy window, index.RACY_NS) are looked at again all the same.
+        """
+        return (
+            path in self.touched
+            or earlier.type != "f"
+            or earlier.nlink > 1
+            or earlier.ctime_ns >= self.scanned_ns - RACY_NS
+        )
 
     def _remove_extras(self, vol_fd: int, seen: dict[str, Observed]) -> None:
         extras = {path for path in seen if path not in self.wanted}
@@ -194,13 +244,7 @@ class VolumeRestore:
 
     def _restore_entry(self, entry: ManifestEntry, vol_fd: int, vol: fsio.DirCursor,
                        snap: fsio.DirCursor, jobs: Jobs[_Outcome]) -> None:
-        if entry.path == ROOT:
-            pfd, name = vol_fd, ""
-            have: Observed | None = observe(os.fstat(vol_fd))
-        else:
-            parent, name = _split(entry.path)
-            pfd = vol.fd_for(parent)
-            have = fsio.observe_at(pfd, name)
+        have = self.seen.get(entry.path)
         action = decide(
             entry,
             have,
@@ -212,6 +256,14 @@ class VolumeRestore:
             # First come, first served: a later entry sharing this inode outside the
             # group gets its own copy.
             self._inode_owner.setdefault(have.inode, entry.hardlink or entry.path)
+        if action == "keep":
+            return  # most entries: no directory to open
+        self.touched.add(entry.path)
+        if entry.path == ROOT:
+            pfd, name = vol_fd, ""
+        else:
+            parent, name = _split(entry.path)
+            pfd = vol.fd_for(parent)
         if entry.type == "f" and action in ("hash", "write"):
             self._submit_file(entry, have, action, pfd, name, snap, jobs)
         elif action == "fix":
@@ -268,6 +320,7 @@ class VolumeRestore:
         parent, name = _split(entry.path)
         pfd = vol.fd_for(parent)
         have = fsio.observe_at(pfd, name)
+        self.touched.add(entry.path)
         if decide(entry, have, leader_inode=(st.st_dev, st.st_ino)) == "link":
             self._link(entry, pfd, name, have, vol_fd)
             self.counts.add(_done(entry, have))
@@ -322,7 +375,7 @@ class VolumeRestore:
         except FileNotFoundError as exc:
             raise CheckFailed(f"snapshot file {entry.path} is missing; the snapshot is damaged") from exc
         try:
-            dfd = os.open(temp, READ_WRITE_CREATE, 0o600, dir_fd=pfd)
+            dfd = os.open(temp, fsio.READ_WRITE_CREATE, 0o600, dir_fd=pfd)
             try:
                 st = os.fstat(sfd)
                 if fsio.CLONES.clone(sfd, dfd, st.st_dev, os.fstat(dfd).st_dev):
@@ -409,7 +462,14 @@ def restore_snapshot(
     """Make each volume equal the last-known-good, rewriting only what differs; then verify."""
     targets = resolve_volumes(store_root, volumes, allowed_root)
     failed = f"restore of {app} failed; its volumes stay marked dirty"
-    with locked(store_root, app) as where, os_errors_fail(failed):
+    with (
+        locked(store_root, app) as where,
+        os_errors_fail(failed),
+        ThreadPoolExecutor(1, thread_name_prefix="snapshot-scan") as pool,
+    ):
+        # The volumes' (cold) lstat pass waits on the disk while this thread reads and
+        # parses the manifest and the index; it only reads, so it may come before both.
+        scans = {name: pool.submit(scan_volume, volume) for name, volume in sorted(targets.items())}
         remove_leftovers(where)
         snapshot = open_snapshot(where, app)
         _match_volumes(snapshot, targets)
@@ -418,9 +478,13 @@ def restore_snapshot(
         write_state(where, clean=False, manifest_sha256=None)
         total = _Counts()
         written: dict[str, set[str]] = {}
+        restores: dict[str, VolumeRestore] = {}
         for name, volume in sorted(targets.items()):
-            counts = VolumeRestore(snapshot.volume_dir(name), volume, snapshot.manifests[name],
-                                   paranoid=paranoid, index=index.get(name, EMPTY)).run()
+            restores[name] = VolumeRestore(snapshot.volume_dir(name), volume,
+                                           snapshot.manifests[name], paranoid=paranoid,
+                                           index=index.get(name, EMPTY),
+                                           scan=scans[name].result())
+            counts = restores[name].run()
             total.rewritten += counts.rewritten
             total.created += counts.created
             total.removed += counts.removed
@@ -432,11 +496,15 @@ def restore_snapshot(
         problems: list[str] = []
         live: dict[str, VolumeIndex] = {}
         for name, volume in sorted(targets.items()):
+            done = restores[name]
             checked = check_tree(
                 volume,
                 snapshot.manifests[name],
                 should_hash=hash_all if paranoid else _hash_if_in(written[name]),
                 label=f"{name}: ",
+                # Paranoid: every entry is looked at again, not only what this restore touched.
+                before=None if paranoid else done.seen,
+                restat=done.needs_restat,
             )
             problems += checked.problems
             # Every file is now known to hold its digest: written and hashed just now, or

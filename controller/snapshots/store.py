@@ -13,7 +13,7 @@ from pathlib import Path
 
 from controller.snapshots import fsio
 from controller.snapshots.check import check_tree, compare_tree
-from controller.snapshots.copy import CopyResult, copy_tree, remove_tree
+from controller.snapshots.copy import CopyResult, PreviousCopy, copy_tree, remove_tree
 from controller.snapshots.index import EMPTY, VolumeIndex, read_index, volume_index, write_index
 from controller.snapshots.layout import (
     LAST_KNOWN_GOOD,
@@ -64,9 +64,11 @@ def take_snapshot(
 ) -> SnapshotInfo:
     """Copy the (undeployed) app's volumes into a new generation and make it last-known-good.
 
-    Where the store's filesystem can clone the volumes' files, they share extents with the
-    copy, and a file the live index vouches for keeps its digest unread; `paranoid` reads
-    every file.
+    A file the live index vouches for (unchanged since the last take or restore) that the
+    last-known-good holds exactly becomes a hard link to it. Other files are cloned (share
+    extents) where the store's filesystem can, else copied; each is read once, for its
+    digest. `paranoid` trusts no index, links nothing, and re-reads every stored file from
+    the disk after the sync.
     """
     check_commit(commit)
     sources = resolve_volumes(store_root, volumes, allowed_root)
@@ -75,10 +77,12 @@ def take_snapshot(
         previous = link_target(where)
         check_free_space(where, app, sources, min_free_bytes)
         index = {} if paranoid else read_index(where)
+        to_link = {} if paranoid or previous is None else _previous_copies(where, app)
         name = new_generation_name()
         generation = where / name
         try:
-            info, live = _write_generation(where, generation, app, sources, commit, run_id, index)
+            info, live = _write_generation(where, generation, app, sources, commit, run_id,
+                                           index, to_link, paranoid)
             swap_link(where, name)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -107,6 +111,20 @@ def take_snapshot(
         return info
 
 
+def _previous_copies(where: Path, app: str) -> dict[str, PreviousCopy]:
+    """The last-known-good's volumes, to link unchanged files to; none when it is damaged."""
+    try:
+        snapshot = open_snapshot(where, app)
+    except (CheckFailed, OSError) as exc:
+        log.warning("snapshot of %s: the last-known-good is unreadable (%s); copying every file",
+                    app, exc)
+        return {}
+    return {
+        name: PreviousCopy(snapshot.volume_dir(name), {e.path: e for e in entries})
+        for name, entries in snapshot.manifests.items()
+    }
+
+
 class _Stopwatch:
     def __init__(self) -> None:
         self._last = time.monotonic()
@@ -125,19 +143,22 @@ def _write_generation(
     commit: str,
     run_id: str | None,
     index: dict[str, VolumeIndex],
+    previous: dict[str, PreviousCopy],
+    paranoid: bool,
 ) -> tuple[SnapshotInfo, dict[str, VolumeIndex]]:
     clock = _Stopwatch()
     os.mkdir(generation, 0o700)
     os.mkdir(generation / VOLUMES_DIR, 0o700)
     copies = {
-        name: copy_tree(src, generation / VOLUMES_DIR / name, index.get(name, EMPTY))
+        name: copy_tree(src, generation / VOLUMES_DIR / name, index.get(name, EMPTY),
+                        previous.get(name), read_back=paranoid)
         for name, src in sorted(sources.items())
     }
     copied = clock.lap()
     # One syncfs makes every copied file and directory durable before it is verified.
     fsio.sync_filesystem(generation)
     synced = clock.lap()
-    manifests = {name: _verify_copy(app, generation / VOLUMES_DIR / name, name, copy)
+    manifests = {name: _verify_copy(app, generation / VOLUMES_DIR / name, name, copy, paranoid)
                  for name, copy in copies.items()}
     manifest = render_manifest(manifests)
     files.write_durably(generation / MANIFEST_FILE, manifest)
@@ -161,16 +182,19 @@ def _write_generation(
     return info, live
 
 
-def _verify_copy(app: str, root: Path, name: str, copy: CopyResult) -> list[ManifestEntry]:
-    """Check the synced copy from the disk; return its manifest with every digest filled in.
+def _verify_copy(app: str, root: Path, name: str, copy: CopyResult,
+                 paranoid: bool) -> list[ManifestEntry]:
+    """Check the synced copy; return its manifest with every digest filled in.
 
-    Metadata and structure of every entry are compared by lstat. Copied files are re-read
-    (their cached pages dropped) and must hash as their source did; cloned files share the
-    source's extents, so reading the copy once gives their digest; a vouched file keeps the
-    digest the live index recorded for its unchanged source.
+    Metadata and structure of every entry are compared by lstat. Each file's content was
+    read once on the way: a copied file's digest is that of the very bytes written, a
+    clone's was read from the clone, a linked or vouched file's comes from the live index
+    (and, linked, from the last manifest too). `paranoid` re-reads every file from the
+    disk (cached pages dropped): a copy must hash as its source did, and a clone's
+    digest is read only then.
     """
     checked = check_tree(root, copy.entries, label=f"{name}: ", drop_cache=True,
-                         should_hash=lambda e, _: copy.how.get(e.path) != "vouched")
+                         should_hash=lambda e, _: paranoid or e.sha256 is None)
     if checked.problems:
         raise CheckFailed(f"the new snapshot of {app} does not verify: {checked.problems[0]}")
     return [replace(e, sha256=checked.hashes[e.path]) if e.type == "f" and e.sha256 is None else e
