@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -198,6 +199,18 @@ def run_until_deployed(state_dir: Path, clone: Path, run_id: str, app: str) -> s
         proc.wait()
         raise
     return proc
+
+
+def kill_mid_run_then_serve(state_dir: Path, clone: Path, run_id: str, app: str) -> None:
+    """SIGKILL `ccci run` of `run_id` once its app is deployed, then one `serve --once` on the same
+    state dir: the killed run left the app behind, and the restart removed every object of it."""
+    proc = run_until_deployed(state_dir, clone, run_id, app)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert objects_of_app(app), "the killed run should have left its app behind"
+    serve = ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
+    assert serve.returncode == 0, serve.stderr
+    assert objects_of_app(app) == []
 
 
 def objects_of_app(app: str) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -103,13 +101,7 @@ def test_sigkilled_cold_run_is_removed_by_next_serve_start(
                           "--recipe", "notes", "--ref", recipes["notes"].versions[1], "--by", "alice",
                           check=True).stdout.strip()
     app = names.cold_app("notes", run_id)
-    proc = helpers.run_until_deployed(state_dir, controller_clone, run_id, app)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert helpers.objects_of_app(app), "the killed run should have left objects behind"
-    serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(controller_clone), "--once")
-    assert serve.returncode == 0, serve.stderr
-    assert helpers.objects_of_app(app) == []
+    helpers.kill_mid_run_then_serve(state_dir, controller_clone, run_id, app)
     result = helpers.results_in(controller_clone)[run_id]
     assert result["outcome"] == "aborted", result
     leaks = helpers.ccci("--state-dir", str(state_dir), "leaks")

@@ -4,8 +4,6 @@ recipe's latest release tags, each from the data that tag initialised."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -83,13 +81,7 @@ def test_a_killed_upgrade_run_is_aborted_and_its_throwaway_app_removed_at_the_ne
                           "schema-chain", "--ref", head, "--mode", "upgrade", "--by", "alice",
                           check=True).stdout.strip()
     app = names.cold_app("schema-chain", run_id)
-    proc = helpers.run_until_deployed(state_dir, clone, run_id, app)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert helpers.objects_of_app(app), "the killed run should have left its row's app behind"
-    serve = helpers.ccci("--state-dir", str(state_dir), "serve", "--registry", str(clone), "--once")
-    assert serve.returncode == 0, serve.stderr
-    assert helpers.objects_of_app(app) == []
+    helpers.kill_mid_run_then_serve(state_dir, clone, run_id, app)
     helpers.git(clone, "pull", "-q")
     result = helpers.results_in(clone)[run_id]
     assert (result["mode"], result["outcome"]) == ("upgrade", "aborted"), result

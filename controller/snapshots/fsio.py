@@ -131,26 +131,7 @@ def observe_at(parent_fd: int, name: str) -> Observed | None:
 
 def scan(root_fd: int) -> dict[str, Observed]:
     """lstat every entry below `root_fd` (including the root as "."); symlinks are not followed."""
-    found = {ROOT: observe(os.fstat(root_fd))}
-    _scan_dir(root_fd, ROOT, found)
-    return found
-
-
-def _scan_dir(dir_fd: int, rel: str, found: dict[str, Observed]) -> None:
-    with os.scandir(dir_fd) as it:
-        names = [entry.name for entry in it]
-    for name in names:
-        path = join(rel, name)
-        seen = observe_at(dir_fd, name)
-        if seen is None:
-            continue
-        found[path] = seen
-        if seen.type == "d":
-            child = open_dir_at(dir_fd, name, path)
-            try:
-                _scan_dir(child, path, found)
-            finally:
-                os.close(child)
+    return rescan(root_fd, {}, lambda _path, _earlier: True)
 
 
 def rescan(
