@@ -267,6 +267,38 @@ def test_a_garbled_admin_response_is_asked_again(keycloak_admin: dict[str, str])
     assert calls == 2 and any(rep["realm"] == "master" for rep in reps or [])
 
 
+@pytest.mark.keycloak
+def test_a_listing_keycloak_could_not_write_out_is_asked_again(keycloak_admin: dict[str, str]) -> None:
+    """The server's side of the same race: a 400 "Cannot parse the JSON" to a realm listing
+    while a realm in it is deleted (seen in CI with four concurrent runs). Injected once at that
+    exact point; the real server answers the retry. Any other 400 is not asked again."""
+    from keycloak.exceptions import KeycloakGetError
+
+    client = admin_client(keycloak_admin)
+    calls = 0
+
+    def get_realms_once_torn(admin: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeycloakGetError(error_message=b'{"error":"Cannot parse the JSON"}', response_code=400,
+                                   response_body=b'{"error":"Cannot parse the JSON"}')
+        return admin.get_realms()
+
+    reps = client._call("list realms", get_realms_once_torn, retry=True)
+    assert calls == 2 and any(rep["realm"] == "master" for rep in reps or [])
+
+    def bad_request(admin: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise KeycloakGetError(error_message=b"{}", response_code=400, response_body=b'{"error":"invalid_request"}')
+
+    calls = 0
+    with pytest.raises(ExternalError, match=r"\(400\): invalid_request"):
+        client._call("list realms", bad_request, retry=True)
+    assert calls == 1
+
+
 def test_reaper_deletes_only_this_controllers_realms_of_runs_no_longer_in_flight(
         ctx: Context, keycloak_admin: dict[str, str]) -> None:
     client = admin_client(keycloak_admin)

@@ -56,10 +56,18 @@ def _translate(url: str, what: str, exc: KeycloakError) -> ExternalError:
     if isinstance(exc, KeycloakAuthenticationError) or status == 401:
         return ExternalError(f"keycloak at {url}: {what}: the admin credentials were refused "
                              f"({_explain(exc)})", command=what, returncode=status)
+    explained = _explain(exc)
     return ExternalError(
-        f"keycloak at {url}: {what} failed ({status}): {_explain(exc)}",
-        command=what, returncode=status, stderr=_explain(exc),
-        temporary=status is None or status >= 500 or status == 429)
+        f"keycloak at {url}: {what} failed ({status}): {explained}",
+        command=what, returncode=status, stderr=explained,
+        temporary=status is None or status >= 500 or status == 429
+        or (status == 400 and explained == TORN_LISTING))
+
+
+# What Keycloak answers (400) when it cannot write out a listing because a realm in it was
+# being deleted (seen with concurrent runs): the server's side of a listing cut short. Only an
+# idempotent call is asked again, so only a read ever retries on it.
+TORN_LISTING = "Cannot parse the JSON"
 
 
 class KeycloakAdminClient:
