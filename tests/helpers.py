@@ -160,6 +160,9 @@ class ServeProcess:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                # Every thread's stack into the log first (serve's SIGUSR1): where did it hang?
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(2)
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()

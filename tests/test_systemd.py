@@ -4,21 +4,27 @@ the one log with each line's priority, and secrets as the unit's credentials."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from controller.flows.forge.connect import webhook_secret
+from controller.flows.serve import Server, open_for_serve
 from controller.registry.settings import parse_settings
+from controller.util import log as log_module
 from controller.util.credentials import secret_file
 from controller.util.errors import BadInput
+from controller.util.log import mask, register_secret
 from controller.util.systemd import NOTIFY_VARIABLES, Notifier, notify_address, watchdog_seconds
 from tests import helpers
 from tests.helpers import RemoteRegistry
@@ -128,6 +134,65 @@ def test_serve_tells_systemd_ready_then_watchdog_then_stopping(
     finally:
         serve.stop()
     assert "READY=1" not in serve.log()  # the protocol goes to the socket, never to the log
+
+
+
+def _finishes(target: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Whether `target` returns within `timeout` s, run on a thread of its own."""
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return not worker.is_alive()
+
+
+def test_a_log_line_never_waits_for_the_secrets_lock() -> None:
+    # A log line written from a signal handler that interrupted register_secret (or another log
+    # line) in the same thread would otherwise wait forever for a lock its own thread holds.
+    register_secret("test-secret-4f1e")
+    with log_module._secrets_lock:
+        masked: list[str] = []
+        assert _finishes(lambda: masked.append(mask("token test-secret-4f1e"))), "mask waited for the lock"
+    assert masked == ["token *****"]
+
+
+def test_serve_s_signal_handler_takes_no_lock_and_the_loop_says_it_was_heard(
+    git_remote: RemoteRegistry, state_dir: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # A handler runs between two bytecodes of the main thread, which may hold the log
+    # handler's lock or the watcher's: CI once saw serve ignore SIGTERM for good, its log cut
+    # off mid-run. Here another thread holds both while the handler runs.
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    ctx = open_for_serve(git_remote.clone("controller"), state_dir, once=False, poll_interval=60)
+    server = Server(ctx, poll_interval=60, watch=False)
+    held, release = threading.Event(), threading.Event()
+    locks = [handler.lock for handler in logging.getLogger().handlers if handler.lock is not None]
+    locks.append(server.watcher._changed._cond)
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        held.set()
+        release.wait(30)
+        for lock in reversed(locks):
+            lock.release()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(10)
+    try:
+        assert _finishes(lambda: server._on_signal(signal.SIGTERM, None)), "the handler waited for a lock"
+    finally:
+        release.set()
+        holder.join(10)
+    assert server.stopping and server.signalled == signal.SIGTERM
+    # The waiting loop notices the flag within its check interval and says so once.
+    with caplog.at_level(logging.INFO, logger="controller.flows.serve"):
+        assert _finishes(server._wait_for_change, timeout=10)
+        server._heed_signal()
+        server._heed_signal()
+    heard = [r.getMessage() for r in caplog.records if r.getMessage().startswith("signal ")]
+    assert heard == [f"signal {int(signal.SIGTERM)}: finishing in-flight runs, claiming nothing new"]
 
 
 

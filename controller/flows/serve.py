@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SETTINGS_ALERT = "settings"
 CLONE_ALERT = "clone-dirty"
 HOLD_ALERT = "claims-held"
+SIGNAL_CHECK_S = 0.5  # how soon the waiting main loop notices a signal's flag
 HOLD_INTERVAL_S = 30.0  # how often a serve that cannot read ccci.yaml at start fetches again
 
 
@@ -60,6 +61,8 @@ class Server:
         self.active: dict[str, threading.Thread] = {}
         self.active_lock = threading.Lock()
         self.stopping = False
+        self.signalled: int | None = None  # SIGTERM or SIGINT, set by the handler
+        self._signal_heard = False
         self.ledger = jobs.Ledger(ctx.state)
         self._heartbeat = ctx.state.heartbeat(os.getpid())
         self.fatal: CcciError | None = None  # what ends a --once serve that cannot go on
@@ -70,13 +73,23 @@ class Server:
         self.results_index = ResultsIndex(ctx.registry, ctx.state.results_index(ctx.registry.root))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if self.stopping:
-            log.warning("second signal: exiting now; in-flight runs are recovered at next start")
+        """Only raises flags. A handler runs between two bytecodes of the main thread, which
+        may hold the log handler's or an Event's lock right then: logging or waking a waiter
+        from here can deadlock the daemon (it did once, on SIGTERM). The main loop notices
+        within SIGNAL_CHECK_S and says so."""
+        if self.signalled is not None:
+            os.write(2, b"ccci: second signal: exiting now; in-flight runs are recovered at next start\n")
             os._exit(130)
-        log.info("signal %d: finishing in-flight runs, claiming nothing new", signum)
+        self.signalled = signum
         self.stopping = True
+
+    def _heed_signal(self) -> None:
+        """Say once, from the main loop, that a signal asked us to stop."""
+        if self.signalled is None or self._signal_heard:
+            return
+        self._signal_heard = True
+        log.info("signal %d: finishing in-flight runs, claiming nothing new", self.signalled)
         self.systemd.stopping("stopping: finishing the runs in flight, claiming nothing new")
-        self.watcher.poke()
 
     def serve(self) -> int:
         if threading.current_thread() is threading.main_thread():
@@ -98,6 +111,7 @@ class Server:
             while True:
                 pending = self._pass()
                 if self.stopping:
+                    self._heed_signal()
                     break
                 self.systemd.status(self._status_line())
                 if self.once and not pending and not self._active_count():
@@ -119,10 +133,10 @@ class Server:
         """Until the clone changes, a run ends or `poll_interval` passes; telling systemd's
         watchdog meanwhile that the loop is alive (a wedged loop is restarted)."""
         deadline = time.monotonic() + self.poll_interval
-        while True:
+        while not self.stopping:
             self.systemd.keep_alive()
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.watcher.wait(min(remaining, self.systemd.ping_every)):
+            if remaining <= 0 or self.watcher.wait(min(remaining, self.systemd.ping_every, SIGNAL_CHECK_S)):
                 return
 
     def _status_line(self) -> str:

@@ -14,22 +14,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _run_id: contextvars.ContextVar[str] = contextvars.ContextVar("ccci_run_id", default="-")
-_secrets: set[str] = set()
+# Longest first. Replaced whole under the lock, read without it: `mask` runs inside every log
+# call, and a log call can run inside a signal handler that interrupted another log call.
+_secrets: tuple[str, ...] = ()
 _secrets_lock = threading.Lock()
 MASK = "*****"
 
 
 def register_secret(value: str) -> None:
     """Mask `value` in every log line from now on (short values would mask too much)."""
+    global _secrets
     if value and len(value) >= 4:
         with _secrets_lock:
-            _secrets.add(value)
+            if value not in _secrets:
+                _secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
 
 
 def mask(text: str) -> str:
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _secrets:
         text = text.replace(secret, MASK)
     return text
 
