@@ -368,6 +368,25 @@ def test_two_pollers_on_one_registry_file_each_of_20_comments_once(bed: Bed, tmp
     assert sum(1 for r in requests.values() if r["mode"] == "quick") == 7
 
 
+def test_the_poller_stops_at_sigterm_while_it_waits_for_its_next_poll(bed: Bed) -> None:
+    log_path = bed.state.parent / "poller.log"
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller", "--state-dir", str(bed.state), "forge", "poll",
+             "--registry", str(bed.clone), "--interval", "600"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        try:
+            wait_for(lambda: proc.poll() is not None or StateDir(bed.state).forge_cursor.exists(), 60,
+                     "the first poll's cursor")
+            assert proc.poll() is None, log_path.read_text()
+            proc.terminate()  # ten minutes before its next poll
+            assert proc.wait(timeout=30) == 0, log_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_a_repository_polled_the_first_time_does_not_replay_its_history(bed: Bed) -> None:
     forge = bed.forge
     old = forge.add_comment(REPO, 7, "carol", "!testme")

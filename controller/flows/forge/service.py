@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,10 +212,10 @@ def run_poller(ctx: Context, *, once: bool, interval: float | None) -> int:
     client = forge_client(ctx.settings)
     bot = client.whoami()
     cursor = Cursor(ctx)
-    stopping = threading.Event()
+    stopping: list[int] = []  # a flag only: an Event's set() from a handler can deadlock its wait()
 
-    def stop(_signum: int, _frame: Any) -> None:
-        stopping.set()
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
@@ -235,8 +236,16 @@ def run_poller(ctx: Context, *, once: bool, interval: float | None) -> int:
             if once:
                 deliverer.deliver_now()
                 return 0
-            if stopping.wait(interval or ctx.settings.forge.poll_interval_s):
+            if _sleep_unless(stopping, interval or ctx.settings.forge.poll_interval_s):
                 return 0
     finally:
         deliverer.stop()
         client.close()
+
+
+def _sleep_unless(stopping: list[int], seconds: float) -> bool:
+    """Sleep `seconds`, in half-second steps; True as soon as a signal has asked to stop."""
+    deadline = time.monotonic() + seconds
+    while not stopping and (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(remaining, 0.5))
+    return bool(stopping)
