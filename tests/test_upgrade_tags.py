@@ -153,3 +153,53 @@ def test_the_run_passes_only_if_every_row_passes_and_a_head_failure_outranks_a_b
         "error", "from-version-broken", "the upgrade from 1.3.0+1: error from-version-broken")
     outcome, cause, error = verdict(("pass", None))  # a teardown failed: the later rows never ran
     assert (outcome, cause) == ("error", "infra") and error == "2 of 3 rows did not run (a teardown failed)"
+
+
+def test_a_release_the_host_policy_refuses_costs_its_own_row_and_the_others_still_run(
+        git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = build_recipe("static", tmp_path / "recipes" / "static", versions=[1], tags={})
+    compose = repo.read(repo.versions[1], "compose.yml")
+    socket_mount = compose.replace("      - data:/data\n",
+                                   "      - data:/data\n      - /var/run/docker.sock:/var/run/docker.sock\n")
+    assert socket_mount != compose
+    old = repo.commit_files("main", {"compose.yml": socket_mount}, message="1.0.0: mounts the engine's socket")
+    helpers.git(repo.path, "tag", "1.0.0+1", old)
+    newer = repo.commit_files("main", {"compose.yml": compose}, message="1.1.0: not any more")
+    helpers.git(repo.path, "tag", "1.1.0+1", newer)
+    head = repo.branch_commit("pr", 2, base=newer)
+    git_remote.set_recipes(recipe_entry("static", repo.path, timeout_s=60))
+    clone = git_remote.clone("controller")
+    deployed: list[str] = []
+
+    def row_that_passes(_ctx: object, _result: RunResult, tag: ReleaseTag, *_deps: object) -> dict[str, object]:
+        deployed.append(tag.name)  # the swarm's rows are test_upgrade_matrix's; here: which rows ran
+        return {"from": tag.name, "from_commit": tag.commit, "verdict": "pass", "cause": None, "error": None}
+
+    monkeypatch.setattr(upgrade, "_run_row", row_that_passes)
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe", "static",
+                          "--ref", head, "--mode", "upgrade", "--by", "alice", check=True).stdout.strip()
+    ctx = open_context(clone, state_dir)
+    request, decision = runs.admit(ctx, f"{run_id}.yaml")
+    run = runs.claim(ctx, request, decision)
+    assert run is not None
+    result = runs.execute(ctx, run)
+    assert deployed == ["1.1.0+1"]  # the refused release never deploys
+    rows = {row["from"]: row for row in result.matrix or []}
+    assert list(rows) == ["1.1.0+1", "1.0.0+1"]
+    assert (rows["1.0.0+1"]["verdict"], rows["1.0.0+1"]["cause"]) == ("error", "policy")
+    assert str(rows["1.0.0+1"]["error"]).startswith("1.0.0+1 is not deployed here: ")
+    assert "docker.sock" in str(rows["1.0.0+1"]["error"])
+    assert (result.outcome, result.cause) == ("error", "policy"), result.error
+    assert result.policy is not None and result.policy["asks"] == []  # the head's own asks: none
+
+    # A head that asks for what the host refuses still rejects the whole run, before any row.
+    deployed.clear()
+    bad_head = repo.commit_files("pr-bad", {"compose.yml": socket_mount}, base=newer, message="mount it again")
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe", "static",
+                          "--ref", bad_head, "--mode", "upgrade", "--by", "alice", check=True).stdout.strip()
+    ctx = open_context(clone, state_dir)
+    request, decision = runs.admit(ctx, f"{run_id}.yaml")
+    run = runs.claim(ctx, request, decision)
+    assert run is not None
+    result = runs.execute(ctx, run)
+    assert (result.outcome, result.cause, result.matrix, deployed) == ("rejected", "policy", None, [])

@@ -64,9 +64,14 @@ def run_upgrade(ctx: Context, run: Run) -> None:
             recipes.export_commit(ctx.state, recipe, tag.commit, dest)  # fetched with the head
             froms.append(dataclasses.replace(head, commit=tag.commit, checkout=dest))
     # Before anything is deployed, every stack the run deploys: each release, then the head
-    # (last, so the result keeps its asks, and what it asks beyond the newest release).
-    for dep in froms:
-        policy.judge(ctx, result, dep)
+    # (last, so the result keeps its asks, and what it asks beyond the newest release). A
+    # release the host refuses costs its own row; a refused head rejects the run.
+    refused: dict[str, dict[str, Any]] = {}
+    for tag, dep in zip(tags, froms, strict=True):
+        try:
+            policy.judge(ctx, result, dep)
+        except policy.PolicyRefused as exc:
+            refused[tag.name] = _refused_row(tag, exc)
     policy.judge(ctx, result, head, known_good=lambda: froms[0])
     if recipe.sso:
         with phase(ctx, result, "sso"):
@@ -75,7 +80,7 @@ def run_upgrade(ctx: Context, run: Run) -> None:
             dep.extra_env.update(realms[0].env())
     result.matrix = []
     for tag, base in zip(tags, froms, strict=True):
-        row = _run_row(ctx, result, tag, base, head)
+        row = refused.get(tag.name) or _run_row(ctx, result, tag, base, head)
         result.matrix.append(row)
         if row.get("teardown") == "failed":
             break  # the next row would deploy onto what this one left
@@ -130,6 +135,14 @@ def _run_row(ctx: Context, result: RunResult, tag: ReleaseTag, base: Deployment,
         "failed_asserts": [a.name for a in row.asserts if not a.ok],
         "teardown": teardown_status,
     }
+
+
+def _refused_row(tag: ReleaseTag, exc: policy.PolicyRefused) -> dict[str, Any]:
+    """The row of a release this host's policy does not let deploy: an error, nothing run."""
+    log.warning("the upgrade from %s is not tested: %s", tag.name, exc.message)
+    return {"from": tag.name, "from_commit": tag.commit, "verdict": "error", "cause": exc.cause,
+            "error": f"{tag.name} is not deployed here: {exc.message}", "seconds": 0.0, "phases": [],
+            "failed_asserts": [], "teardown": "done"}
 
 
 def _verdict(result: RunResult, tags: list[ReleaseTag]) -> None:
