@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.flows import modes, runs, upgrade
-from controller.flows.context import open_context
+from controller.flows.context import Context, Run, open_context
 from controller.flows.forge.reporter import context_of, verdict_comment
 from controller.flows.requests import trigger_mode
 from controller.registry import recipes, schemas
@@ -114,17 +114,24 @@ def test_upgrade_is_a_requestable_non_gating_mode_with_its_own_label_and_status_
     assert "| `1.2.0+3` | pass |  |" in text and "| `1.1.0+2` | fail | asserts failed |" in text
 
 
+def _claimed_upgrade(clone: Path, state_dir: Path, ref: str) -> tuple[Context, Run]:
+    """An upgrade request of `static` at `ref`, filed by the CLI and claimed here."""
+    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe", "static",
+                          "--ref", ref, "--mode", "upgrade", "--by", "alice", check=True).stdout.strip()
+    ctx = open_context(clone, state_dir)
+    request, decision = runs.admit(ctx, f"{run_id}.yaml")
+    run = runs.claim(ctx, request, decision)
+    assert run is not None
+    return ctx, run
+
+
 def test_a_recipe_without_release_tags_is_rejected_in_one_sentence_and_nothing_deploys(
         git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path) -> None:
     repo = build_recipe("static", tmp_path / "recipes" / "static", versions=[1, 2], tags={})
     git_remote.set_recipes(recipe_entry("static", repo.path, timeout_s=60))
     clone = git_remote.clone("controller")
-    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe", "static",
-                          "--ref", repo.versions[2], "--mode", "upgrade", "--by", "alice", check=True).stdout.strip()
-    ctx = open_context(clone, state_dir)
-    request, decision = runs.admit(ctx, f"{run_id}.yaml")
-    run = runs.claim(ctx, request, decision)
-    assert run is not None
+    ctx, run = _claimed_upgrade(clone, state_dir, repo.versions[2])
+    run_id = run.result.run
     runs.run_claimed(ctx, run)
     result = helpers.results_in(clone)[run_id]
     assert result["outcome"] == "rejected" and result["mode"] == "upgrade", result
@@ -176,13 +183,7 @@ def test_a_release_the_host_policy_refuses_costs_its_own_row_and_the_others_stil
         return {"from": tag.name, "from_commit": tag.commit, "verdict": "pass", "cause": None, "error": None}
 
     monkeypatch.setattr(upgrade, "_run_row", row_that_passes)
-    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe", "static",
-                          "--ref", head, "--mode", "upgrade", "--by", "alice", check=True).stdout.strip()
-    ctx = open_context(clone, state_dir)
-    request, decision = runs.admit(ctx, f"{run_id}.yaml")
-    run = runs.claim(ctx, request, decision)
-    assert run is not None
-    result = runs.execute(ctx, run)
+    result = runs.execute(*_claimed_upgrade(clone, state_dir, head))
     assert deployed == ["1.1.0+1"]  # the refused release never deploys
     rows = {row["from"]: row for row in result.matrix or []}
     assert list(rows) == ["1.1.0+1", "1.0.0+1"]
@@ -195,11 +196,5 @@ def test_a_release_the_host_policy_refuses_costs_its_own_row_and_the_others_stil
     # A head that asks for what the host refuses still rejects the whole run, before any row.
     deployed.clear()
     bad_head = repo.commit_files("pr-bad", {"compose.yml": socket_mount}, base=newer, message="mount it again")
-    run_id = helpers.ccci("--state-dir", str(state_dir), "request", "--registry", str(clone), "--recipe", "static",
-                          "--ref", bad_head, "--mode", "upgrade", "--by", "alice", check=True).stdout.strip()
-    ctx = open_context(clone, state_dir)
-    request, decision = runs.admit(ctx, f"{run_id}.yaml")
-    run = runs.claim(ctx, request, decision)
-    assert run is not None
-    result = runs.execute(ctx, run)
+    result = runs.execute(*_claimed_upgrade(clone, state_dir, bad_head))
     assert (result.outcome, result.cause, result.matrix, deployed) == ("rejected", "policy", None, [])
