@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -352,6 +353,34 @@ def test_sso_app_cold_run_passes_on_its_own_realm_leaves_none_and_never_shows_th
     password = Path(keycloak_admin["secret_file"]).read_text().strip()
     assert places_holding(password, bed.clone, bed.state,
                           {"stdout": proc.stdout, "stderr": proc.stderr}) == []
+
+
+@pytest.mark.docker
+@pytest.mark.keycloak
+def test_sso_app_upgrade_run_uses_one_realm_for_the_release_and_the_head_and_releases_it(
+        bed: SsoBed, keycloak_admin: dict[str, str]) -> None:
+    repo = bed.sso_app  # version 1 is the release 1.0.0
+    compose = repo.read(repo.versions[1], "compose.yml")
+    changed = compose.replace("      - SSO_PASSWORD=${CCCI_SSO_PASSWORD}\n",
+                              "      - SSO_PASSWORD=${CCCI_SSO_PASSWORD}\n      - APP_RELEASE=1.1.0\n")
+    assert changed != compose
+    head = repo.commit_files("pr", {"compose.yml": changed}, message="a PR: one more variable")
+    run_id = helpers.ccci("--state-dir", str(bed.state), "request", "--registry", str(bed.clone), "--recipe",
+                          "sso-app", "--ref", head, "--mode", "upgrade", "--by", "alice", check=True).stdout.strip()
+    proc = helpers.ccci("--state-dir", str(bed.state), "run", "--no-rewarm", "--registry", str(bed.clone), run_id)
+    result = helpers.results_in(bed.clone)[run_id]
+    assert result["outcome"] == "pass", (result, proc.stderr[-3000:])
+    assert [(row["from"], row["verdict"]) for row in result["matrix"]] == [("1.0.0", "pass")]
+    # The release and the head log in to the same realm: its user and clients outlive the upgrade.
+    realm = f"sso-app-{run_id[-6:]}"
+    logins = [a for a in result["asserts"] if "custom:" in a["name"]]
+    assert [a["name"] for a in logins] == ["from 1.0.0: custom:tests/ccci-assert (from)",
+                                           "from 1.0.0: custom:tests/ccci-assert (upgrade)"], logins
+    granted = re.compile(rf"^password grant ok: token for ccci-user from \S+/realms/{realm}$", re.M)
+    assert all(a["ok"] and granted.search(a["detail"]) for a in logins), logins
+    assert result["sso"]["realm"] == realm and result["sso"]["released"] is True
+    assert realm not in realm_names(admin_client(keycloak_admin))
+    assert helpers.objects_of_app(names.cold_app("sso-app", run_id)) == []
 
 
 @pytest.mark.docker
