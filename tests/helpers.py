@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -162,7 +163,10 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 # Every thread's stack into the log first (serve's SIGUSR1): where did it hang?
                 self.proc.send_signal(signal.SIGUSR1)
-                time.sleep(2)
+                deadline = time.monotonic() + 5  # until faulthandler's dump is in the log
+                while "most recent call first" not in self.log() and time.monotonic() < deadline:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.proc.wait(timeout=0.1)
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
