@@ -130,7 +130,8 @@ def test_forty_requests_on_two_engines_run_once_each_quick_where_its_snapshot_is
     assert codes == {"alpha": 0, "beta": 0}, {h: s.log()[-3000:] for h, s in serves.items()}
     try:
         # Every run passed, on one host, claimed once and judged once.
-        assert {run: r["outcome"] for run, r in results.items() if r["outcome"] != "pass"} == {}
+        assert {run: (r["outcome"], r.get("cause"), r.get("error")) for run, r in results.items()
+                if r["outcome"] != "pass"} == {}
         subjects = helpers.git(git_remote.bare, "log", "--format=%s", "main").splitlines()
         for run in filed:
             claims = [s for s in subjects if s.endswith(f" running (run {run})")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,43 @@ def test_convergence_verdicts() -> None:
     _, waiting = convergence_problem(app(task("running"), update="rollback_started"), expected_commit="c1",
                                      known_failures={})
     assert waiting == "service app is updating"
+
+
+def test_a_task_the_engine_failed_to_start_is_no_verdict_on_the_recipe() -> None:
+    from controller.runtime.stack import (
+        AppState,
+        ServiceState,
+        TaskState,
+        convergence_problem,
+        engine_fault,
+        new_engine_faults,
+    )
+
+    busy = ("starting container failed: unable to remount dir as readonly: mount tmpfs:/var/lib/docker/"
+            "containers/41ed/mounts/secrets, flags: 0x21, data: uid=0,gid=0: device or resource busy")
+    assert engine_fault(busy)
+    # The recipe's own faults stay the recipe's: a missing binary, a crash, a bad image.
+    for own in ('starting container failed: exec: "nope": executable file not found in $PATH',
+                "task: non-zero exit (1)", "No such image: ccci-test/nope:latest"):
+        assert not engine_fault(own), own
+    failed = TaskState(id="t-busy", state="failed", desired="shutdown", error=busy, commit="c1", exit_code=None,
+                       created="")
+    app = AppState("a", [ServiceState("app", "a_app", 1, "paused",
+                                      "update paused due to failure or early termination of task t-busy", "c1",
+                                      [failed])])
+    assert [task.id for _, task in new_engine_faults(app, set())] == ["t-busy"]
+    assert new_engine_faults(app, {"t-busy"}) == []
+    # Not yet retried, the paused update is fatal; once the wait retried that task, it waits.
+    fatal, _ = convergence_problem(app, expected_commit="c1", known_failures={})
+    assert fatal and "update paused" in fatal
+    assert convergence_problem(app, expected_commit="c1", known_failures={}, excused=frozenset({"t-busy"})) == (
+        None, "service app is resuming its update after an engine fault")
+    # Retried engine faults never add up to a restart loop.
+    looping = AppState("a", [ServiceState("app", "a_app", 1, None, "", "c1", [
+        dataclasses.replace(failed, id=f"t{i}") for i in range(3)] + [
+        TaskState(id="t-new", state="starting", desired="running", error="", commit="c1", exit_code=None,
+                  created="")])])
+    fatal, _ = convergence_problem(looping, expected_commit="c1", known_failures={})
+    assert fatal and "restart loop" in fatal
+    assert convergence_problem(looping, expected_commit="c1", known_failures={},
+                               excused=frozenset({"t0", "t1", "t2"})) == (None, "service app has 0/1 tasks running")

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 NAMESPACE = "com.docker.stack.namespace"
 RESTART_LOOP_FAILURES = 3
 FAILED_STATES = ("failed", "rejected")
+# Task errors that are the engine's, not the recipe's: the container never started because of a
+# race on the CI host itself (moby/moby#48783: the tmpfs of a service's secrets cannot be
+# remounted read-only, "device or resource busy"). A wait retries such a task, resuming the
+# update swarm paused for it, at most ENGINE_FAULT_RETRIES times; after that it fails as `infra`.
+ENGINE_FAULTS = ("device or resource busy",)
+ENGINE_FAULT_RETRIES = 2
 _PASSTHROUGH_ENV = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
                     "DOCKER_TLS_VERIFY", "DOCKER_CONTEXT", "LANG", "TMPDIR")
 
@@ -205,29 +211,49 @@ def explain_task_error(error: str) -> str:
     return error
 
 
-def convergence_problem(state: AppState, *, expected_commit: str | None,
-                        known_failures: dict[str, int]) -> tuple[str | None, str | None]:
-    """Pure: (fatal problem, reason not yet converged). Fatal ends the wait at once."""
-    fatal, waiting = _convergence_problem(state, expected_commit=expected_commit, known_failures=known_failures)
+def engine_fault(error: str) -> bool:
+    """Pure: a task error the engine caused while starting the container, not the recipe."""
+    return error.startswith("starting container failed") and any(f in error for f in ENGINE_FAULTS)
+
+
+def new_engine_faults(state: AppState, excused: set[str]) -> list[tuple[ServiceState, TaskState]]:
+    """Pure: failed tasks, not yet retried, whose container the engine could not start."""
+    return [(svc, t) for svc in state.services for t in svc.failures
+            if t.id not in excused and engine_fault(t.error)]
+
+
+def convergence_problem(state: AppState, *, expected_commit: str | None, known_failures: dict[str, int],
+                        excused: frozenset[str] = frozenset()) -> tuple[str | None, str | None]:
+    """Pure: (fatal problem, reason not yet converged). Fatal ends the wait at once. `excused`
+    are tasks the engine failed and the wait retried: they count as no failure of the recipe."""
+    fatal, waiting = _convergence_problem(state, expected_commit=expected_commit, known_failures=known_failures,
+                                          excused=excused)
     return (explain_task_error(fatal) if fatal else None), waiting
 
 
-def _convergence_problem(state: AppState, *, expected_commit: str | None,
-                         known_failures: dict[str, int]) -> tuple[str | None, str | None]:
+def _convergence_problem(state: AppState, *, expected_commit: str | None, known_failures: dict[str, int],
+                         excused: frozenset[str]) -> tuple[str | None, str | None]:
     if not state.services:
         return None, "no services yet"
     waiting = None
     for svc in state.services:
-        new_failures = len(svc.failures) - known_failures.get(svc.name, 0)
+        new_failures = len([t for t in svc.failures if t.id not in excused]) - known_failures.get(svc.name, 0)
         if new_failures >= RESTART_LOOP_FAILURES:
             last = next((t.error for t in reversed(svc.failures) if t.error), "") or "tasks keep failing"
             return f"service {svc.name} is in a restart loop ({new_failures} failed tasks): {last}", None
+        retried = any(task_id in svc.update_message for task_id in excused)
+        if svc.update_state == "paused" and retried:
+            waiting = waiting or f"service {svc.name} is resuming its update after an engine fault"
+            continue
         if svc.update_state in ("paused", "rollback_paused", "rollback_completed"):
             return f"service {svc.name}: update {svc.update_state}: {svc.update_message}", None
-        rejected = [t for t in svc.tasks if t.state == "rejected" and t.desired == "running"]
+        rejected = [t for t in svc.tasks if t.state == "rejected" and t.desired == "running" and t.id not in excused]
         if rejected:
             return f"service {svc.name}: task rejected: {rejected[-1].error}", None
         if svc.tasks and svc.replicas > 0 and not svc.scheduled and svc.failures:
+            if svc.failures[-1].id in excused:
+                waiting = waiting or f"service {svc.name} waits for a task after an engine fault"
+                continue
             ended = svc.failures[-1]
             why = ended.error or f"{ended.state}, exit {ended.exit_code}"
             return f"service {svc.name} has no task running or scheduled (restart policy gave up): {why}", None
@@ -266,17 +292,36 @@ def wait_converged(
 ) -> AppState:
     """Wait until every service runs its replicas (healthy: swarm holds a task in `starting`
     until its healthcheck passes) and stays so for `stability_s`. Fails fast on a restart
-    loop, a rejected task or a failed update; RunTimeout at the deadline."""
+    loop, a rejected task or a failed update; RunTimeout at the deadline. A task the engine
+    failed to start (`engine_fault`) is retried, a paused update resumed, at most
+    ENGINE_FAULT_RETRIES times; then the wait fails with cause `infra`, never `recipe`."""
     known = {s.name: len(s.failures) for s in baseline.services} if baseline else {}
+    before = {t.id for s in baseline.services for t in s.failures} if baseline else set()
+    excused: set[str] = set()  # tasks the engine failed and this wait retried: no verdict on the recipe
+    retries = 0
     stable_since: float | None = None
     last_reason = "not inspected yet"
     while True:
         state = inspect_app(app)
         if on_poll:
             on_poll(state)
-        fatal, waiting = convergence_problem(state, expected_commit=expected_commit, known_failures=known)
+        faults = new_engine_faults(state, excused | before)
+        if faults:
+            retries += 1
+            what = "; ".join(f"service {svc.name}: {task.error}" for svc, task in faults)
+            if retries > ENGINE_FAULT_RETRIES:
+                raise CcciError(f"the engine could not start the tasks of {app} "
+                                f"(retried {ENGINE_FAULT_RETRIES} times): {what}", cause="infra")
+            log.warning("%s: the engine failed a task, not the recipe: %s (retry %d of %d)",
+                        app, what, retries, ENGINE_FAULT_RETRIES)
+            excused |= {task.id for _, task in faults}
+            for svc in {svc.full_name: svc for svc, _ in faults if svc.update_state == "paused"}.values():
+                resume_update(svc.full_name)
+        fatal, waiting = convergence_problem(state, expected_commit=expected_commit, known_failures=known,
+                                             excused=frozenset(excused))
         if fatal:
-            raise CcciError(fatal, cause="recipe")
+            # An update swarm rolled back for a task the engine failed is the host's fault.
+            raise CcciError(fatal, cause="infra" if any(t in fatal for t in excused) else "recipe")
         now = time.monotonic()
         if waiting is None:
             stable_since = stable_since or now
@@ -290,6 +335,12 @@ def wait_converged(
             raise RunTimeout(f"{app} did not converge before its deadline: {last_reason} "
                              f"({state.summary()})")
         time.sleep(min(0.5, max(0.05, deadline.remaining())))
+
+
+def resume_update(full_name: str) -> None:
+    """Start an update swarm paused again, with the same spec (`docker service update --force`)."""
+    c = engine.client()
+    engine.call(f"resume the update of {full_name}", lambda: c.services.get(full_name).force_update())
 
 
 def commit_check(state: AppState, expected_commit: str) -> list[str]:
