@@ -37,7 +37,7 @@ from controller.snapshots import (
 from controller.snapshots import space as snapshot_space
 from controller.snapshots.copy import linkable
 from controller.snapshots.jobs import WORKERS, Jobs
-from controller.snapshots.layout import LAST_KNOWN_GOOD
+from controller.snapshots.layout import LAST_KNOWN_GOOD, MANIFEST_FILE, forget_manifests
 from controller.snapshots.manifest import (
     Observed,
     check_entries,
@@ -159,6 +159,41 @@ def test_a_replacing_take_links_unchanged_files_and_outlives_the_older_generatio
     assert inode(new / "cache/b") != changed
     # Hard-link groups are copied, never linked across generations.
     assert os.stat(new / "hl/one").st_nlink == 2
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    assert verify_snapshot(store, APP) == second
+
+
+def test_the_manifest_a_take_keeps_in_memory_is_what_parsing_its_file_gives(
+    store: Path, volume: Path
+) -> None:
+    forget_manifests()
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    written = parse_manifest((info.path / MANIFEST_FILE).read_bytes())
+
+    # Served from memory (the take remembered it), then parsed from the file again.
+    assert snapshot_manifest(store, APP) == written
+    forget_manifests()
+    assert snapshot_manifest(store, APP) == written
+
+
+def test_a_manifest_changed_on_disk_is_parsed_again_and_decides_what_is_linked(
+    store: Path, volume: Path
+) -> None:
+    wait_past_racy_window(volume)
+    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    kept = inode(first.path.resolve() / "volumes/data/data/keep.bin")
+    lines = manifest_lines(store)
+    for line in lines:
+        if line["path"] == "data/keep.bin":
+            line["sha256"] = "0" * 64
+    rewrite_manifest(store, APP, lines)
+
+    # The remembered entries of the first take no longer match the file: they are not used.
+    assert next(e for e in snapshot_manifest(store, APP)["data"]
+                if e.path == "data/keep.bin").sha256 == "0" * 64
+    second = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+
+    assert inode(second.path.resolve() / "volumes/data/data/keep.bin") != kept
     assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
     assert verify_snapshot(store, APP) == second
 

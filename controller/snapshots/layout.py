@@ -10,7 +10,9 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from controller.snapshots.manifest import (
     check_volume_name,
     digest,
     parse_manifest,
+    sort_key,
     summarise,
 )
 from controller.util import files
@@ -43,6 +46,10 @@ MANIFEST_FILE = "manifest.jsonl"
 VOLUMES_DIR = "volumes"
 META_CAP = 1 << 20
 MANIFEST_CAP = 256 << 20
+# Parsed manifests kept in the process, by the sha256 of the file's bytes: a take replacing
+# the last-known-good needs the manifest the previous take wrote (or the restore before it
+# read), and parsing 20 000 lines costs about a second. Each holds ~10 MB at that size.
+PARSED_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -263,13 +270,56 @@ def open_snapshot(where: Path, app: str) -> Snapshot:
         raise CheckFailed(
             f"snapshot of {app}: {manifest_path} does not match the digest in {META_FILE}"
         )
-    manifests = parse_manifest(data, str(manifest_path))
+    manifests = _parsed_manifest(data, info.manifest_sha256, str(manifest_path))
     if set(manifests) != set(info.volumes):
         raise CheckFailed(f"snapshot of {app}: the manifest and {META_FILE} list other volumes")
     for name, entries in manifests.items():
         if summarise(entries) != info.volumes[name]:
             raise CheckFailed(f"snapshot of {app}: volume {name} summary differs from its manifest")
     return Snapshot(info, generation, manifests)
+
+
+_parsed_lock = threading.Lock()
+_parsed: OrderedDict[str, dict[str, tuple[ManifestEntry, ...]]] = OrderedDict()
+
+
+def remember_manifest(sha256: str, manifests: Mapping[str, list[ManifestEntry]]) -> None:
+    """Keep what parse_manifest would return for the manifest file whose digest is `sha256`.
+
+    The caller holds the entries it rendered into that file; they are kept in the file's
+    order (render_manifest's), so a later hit returns exactly what a parse would.
+    """
+    frozen = {name: tuple(sorted(entries, key=lambda e: sort_key(e.path)))
+              for name, entries in sorted(manifests.items())}
+    with _parsed_lock:
+        _parsed[sha256] = frozen
+        _parsed.move_to_end(sha256)
+        while len(_parsed) > PARSED_CACHE_SIZE:
+            _parsed.popitem(last=False)
+
+
+def forget_manifests() -> None:
+    """Empty the parsed-manifest cache (tests; a process that wants its memory back)."""
+    with _parsed_lock:
+        _parsed.clear()
+
+
+def _parsed_manifest(data: bytes, sha256: str, where: str) -> dict[str, list[ManifestEntry]]:
+    """parse_manifest(data), from the cache when these very bytes were parsed or written.
+
+    `sha256` must be the digest of `data` (open_snapshot has just checked it): the key is
+    the content, so a manifest rewritten or damaged on disk is a miss and is parsed.
+    """
+    with _parsed_lock:
+        hit = _parsed.get(sha256)
+        if hit is not None:
+            _parsed.move_to_end(sha256)
+    if hit is not None:
+        log.debug("%s: parsed manifest served from memory", where)
+        return {name: list(entries) for name, entries in hit.items()}
+    manifests = parse_manifest(data, where)
+    remember_manifest(sha256, manifests)
+    return manifests
 
 
 def snapshot_manifest(store_root: Path, app: str) -> dict[str, list[ManifestEntry]]:

@@ -30,6 +30,7 @@ from controller.snapshots.layout import (
     open_snapshot,
     os_errors_fail,
     read_info,
+    remember_manifest,
     remove_leftovers,
     resolve_volumes,
     swap_link,
@@ -177,6 +178,8 @@ def _write_generation(
     files.write_durably(generation / META_FILE, meta_document(info, generation.name))
     files.fsync_path(generation / VOLUMES_DIR)
     files.fsync_path(generation)
+    # The next take replacing this one links against these entries: spare it the parse.
+    remember_manifest(info.manifest_sha256, manifests)
     live = {name: volume_index(copies[name].scanned_ns, manifests[name], copies[name].source)
             for name in manifests}
     return info, live
