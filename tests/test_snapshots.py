@@ -416,6 +416,42 @@ def test_on_xfs_copy_file_range_clones_where_ficlone_refuses_two_mounts(
     verify_snapshot(store, APP)
 
 
+def test_on_xfs_clones_are_hashed_from_the_disk_in_windows_and_a_failed_read_leaks_nothing(
+    xfs_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A take's clones are hashed READ_AHEAD at a time, their reads queued together; an I/O
+    error in the middle of a window discards the take and leaves no descriptor open."""
+    store, volume = xfs_tmp / "store", xfs_tmp / "volumes" / "data"
+    _random_files(volume, 3 * fsio.READ_AHEAD + 5, 4096)
+    queued: list[int] = []
+    real_read_ahead, real_hash = fsio.read_ahead, fsio.hash_fd
+    monkeypatch.setattr(fsio, "read_ahead", lambda fds, **kw: (queued.append(len(fds)), real_read_ahead(fds, **kw)))
+
+    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+
+    assert max(queued) == fsio.READ_AHEAD and sum(queued) >= 3 * fsio.READ_AHEAD + 5
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+    assert shared_extents(info.path / "volumes/data/blob0")
+    before = _generation_identity(store)
+    _random_files(volume, 3 * fsio.READ_AHEAD + 5, 4096)  # new content: every file is cloned again
+    hashed: list[int] = []
+
+    def failing_hash(fd: int, buf: bytearray, **kw: Any) -> str:
+        hashed.append(fd)
+        if len(hashed) == fsio.READ_AHEAD + 3:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_hash(fd, buf, **kw)
+
+    monkeypatch.setattr(fsio, "hash_fd", failing_hash)
+    fds = open_fds()
+    with pytest.raises(CheckFailed, match=r"failed and was discarded.*Input/output error"):
+        take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B, paranoid=False)
+    assert open_fds() == fds
+    assert _generation_identity(store) == before and generation_dirs(store) == [before[0]]
+    monkeypatch.setattr(fsio, "hash_fd", real_hash)
+    verify_snapshot(store, APP)
+
+
 def test_restore_fills_an_empty_volume(store: Path, volume: Path, snapshot_place: Path) -> None:
     take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
     empty = snapshot_place / "fresh"

@@ -175,8 +175,9 @@ class TreeCopy:
             try:
                 dst_pfd = fsio.open_dir_chain(dst_fd, parent)
                 try:
-                    self._add(_copy_one(src_pfd, dst_pfd, parent, item.path.rpartition("/")[2],
-                                        item.st, how))
+                    copied = _copy_one(src_pfd, dst_pfd, parent, item.path.rpartition("/")[2],
+                                       item.st, how)
+                    self._add(_hash_clones([copied])[0] if isinstance(copied, _Clone) else copied)
                 finally:
                     os.close(dst_pfd)
             finally:
@@ -241,8 +242,22 @@ class TreeCopy:
                    dst_dev, self.read_back)
 
         def job() -> list[_Copy | _HardLinked]:
-            return [done for name in batch
-                    if (done := _copy_leaf(src_dup, dst_dup, rel, name, how)) is not None]
+            out: list[_Copy | _HardLinked] = []
+            clones: list[_Clone] = []
+            try:
+                for name in batch:
+                    done = _copy_leaf(src_dup, dst_dup, rel, name, how)
+                    if isinstance(done, _Clone):
+                        clones.append(done)
+                        if len(clones) >= fsio.READ_AHEAD:
+                            out.extend(_hash_clones(clones))
+                    elif done is not None:
+                        out.append(done)
+                out.extend(_hash_clones(clones))
+                return out
+            finally:
+                while clones:  # what a failure left open
+                    os.close(clones.pop().fd)
 
         jobs.submit(job, fds)
 
@@ -281,7 +296,7 @@ class _HardLinked:
 
 
 def _copy_leaf(src_fd: int, dst_fd: int, rel: str, name: str,
-               how: _How) -> _Copy | _HardLinked | None:
+               how: _How) -> _Copy | _Clone | _HardLinked | None:
     """lstat a file or symlink the walk found and copy it; None when it is gone."""
     path = join(rel, name)
     st = fsio.lstat_at(src_fd, name)
@@ -322,7 +337,8 @@ def _link_previous(src_name: str, how: _How, dst_fd: int, path: str) -> bool:
 
 
 def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
-              how_to: _How) -> _Copy:
+              how_to: _How) -> _Copy | _Clone:
+    """Link, clone or copy one file or symlink; a clone still to be hashed comes back as `_Clone`."""
     path = join(rel, name)
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(name, dir_fd=src_fd)
@@ -346,23 +362,51 @@ def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
         dfd = os.open(name, fsio.READ_WRITE_CREATE, 0o600, dir_fd=dst_fd)
         try:
             if fsio.CLONES.clone(sfd, dfd, st.st_dev, how_to.dst_dev):
-                sha = vouched
-                how = "cloned" if sha is None else "vouched"
-                if sha is None and not how_to.read_back:
-                    # The clone is a new inode with nothing cached: this reads the extents
-                    # it shares from the disk (the clone flushed the source's dirty pages
-                    # first), while other workers still clone, instead of after them all.
-                    sha = fsio.hash_fd(dfd, thread_copier().buf)
+                if vouched is None and not how_to.read_back:
+                    clone, dfd = _Clone(path, seen, dfd, st.st_atime_ns), -1  # the clone owns it now
+                    return clone
+                sha, how = vouched, ("cloned" if vouched is None else "vouched")
             else:
                 sha, _ = thread_copier().copy(sfd, dfd, st)
                 how = "copied"
             entry = entry_from(path, seen, sha)
             fsio.set_fd_metadata(dfd, entry, st.st_atime_ns)
         finally:
-            os.close(dfd)
+            if dfd >= 0:
+                os.close(dfd)
     finally:
         os.close(sfd)
     return entry, how, seen
+
+
+@dataclass(frozen=True)
+class _Clone:
+    """A clone made but not yet hashed: its descriptor stays open until `_hash_clones`."""
+
+    path: str
+    seen: Observed
+    fd: int
+    atime_ns: int
+
+
+def _hash_clones(clones: list[_Clone]) -> list[_Copy]:
+    """Hash fresh clones and set their metadata, closing each (the list empties as they close).
+
+    A clone is a new inode with nothing cached: hashing it reads the extents it shares from
+    the disk (the clone flushed the source's dirty pages first), while other workers still
+    clone, instead of after them all; their reads are queued together (`fsio.read_ahead`).
+    """
+    try:
+        fsio.read_ahead([clone.fd for clone in clones])
+        done: list[_Copy] = []
+        for clone in clones:
+            entry = entry_from(clone.path, clone.seen, fsio.hash_fd(clone.fd, thread_copier().buf))
+            fsio.set_fd_metadata(clone.fd, entry, clone.atime_ns)
+            done.append((entry, "cloned", clone.seen))
+        return done
+    finally:
+        while clones:
+            os.close(clones.pop().fd)
 
 
 def copy_tree(src: Path, dst: Path, index: VolumeIndex = EMPTY,
@@ -450,12 +494,18 @@ def hash_entries(
         out: dict[tuple[int, int], str] = {}
         pfd = fsio.open_dir_chain(root_fd, parent)
         try:
-            for path, inode in members:
-                fd = fsio.open_file_at(pfd, path.rpartition("/")[2], path, inode)
+            for start in range(0, len(members), fsio.READ_AHEAD):
+                window = members[start:start + fsio.READ_AHEAD]
+                fds: list[int] = []
                 try:
-                    out[inode] = fsio.hash_fd(fd, buf, drop_cache=drop_cache)
+                    for path, inode in window:
+                        fds.append(fsio.open_file_at(pfd, path.rpartition("/")[2], path, inode))
+                    fsio.read_ahead(fds, drop_cache=drop_cache)
+                    for (_, inode), fd in zip(window, fds, strict=True):
+                        out[inode] = fsio.hash_fd(fd, buf)
                 finally:
-                    os.close(fd)
+                    for fd in fds:
+                        os.close(fd)
         finally:
             os.close(pfd)
         return out
