@@ -141,12 +141,18 @@ def test_new_take_replaces_the_old_generation(store: Path, volume: Path) -> None
     assert verify_snapshot(store, APP) == second
 
 
+def _first_take_settled(store: Path, volume: Path) -> Path:
+    """Take the first snapshot once every file is past the racy window (so the live index
+    vouches for all of them); return its volume's directory in the generation."""
+    wait_past_racy_window(volume)
+    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    return first.path.resolve() / "volumes/data"
+
+
 def test_a_replacing_take_links_unchanged_files_and_outlives_the_older_generation(
     store: Path, volume: Path
 ) -> None:
-    wait_past_racy_window(volume)
-    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
-    old = first.path.resolve() / "volumes/data"
+    old = _first_take_settled(store, volume)
     kept, changed = inode(old / "data/keep.bin"), inode(old / "cache/b")
     write(volume / "cache/b", b"changed")
 
@@ -179,9 +185,7 @@ def test_the_manifest_a_take_keeps_in_memory_is_what_parsing_its_file_gives(
 def test_a_manifest_changed_on_disk_is_parsed_again_and_decides_what_is_linked(
     store: Path, volume: Path
 ) -> None:
-    wait_past_racy_window(volume)
-    first = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
-    kept = inode(first.path.resolve() / "volumes/data/data/keep.bin")
+    kept = inode(_first_take_settled(store, volume) / "data/keep.bin")
     lines = manifest_lines(store)
     for line in lines:
         if line["path"] == "data/keep.bin":
