@@ -15,6 +15,7 @@ from controller.snapshots import volume_manifest
 from controller.snapshots.index import RACY_NS
 from controller.snapshots.layout import LAST_KNOWN_GOOD, MANIFEST_FILE, META_FILE
 from controller.snapshots.manifest import digest, render_manifest
+from tests.helpers import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMIT_A = "a" * 40
@@ -124,10 +125,8 @@ def wait_past_racy_window(root: Path, deadline_s: float = 5.0) -> None:
     """Poll the clock until every entry below `root` changed over RACY_NS ago, so the live
     index a take or restore writes now vouches for all of them."""
     newest = max(os.lstat(p).st_ctime_ns for p in [root, *root.rglob("*")])
-    give_up = time.monotonic() + deadline_s
-    while time.time_ns() <= newest + RACY_NS:
-        assert time.monotonic() < give_up, "the clock did not move past the racy window"
-        time.sleep(0.01)
+    wait_for(lambda: time.time_ns() > newest + RACY_NS, deadline_s,
+             "the clock to move past the racy window", interval=0.01)
 
 
 def generation_dirs(store: Path, app: str = APP) -> list[str]:
