@@ -163,10 +163,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 # Every thread's stack into the log first (serve's SIGUSR1): where did it hang?
                 self.proc.send_signal(signal.SIGUSR1)
-                deadline = time.monotonic() + 5  # until faulthandler's dump is in the log
-                while "most recent call first" not in self.log() and time.monotonic() < deadline:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        self.proc.wait(timeout=0.1)
+                with contextlib.suppress(AssertionError):  # killed below, dump or not
+                    wait_for(lambda: "most recent call first" in self.log(), 5, "faulthandler's dump")
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()

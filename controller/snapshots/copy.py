@@ -397,10 +397,10 @@ def _hash_clones(clones: list[_Clone]) -> list[_Copy]:
     clone, instead of after them all; their reads are queued together (`fsio.read_ahead`).
     """
     try:
-        fsio.read_ahead([clone.fd for clone in clones])
+        shas = fsio.hash_files([clone.fd for clone in clones], thread_copier().buf)
         done: list[_Copy] = []
-        for clone in clones:
-            entry = entry_from(clone.path, clone.seen, fsio.hash_fd(clone.fd, thread_copier().buf))
+        for clone, sha in zip(clones, shas, strict=True):
+            entry = entry_from(clone.path, clone.seen, sha)
             fsio.set_fd_metadata(clone.fd, entry, clone.atime_ns)
             done.append((entry, "cloned", clone.seen))
         return done
@@ -500,9 +500,8 @@ def hash_entries(
                 try:
                     for path, inode in window:
                         fds.append(fsio.open_file_at(pfd, path.rpartition("/")[2], path, inode))
-                    fsio.read_ahead(fds, drop_cache=drop_cache)
-                    for (_, inode), fd in zip(window, fds, strict=True):
-                        out[inode] = fsio.hash_fd(fd, buf)
+                    shas = fsio.hash_files(fds, buf, drop_cache=drop_cache)
+                    out.update((inode, sha) for (_, inode), sha in zip(window, shas, strict=True))
                 finally:
                     for fd in fds:
                         os.close(fd)

@@ -194,11 +194,14 @@ def read_ahead(fds: list[int], *, drop_cache: bool = False) -> None:
         os.posix_fadvise(fd, 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
 
 
-def hash_fd(fd: int, buf: bytearray, *, drop_cache: bool = False) -> str:
+def hash_files(fds: list[int], buf: bytearray, *, drop_cache: bool = False) -> list[str]:
+    """sha256 of whole files, their reads queued together first (`read_ahead`)."""
+    read_ahead(fds, drop_cache=drop_cache)
+    return [hash_fd(fd, buf) for fd in fds]
+
+
+def hash_fd(fd: int, buf: bytearray) -> str:
     """sha256 of a whole file, reading it through one reused buffer."""
-    if drop_cache:
-        # Clean pages are dropped, so a verify after a sync reads what is on the disk.
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     view = memoryview(buf)
     digest = hashlib.sha256()
     offset = 0
