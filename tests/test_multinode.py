@@ -16,6 +16,7 @@ from controller.runtime.spec import AppIdentity, DeploySpec
 from controller.util.paths import StateDir
 from controller.util.timeutil import Deadline
 from tests.conftest import JoinedWorker
+from tests.helpers import wait_for
 
 # web: two replicas, at most one per node, so one of them must land on the worker unless
 # something pins it; data: mounts a named volume.
@@ -100,9 +101,12 @@ def test_cold_app_spreads_and_teardown_and_leak_check_reach_the_worker(
         assert "its run 20261202T120000-multinode-c0ffee is not in flight" in on_node[0]
 
         assert cleanup.teardown_cold_leftovers(state) == [app]
-        # Gone everywhere: the worker's container, every task, the volume on the manager's node.
-        assert worker.api.containers(all=True, filters={"label": f"ccci.app={app}"}) == []
+        # Gone everywhere: every task, the volume on the manager's node, and the worker's
+        # container. Swarm forgets a task once its node reports it stopped; the worker removes
+        # the stopped container on its own a moment later, out of the manager's sight.
         assert stack.tasks_of(app) == []
+        wait_for(lambda: not worker.api.containers(all=True, filters={"label": f"ccci.app={app}"}),
+                 30, "the worker to remove the stopped container of the forgotten task")
         assert stack.volumes_of(app) == []
         assert worker.volumes.list(filters={"label": f"ccci.app={app}"}) == []
         assert [leak for leak in leaks.find_leaks(state) if leak.obj.labels.get("ccci.app") == app] == []
