@@ -359,7 +359,10 @@ def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
     how: Copied
     sfd = fsio.open_file_at(src_fd, name, path, (st.st_dev, st.st_ino))
     try:
-        dfd = os.open(name, fsio.READ_WRITE_CREATE, 0o600, dir_fd=dst_fd)
+        # Made with the source's permission bits (never setuid/setgid: chown would clear them):
+        # inside the 0700 generation no one else can open it, and under the usual umask the
+        # file needs no chmod afterwards, a journal transaction per file saved.
+        dfd = os.open(name, fsio.READ_WRITE_CREATE, stat.S_IMODE(st.st_mode) & 0o777, dir_fd=dst_fd)
         try:
             if fsio.CLONES.clone(sfd, dfd, st.st_dev, how_to.dst_dev):
                 if vouched is None and not how_to.read_back:
