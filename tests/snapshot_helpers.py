@@ -83,8 +83,9 @@ def set_all_mtimes(root: Path, ns: int) -> None:
 
 
 def build_bulk_tree(root: Path, *, files: int = 3000, large: int = 2, large_bytes: int = 4 << 20,
-                    seed: int = 1) -> None:
-    """Many small files in nested dirs plus a few large ones (for fault injection)."""
+                    seed: int = 1, hard_links: bool = True) -> None:
+    """Many small files in nested dirs plus a few large ones (for fault injection); without
+    `hard_links`, a replacing take patches the last generation instead of linking to it."""
     rng = random.Random(seed)
     root.mkdir(parents=True)
     for i in range(files):
@@ -95,7 +96,7 @@ def build_bulk_tree(root: Path, *, files: int = 3000, large: int = 2, large_byte
         (root / f"large{i}.bin").write_bytes(rng.randbytes(large_bytes))
     for i in range(0, files, 97):
         os.symlink(f"f{i:05d}", root / f"d{i % 37:02d}" / f"e{i % 7}" / f"s{i:05d}")
-    for i in range(0, files, 131):
+    for i in range(0, files if hard_links else 0, 131):
         src = root / f"d{i % 37:02d}" / f"e{i % 7}" / f"f{i:05d}"
         os.link(src, root / f"d{i % 37:02d}" / f"h{i:05d}")
 

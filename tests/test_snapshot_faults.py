@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -106,8 +107,14 @@ def bulk(snapshot_place: Path) -> tuple[Path, Path]:
     return store, source
 
 
-def test_take_killed_at_random_moments_leaves_one_verifiable_snapshot(bulk: tuple[Path, Path]) -> None:
-    store, source = bulk
+@pytest.mark.parametrize("hard_links", [True, False], ids=["linking", "patching"])
+def test_take_killed_at_random_moments_leaves_one_verifiable_snapshot(
+    snapshot_place: Path, hard_links: bool
+) -> None:
+    """With hard links in the tree a replacing take links a new generation to the last; without,
+    it patches the last one in place. Either way a kill leaves exactly one snapshot."""
+    store, source = snapshot_place / "store", snapshot_place / "volume"
+    build_bulk_tree(source, files=2000, large=2, large_bytes=4 << 20, hard_links=hard_links)
     rng = random.Random(20261129)
     take_snapshot(store, APP, {"data": source}, commit=COMMIT_A)
     duration = 0.0
@@ -200,14 +207,15 @@ def test_restore_killed_at_random_moments_never_harms_the_snapshot(
 KILL_AT = """
 import os, signal, sys
 from pathlib import Path
-from controller.snapshots import fsio, restore, store
+from controller.snapshots import fsio, patch, restore, store
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 point = sys.argv[4]
 real_replace, real_write_state, real_link = os.replace, restore.write_state, os.link
-links = 0
+real_rename = os.rename
+links = renames = 0
 
 def link_then_die(*args, **kwargs):
     global links
@@ -215,6 +223,13 @@ def link_then_die(*args, **kwargs):
     if links > 20:
         die()
     real_link(*args, **kwargs)
+
+def rename_then_die(*args, **kwargs):
+    global renames
+    renames += 1
+    if renames > 15:
+        die()
+    real_rename(*args, **kwargs)
 
 if point == "take: half linked to the old generation":
     os.link = link_then_die
@@ -231,13 +246,23 @@ elif point == "take: old generation half removed":
     os.rmdir = die
 elif point == "take: before marking the volumes clean":
     store.write_state = die
+elif point == "patch: staged, before the plan":
+    patch.Patch.apply = die
+elif point == "patch: half applied":
+    os.rename = rename_then_die
+elif point == "patch: applied, before the verify":
+    patch.Patch.verify = die
+elif point == "patch: volumes moved, before the swap":
+    store.swap_link = die
+elif point == "patch: swapped, before the stash is removed":
+    patch.finish = die
 elif point == "restore: marked dirty, before the first write":
     restore.VolumeRestore.run = die
 elif point == "restore: verified, before marking clean":
     restore.write_state = lambda where, *, clean, manifest_sha256: (
         die() if clean else real_write_state(where, clean=clean, manifest_sha256=manifest_sha256))
 print("go", flush=True)
-if point.startswith("take"):
+if point.startswith(("take", "patch")):
     store.take_snapshot(Path(sys.argv[1]), sys.argv[2], {"data": Path(sys.argv[3])},
                         commit="f" * 40)
 else:
@@ -281,6 +306,54 @@ def test_take_killed_at_each_step_keeps_exactly_one_snapshot(
         assert leftovers or point == "take: before marking the volumes clean"
     assert not volumes_clean(store, APP)
     assert take_snapshot(store, APP, {"data": source}, commit=COMMIT_A).commit == COMMIT_A
+
+
+PATCH_POINTS = {  # kill point -> which snapshot must survive it
+    "patch: staged, before the plan": "old",
+    "patch: half applied": "old",
+    "patch: applied, before the verify": "old",
+    "patch: volumes moved, before the swap": "old",
+    "patch: swapped, before the stash is removed": "new",
+}
+
+
+@pytest.mark.parametrize("point", list(PATCH_POINTS))
+def test_a_patching_take_killed_at_each_step_is_undone_or_finished(
+    snapshot_place: Path, point: str
+) -> None:
+    """A tree without hard links: the replacing take patches the last generation in place,
+    and a restarted controller undoes the patch exactly (or, swapped, finishes it)."""
+    store, source = snapshot_place / "store", snapshot_place / "volume"
+    build_bulk_tree(source, files=400, large=1, large_bytes=1 << 20, hard_links=False)
+    wait_past_racy_window(source)
+    old = take_snapshot(store, APP, {"data": source}, commit=COMMIT_A)
+    old_manifest = snapshot_manifest(store, APP)
+    mark_volumes_dirty(store, APP)
+    mutate_bulk(source, random.Random(5), fraction=0.1)
+    shutil.rmtree(source / "d03")  # a whole directory goes
+    (source / "d04" / "e4").rename(source / "d04" / "moved")  # one is renamed
+    os.chmod(source / "d05", 0o750)  # one changes mode only
+
+    finished, _ = run_child(KILL_AT, [str(store), APP, str(source), point], 60)
+
+    assert not finished
+    left = [g for g in generation_dirs(store) if g != link_target(store)]
+    plan_kept = (store / APP / link_target(store) / "patch.json").exists()
+    assert left or plan_kept, "the killed take left its work for the restart to settle"
+    info = verify_snapshot(store, APP)  # settles what the killed take left, then re-hashes all
+    assert generation_dirs(store) == [link_target(store)]
+    assert [n for n in os.listdir(store / APP) if n.startswith(".")] == [".lock"]
+    assert not (store / APP / link_target(store) / "patch.json").exists()
+    if PATCH_POINTS[point] == "old":
+        assert info == old
+        assert snapshot_manifest(store, APP) == old_manifest
+    else:
+        assert info.commit == "f" * 40
+        assert snapshot_manifest(store, APP)["data"] == volume_manifest(source)
+    assert not volumes_clean(store, APP)
+    again = take_snapshot(store, APP, {"data": source}, commit=COMMIT_A)
+    assert again.commit == COMMIT_A
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(source)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import stat
@@ -26,6 +27,7 @@ from controller.snapshots import (
     fsio,
     mark_volumes_clean,
     mark_volumes_dirty,
+    patch,
     restore_snapshot,
     snapshot_manifest,
     take_snapshot,
@@ -36,6 +38,7 @@ from controller.snapshots import (
 )
 from controller.snapshots import space as snapshot_space
 from controller.snapshots.copy import linkable
+from controller.snapshots.index import VolumeIndex
 from controller.snapshots.jobs import WORKERS, Jobs
 from controller.snapshots.layout import LAST_KNOWN_GOOD, MANIFEST_FILE, forget_manifests
 from controller.snapshots.manifest import (
@@ -949,3 +952,151 @@ def test_sockets_are_skipped(store: Path, volume: Path) -> None:
         restore_snapshot(store, APP, {"data": volume})
     assert not (volume / "app.sock").exists()  # a restore removes what the snapshot lacks
     assert verify_snapshot(store, APP) == info
+
+
+# -- a replacing take that patches the last generation ------------------------------------------
+
+
+@pytest.fixture
+def unlinked(volume: Path) -> Path:
+    """The rich tree without its hard-link pair: a replacing take then patches the last
+    generation in place instead of linking a new one to it."""
+    (volume / "hl/sub/two").unlink()
+    return volume
+
+
+def test_a_replacing_take_patches_the_last_generation_and_keeps_every_unchanged_inode(
+    store: Path, unlinked: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = _first_take_settled(store, unlinked)
+    before = {str(p.relative_to(old)): inode(p) for p in old.rglob("*")}
+    write(unlinked / "cache/b", b"changed")  # new content
+    (unlinked / "docs/readme.txt").unlink()  # a file goes
+    shutil.rmtree(unlinked / "empty")  # a directory tree goes
+    write(unlinked / "new/deep/file", b"new", 0o640, (999, 999))  # new directories and a file
+    (unlinked / "link-me.txt").unlink()
+    os.symlink("docs", unlinked / "link-me.txt")  # a file becomes a symlink
+    shutil.rmtree(unlinked / "cache/a")
+    write(unlinked / "cache/a", b"a directory became a file")
+    (unlinked / "dangling").unlink()
+    os.symlink("elsewhere", unlinked / "dangling")  # a symlink is retargeted
+    os.chmod(unlinked / "data/db", 0o750)  # a directory's mode, nothing else
+    os.chmod(unlinked / "bin/plain", 0o700)  # a file's mode, nothing else
+
+    with caplog.at_level(logging.INFO, logger="controller.snapshots"):
+        second = take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_B)
+
+    assert "patched the last in place" in caplog.text
+    generation = second.path.resolve()
+    new = generation / "volumes/data"
+    assert not old.exists() and generation_dirs(store) == [link_target(store)]
+    assert sorted(os.listdir(generation)) == ["manifest.jsonl", "meta.json", "volumes"]
+    for unchanged in ("data/keep.bin", "data/big.bin", "data/sparse.img", "bin/tool", "hl/one",
+                      "data/db/file", LATIN1_NAME):
+        assert inode(new / unchanged) == before[unchanged], unchanged
+    assert inode(new / "cache/b") != before["cache/b"]
+    assert inode(new / "bin/plain") != before["bin/plain"]
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(unlinked)
+    assert verify_snapshot(store, APP) == second
+    shutil.rmtree(unlinked)
+    unlinked.mkdir()
+    restore_snapshot(store, APP, {"data": unlinked})
+    assert volume_manifest(unlinked) == snapshot_manifest(store, APP)["data"]
+
+
+def _planned(path: str, kind: str, ino: int, size: int = 0) -> tuple[ManifestEntry, Observed]:
+    seen = Observed(type=kind, mode=0o755, uid=0, gid=0, size=size, mtime_ns=1, target=None,  # type: ignore[arg-type]
+                    inode=(1, ino), nlink=1, ctime_ns=1)
+    sha = f"{ino:064x}" if kind == "f" else None
+    return ManifestEntry(path, kind, 0o755, 0, 0, size, 1, sha), seen  # type: ignore[arg-type]
+
+
+def test_a_patch_plan_moves_whole_directories_and_leaves_hard_links_to_a_new_generation() -> None:
+    old_tree = dict([_planned(".", "d", 1), _planned("a", "d", 2), _planned("a/x", "f", 3, 10),
+                     _planned("a/y", "f", 4, 10), _planned("b", "f", 5, 10), _planned("c", "d", 6),
+                     _planned("c/z", "f", 7, 10)])
+    old = sorted(old_tree, key=lambda e: e.path)
+    seen = {e.path: s for e, s in old_tree.items() if e.path in (".", "a", "a/x")}
+    seen["b"] = _planned("b", "d", 8)[1]
+    seen["b/n"] = _planned("b/n", "f", 9, 3)[1]
+    index = VolumeIndex(10**9, {"a/x": [1, 3, 10, 1, 1, f"{3:064x}"]})
+
+    planned = patch.plan_volume(old, seen, 10**9, index)
+
+    assert planned is not None
+    assert planned.removes == ["c", "b", "a/y"]  # c/z goes with c; deepest first
+    assert planned.adds == ["b", "b/n"] and planned.kept == 1
+    assert planned.dirs == [".", "a", "b"]
+    assert [e.path for e in planned.entries] == [".", "a", "a/x", "b", "b/n"]
+    # A file the index does not vouch for is staged anew, even when its stat looks the same.
+    again = patch.plan_volume(old, seen, 10**9, VolumeIndex())
+    assert again is not None and "a/x" in again.adds and again.kept == 0
+    linked = [replace(e, hardlink="a/x") if e.path == "a/y" else e for e in old]
+    assert patch.plan_volume(linked, seen, 10**9, index) is None
+    assert patch.plan_volume(old, {**seen, "b/n": replace(seen["b/n"], nlink=2)}, 10**9,
+                             index) is None
+    assert patch.plan_volume(old, {".": seen["."]}, 10**9, index) is not None  # small: patched
+    many = [old[0], *(_planned(f"f{i}", "f", 100 + i, 1)[0] for i in range(100))]
+    assert patch.plan_volume(many, {".": seen["."]}, 10**9, index) is None  # most of it changed
+
+
+def test_a_patch_that_fails_is_undone_at_once_or_by_the_next_operation(
+    store: Path, unlinked: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _first_take_settled(store, unlinked)
+    first = current_snapshot(store, APP)
+    first_manifest = snapshot_manifest(store, APP)
+    write(unlinked / "cache/b", b"changed")
+    shutil.rmtree(unlinked / "empty")
+    write(unlinked / "new/file", b"new")
+
+    def fail(self: patch.Patch, manifests: object) -> None:
+        raise CheckFailed("verification failed (injected)")
+
+    monkeypatch.setattr(patch.Patch, "verify", fail)
+    with pytest.raises(CheckFailed, match="injected"):
+        take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_B)
+    assert current_snapshot(store, APP) == first and generation_dirs(store) == [link_target(store)]
+    assert snapshot_manifest(store, APP) == first_manifest
+    verify_snapshot(store, APP)
+
+    # Undoing fails too (a disk error): the plan stays, and the next operation undoes it.
+    real_undo, calls = patch.undo, []
+
+    def undo_once_failing(*args: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "injected")
+        real_undo(*args)
+
+    monkeypatch.setattr(patch, "undo", undo_once_failing)
+    with pytest.raises(CheckFailed, match="injected"):
+        take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_B)
+    assert len(generation_dirs(store)) == 2  # the half-patched take's, plan and stash kept
+    assert verify_snapshot(store, APP) == first  # settles it: undone, then re-hashed whole
+    assert len(calls) == 2 and generation_dirs(store) == [link_target(store)]
+    assert snapshot_manifest(store, APP) == first_manifest
+    monkeypatch.undo()
+    assert take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_B).commit == COMMIT_B
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(unlinked)
+
+
+def test_a_patching_take_keeps_what_a_forged_index_row_vouches_for_and_stays_honest(
+    store: Path, unlinked: Path
+) -> None:
+    first = take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_A)
+    old_copy = first.path.resolve() / "volumes/data/data/stealth.bin"
+    old_inode, old_bytes = inode(old_copy), old_copy.read_bytes()
+    stealth = unlinked / "data/stealth.bin"
+    stealth.write_bytes(bytes(len(stealth.read_bytes())))
+    os.utime(stealth, ns=(FIXED_NS, FIXED_NS))
+    forge_index_row(store, "data", "data/stealth.bin", stealth)
+
+    second = take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_B)
+
+    kept = second.path.resolve() / "volumes/data/data/stealth.bin"
+    assert inode(kept) == old_inode and kept.read_bytes() == old_bytes
+    assert snapshot_manifest(store, APP)["data"] != volume_manifest(unlinked)
+    verify_snapshot(store, APP)
+    take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_A, paranoid=True)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(unlinked)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import stat
 import threading
 from collections import OrderedDict
@@ -28,7 +27,6 @@ from controller.snapshots.manifest import (
     sort_key,
     summarise,
 )
-from controller.util import files
 from controller.util.errors import BadInput, CcciError, CheckFailed
 from controller.util.locks import exclusive
 from controller.util.names import check_app_name
@@ -145,33 +143,6 @@ def link_target(where: Path) -> str | None:
     if "/" in target or not target.startswith(GEN_PREFIX):
         raise CheckFailed(f"{link}: points at {target!r}, not at a generation of this store")
     return target
-
-
-def remove_leftovers(where: Path) -> list[str]:
-    """Delete what an interrupted take or write left: unlinked generations and temp names.
-
-    Call only under the app's lock: then no take is running, so anything the
-    last-known-good link does not name is garbage.
-    """
-    current = link_target(where)
-    removed: list[str] = []
-    for name in sorted(fsio.iter_dir_names(where)):
-        path = where / name
-        if name.startswith(GEN_PREFIX) and name != current:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        elif name.startswith((LINK_TEMP_PREFIX, files.TEMP_PREFIX)):
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    if removed:
-        files.fsync_path(where)
-        log.info("snapshot store %s: removed leftovers of an interrupted operation: %s",
-                 where, ", ".join(removed))
-    return removed
 
 
 def new_generation_name() -> str:

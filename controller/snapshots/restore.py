@@ -27,9 +27,9 @@ from controller.snapshots.layout import (
     locked,
     open_snapshot,
     os_errors_fail,
-    remove_leftovers,
     resolve_volumes,
 )
+from controller.snapshots.leftovers import remove_leftovers
 from controller.snapshots.manifest import (
     ROOT,
     ManifestEntry,

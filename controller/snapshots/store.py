@@ -8,10 +8,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from controller.snapshots import fsio
+from controller.snapshots import fsio, patch
 from controller.snapshots.check import check_tree, compare_tree
 from controller.snapshots.copy import CopyResult, PreviousCopy, copy_tree, remove_tree
 from controller.snapshots.index import EMPTY, VolumeIndex, read_index, volume_index, write_index
@@ -21,6 +22,7 @@ from controller.snapshots.layout import (
     MANIFEST_FILE,
     META_FILE,
     VOLUMES_DIR,
+    Snapshot,
     SnapshotInfo,
     app_dir,
     link_target,
@@ -31,12 +33,13 @@ from controller.snapshots.layout import (
     os_errors_fail,
     read_info,
     remember_manifest,
-    remove_leftovers,
     resolve_volumes,
     swap_link,
 )
+from controller.snapshots.leftovers import remove_leftovers
 from controller.snapshots.manifest import (
     ManifestEntry,
+    Observed,
     check_commit,
     digest,
     render_manifest,
@@ -78,16 +81,21 @@ def take_snapshot(
         previous = link_target(where)
         check_free_space(where, app, sources, min_free_bytes)
         index = {} if paranoid else read_index(where)
-        to_link = {} if paranoid or previous is None else _previous_copies(where, app)
+        last = None if paranoid or previous is None else _open_last(where, app)
         name = new_generation_name()
         generation = where / name
+        plans = None
         try:
-            info, live = _write_generation(where, generation, app, sources, commit, run_id,
-                                           index, to_link, paranoid)
+            plans = None if last is None else _plan_patch(last, sources, index)
+            if plans is not None and last is not None:
+                info, live = _patch_generation(where, generation, last, sources, plans, commit,
+                                               run_id)
+            else:
+                info, live = _write_generation(where, generation, app, sources, commit, run_id,
+                                               index, _previous_copies(last), paranoid)
             swap_link(where, name)
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(generation)
+            _discard(where, generation, previous if plans is not None else None)
             if isinstance(exc, OSError) and not isinstance(exc, CcciError):
                 raise CheckFailed(f"snapshot of {app} failed and was discarded: {exc}") from exc
             raise
@@ -101,6 +109,8 @@ def take_snapshot(
                 remove_tree(where / previous)
                 files.fsync_path(where)
                 log.info("snapshot of %s: old generation removed in %.2fs", app, clock.lap())
+            if plans is not None:
+                patch.finish(generation)
             write_index(where, live)
             # The volumes were just copied whole, so they equal this snapshot.
             write_state(where, clean=True, manifest_sha256=info.manifest_sha256)
@@ -112,18 +122,80 @@ def take_snapshot(
         return info
 
 
-def _previous_copies(where: Path, app: str) -> dict[str, PreviousCopy]:
-    """The last-known-good's volumes, to link unchanged files to; none when it is damaged."""
+def _open_last(where: Path, app: str) -> Snapshot | None:
+    """The last-known-good, to patch or link unchanged files to; None when it is damaged."""
     try:
-        snapshot = open_snapshot(where, app)
+        return open_snapshot(where, app)
     except (CheckFailed, OSError) as exc:
         log.warning("snapshot of %s: the last-known-good is unreadable (%s); copying every file",
                     app, exc)
+        return None
+
+
+def _previous_copies(last: Snapshot | None) -> dict[str, PreviousCopy]:
+    if last is None:
         return {}
-    return {
-        name: PreviousCopy(snapshot.volume_dir(name), {e.path: e for e in entries})
-        for name, entries in snapshot.manifests.items()
-    }
+    return {name: PreviousCopy(last.volume_dir(name), {e.path: e for e in entries})
+            for name, entries in last.manifests.items()}
+
+
+def _plan_patch(last: Snapshot, sources: dict[str, Path],
+                index: dict[str, VolumeIndex]) -> dict[str, patch.VolumePatch] | None:
+    """What patching the last-known-good takes, per volume; None when a new generation is due."""
+    if set(last.manifests) != set(sources) or any(
+        e.hardlink is not None for entries in last.manifests.values() for e in entries
+    ):
+        return None
+    plans: dict[str, patch.VolumePatch] = {}
+    for name, src in sorted(sources.items()):
+        scanned_ns = time.time_ns()
+        root_fd = fsio.open_root(src)
+        try:
+            seen = fsio.scan(root_fd)
+        finally:
+            os.close(root_fd)
+        planned = patch.plan_volume(last.manifests[name], seen, scanned_ns,
+                                    index.get(name, EMPTY))
+        if planned is None:
+            return None
+        plans[name] = planned
+    return plans
+
+
+def _patch_generation(where: Path, generation: Path, last: Snapshot, sources: dict[str, Path],
+                      plans: dict[str, patch.VolumePatch], commit: str, run_id: str | None,
+                      ) -> tuple[SnapshotInfo, dict[str, VolumeIndex]]:
+    """Patch the last generation's tree and move it into `generation` (patch.py has the steps)."""
+    clock = _Stopwatch()
+    os.mkdir(generation, 0o700)
+    patcher = patch.Patch(last.generation, generation, VOLUMES_DIR, plans)
+    manifests = patcher.stage(sources)
+    staged = clock.lap()
+    patcher.apply()
+    applied = clock.lap()
+    patcher.verify(manifests)
+    patcher.move_volumes()
+    kept = sum(p.kept for p in plans.values())
+    log.info("snapshot of %s: patched the last in place: staged in %.2fs, applied in %.2fs, "
+             "verified in %.2fs (files and symlinks kept: %d, new: %s)", last.info.app, staged,
+             applied, clock.lap(), kept, dict(patcher.how))
+    scanned = {name: (plan.scanned_ns, plan.seen) for name, plan in plans.items()}
+    return _commit_generation(where, generation, last.info.app, commit, run_id, manifests,
+                              scanned)
+
+
+def _discard(where: Path, generation: Path, patched: str | None) -> None:
+    """Remove a generation that failed before its swap; undo its patch of `patched` first."""
+    if patched is not None:
+        try:
+            patch.undo(where / patched, generation, VOLUMES_DIR)
+        except (OSError, CheckFailed) as exc:
+            # Its plan and stash stay: the next operation on the store undoes it (settle).
+            log.error("snapshot store %s: undoing the patch failed (%s); the next operation "
+                      "retries", where, exc)
+            return
+    with contextlib.suppress(OSError):
+        shutil.rmtree(generation)
 
 
 class _Stopwatch:
@@ -161,11 +233,25 @@ def _write_generation(
     synced = clock.lap()
     manifests = {name: _verify_copy(app, generation / VOLUMES_DIR / name, name, copy, paranoid)
                  for name, copy in copies.items()}
-    manifest = render_manifest(manifests)
-    files.write_durably(generation / MANIFEST_FILE, manifest)
     counts = collections.Counter(how for copy in copies.values() for how in copy.how.values())
     log.info("snapshot of %s: copied in %.2fs, synced in %.2fs, verified in %.2fs (files: %s)",
              app, copied, synced, clock.lap(), dict(counts))
+    scanned = {name: (copy.scanned_ns, copy.source) for name, copy in copies.items()}
+    return _commit_generation(where, generation, app, commit, run_id, manifests, scanned)
+
+
+def _commit_generation(
+    where: Path,
+    generation: Path,
+    app: str,
+    commit: str,
+    run_id: str | None,
+    manifests: dict[str, list[ManifestEntry]],
+    scanned: Mapping[str, tuple[int, Mapping[str, Observed]]],
+) -> tuple[SnapshotInfo, dict[str, VolumeIndex]]:
+    """Write a verified generation's manifest and metadata durably; ready for the swap."""
+    manifest = render_manifest(manifests)
+    files.write_durably(generation / MANIFEST_FILE, manifest)
     info = SnapshotInfo(
         app=app,
         path=where / LAST_KNOWN_GOOD,
@@ -180,7 +266,7 @@ def _write_generation(
     files.fsync_path(generation)
     # The next take replacing this one links against these entries: spare it the parse.
     remember_manifest(info.manifest_sha256, manifests)
-    live = {name: volume_index(copies[name].scanned_ns, manifests[name], copies[name].source)
+    live = {name: volume_index(scanned[name][0], manifests[name], scanned[name][1])
             for name in manifests}
     return info, live
 
