@@ -121,9 +121,13 @@ def plan_volume(old: list[ManifestEntry], seen: dict[str, Observed], scanned_ns:
         have = seen[path]
         if have.type is None or (have.type == "f" and have.nlink > 1):
             return None
+        was = before.get(path)
+        if was is not None and _unchanged_file(was, have, index.vouched(path, have)):
+            entries.append(was)  # the common case, spared building an equal entry
+            kept += 1
+            continue
         entry = entry_from(path, have, index.vouched(path, have))
         entries.append(entry)
-        was = before.get(path)
         if was is not None and was.type == entry.type:
             if entry.type == "d":
                 if was != entry:
@@ -148,6 +152,21 @@ def plan_volume(old: list[ManifestEntry], seen: dict[str, Observed], scanned_ns:
         return None
     touched = sorted((d for d in dirs if d in seen and seen[d].type == "d"), key=sort_key)
     return VolumePatch(entries, seen, scanned_ns, _outermost(removes), adds, touched, kept)
+
+
+def _unchanged_file(was: ManifestEntry, have: Observed, vouched: str | None) -> bool:
+    """Pure: entry_from(have, vouched) == was for a file, without building the entry."""
+    return (
+        vouched is not None
+        and was.type == "f" == have.type
+        and vouched == was.sha256
+        and was.size == have.size
+        and was.mtime_ns == have.mtime_ns
+        and was.mode == have.mode
+        and was.uid == have.uid
+        and was.gid == have.gid
+        and was.hardlink is None
+    )
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:
