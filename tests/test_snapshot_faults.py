@@ -213,26 +213,21 @@ def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 point = sys.argv[4]
-real_replace, real_write_state, real_link = os.replace, restore.write_state, os.link
-real_rename = os.rename
-links = renames = 0
+real_replace, real_write_state = os.replace, restore.write_state
 
-def link_then_die(*args, **kwargs):
-    global links
-    links += 1
-    if links > 20:
-        die()
-    real_link(*args, **kwargs)
+def die_after(calls, real):  # real, until it is called once more than `calls` times
+    made = 0
 
-def rename_then_die(*args, **kwargs):
-    global renames
-    renames += 1
-    if renames > 15:
-        die()
-    real_rename(*args, **kwargs)
+    def call(*args, **kwargs):
+        nonlocal made
+        made += 1
+        if made > calls:
+            die()
+        return real(*args, **kwargs)
+    return call
 
 if point == "take: half linked to the old generation":
-    os.link = link_then_die
+    os.link = die_after(20, os.link)
 elif point == "take: copied, before syncfs":
     fsio.sync_filesystem = die
 elif point == "take: verified, before the swap":
@@ -249,7 +244,7 @@ elif point == "take: before marking the volumes clean":
 elif point == "patch: staged, before the plan":
     patch.Patch.apply = die
 elif point == "patch: half applied":
-    os.rename = rename_then_die
+    os.rename = die_after(15, os.rename)
 elif point == "patch: applied, before the verify":
     patch.Patch.verify = die
 elif point == "patch: volumes moved, before the swap":
