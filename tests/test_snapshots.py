@@ -37,6 +37,7 @@ from controller.snapshots import (
     volumes_clean,
 )
 from controller.snapshots import space as snapshot_space
+from controller.snapshots import store as snapshot_store
 from controller.snapshots.copy import linkable
 from controller.snapshots.index import VolumeIndex
 from controller.snapshots.jobs import WORKERS, Jobs
@@ -1086,3 +1087,29 @@ def test_a_patch_that_fails_is_undone_at_once_or_by_the_next_operation(
     monkeypatch.undo()
     assert take_snapshot(store, APP, {"data": unlinked}, commit=COMMIT_B).commit == COMMIT_B
     assert snapshot_manifest(store, APP)["data"] == volume_manifest(unlinked)
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["linking", "patching"])
+def test_a_take_that_fails_right_after_its_swap_keeps_the_new_generation(
+    store: Path, volume: Path, hard_links: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not hard_links:
+        (volume / "hl/sub/two").unlink()
+    _first_take_settled(store, volume)
+    write(volume / "cache/b", b"changed")
+    real_swap = snapshot_store.swap_link
+
+    def swap_then_fail(where: Path, name: str) -> None:
+        real_swap(where, name)
+        raise OSError(errno.EIO, "injected after the swap")
+
+    monkeypatch.setattr(snapshot_store, "swap_link", swap_then_fail)
+    with pytest.raises(CheckFailed, match="injected after the swap"):
+        take_snapshot(store, APP, {"data": volume}, commit=COMMIT_B)
+    monkeypatch.undo()
+
+    # The swapped-in generation is the last-known-good: not discarded under its link.
+    assert (store / APP / link_target(store)).is_dir()
+    assert verify_snapshot(store, APP).commit == COMMIT_B  # settles what the take left
+    assert generation_dirs(store) == [link_target(store)]
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)

@@ -69,10 +69,12 @@ def take_snapshot(
     """Copy the (undeployed) app's volumes into a new generation and make it last-known-good.
 
     A file the live index vouches for (unchanged since the last take or restore) that the
-    last-known-good holds exactly becomes a hard link to it. Other files are cloned (share
-    extents) where the store's filesystem can, else copied; each is read once, for its
-    digest. `paranoid` trusts no index, links nothing, and re-reads every stored file from
-    the disk after the sync.
+    last-known-good holds exactly stays that generation's inode: where nothing is
+    hard-linked, the last generation's tree is patched with what changed and moved into the
+    new one (patch.py); else the file becomes a hard link to it. Other files are cloned
+    (share extents) where the store's filesystem can, else copied; each is read once, for
+    its digest. `paranoid` trusts no index, links nothing, and re-reads every stored file
+    from the disk after the sync.
     """
     check_commit(commit)
     sources = resolve_volumes(store_root, volumes, allowed_root)
@@ -186,6 +188,9 @@ def _patch_generation(where: Path, generation: Path, last: Snapshot, sources: di
 
 def _discard(where: Path, generation: Path, patched: str | None) -> None:
     """Remove a generation that failed before its swap; undo its patch of `patched` first."""
+    with contextlib.suppress(OSError, CheckFailed):
+        if link_target(where) == generation.name:
+            return  # interrupted after the swap itself: it is the last-known-good now
     if patched is not None:
         try:
             patch.undo(where / patched, generation, VOLUMES_DIR)
