@@ -392,9 +392,11 @@ def tasks_of(app: str) -> list[dict[str, Any]]:
 
 
 def undeploy(app: str, *, remove_volumes: bool, timeout: float = 180) -> None:
-    """Remove the app's services and wait until their tasks (on every node) and containers
-    are really gone (swarm returns long before), then its networks, configs, secrets — and, if asked, its
-    volumes and the secrets the controller generated for it (which belong with the data)."""
+    """Remove the app's services and wait until swarm lists none of their tasks (every node
+    has stopped its containers) and this node's engine holds none of their containers
+    (swarm returns long before); then its networks, configs, secrets — and, if asked, its
+    volumes and the secrets the controller generated for it (which belong with the data).
+    Another node removes its stopped containers on its own, a moment later."""
     deadline = Deadline(timeout)
     labels = (f"{NAMESPACE}={app}", f"ccci.app={app}")
     for label in labels:

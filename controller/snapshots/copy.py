@@ -362,7 +362,7 @@ def _copy_one(src_fd: int, dst_fd: int, rel: str, name: str, st: os.stat_result,
         # Made with the source's permission bits (never setuid/setgid: chown would clear them):
         # inside the 0700 generation no one else can open it, and under the usual umask the
         # file needs no chmod afterwards, a journal transaction per file saved.
-        dfd = os.open(name, fsio.READ_WRITE_CREATE, stat.S_IMODE(st.st_mode) & 0o777, dir_fd=dst_fd)
+        dfd = os.open(name, fsio.READ_WRITE_CREATE, st.st_mode & 0o777, dir_fd=dst_fd)
         try:
             if fsio.CLONES.clone(sfd, dfd, st.st_dev, how_to.dst_dev):
                 if vouched is None and not how_to.read_back:
@@ -397,7 +397,7 @@ def _hash_clones(clones: list[_Clone]) -> list[_Copy]:
 
     A clone is a new inode with nothing cached: hashing it reads the extents it shares from
     the disk (the clone flushed the source's dirty pages first), while other workers still
-    clone, instead of after them all; their reads are queued together (`fsio.read_ahead`).
+    clone, instead of after them all; their reads are queued together (`fsio.hash_files`).
     """
     try:
         shas = fsio.hash_files([clone.fd for clone in clones], thread_copier().buf)

@@ -268,7 +268,7 @@ class Patch:
             if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (have.size, have.mtime_ns,
                                                                  have.ctime_ns):
                 raise CheckFailed(f"{path}: changed while being read")
-            dfd = os.open(slot, fsio.READ_WRITE_CREATE, stat.S_IMODE(st.st_mode) & 0o777,
+            dfd = os.open(slot, fsio.READ_WRITE_CREATE, st.st_mode & 0o777,
                           dir_fd=stage_fd)
             try:
                 sha: str | None
