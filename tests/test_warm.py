@@ -367,3 +367,25 @@ def test_a_volume_a_pr_added_is_gone_when_the_next_quick_run_restores(
         assert set(stack.volume_paths(app)) == {"data"}
     finally:
         remove_warm_app(app)
+
+
+def test_a_quick_run_upgrades_as_soon_as_the_known_good_runs_healthy_and_judges_over_the_window(
+        git_remote: RemoteRegistry, tmp_path: Path, state_dir: Path, docker_host: str) -> None:
+    """The reattached known-good is where the upgrade starts from, not what is judged: the run
+    upgrades once every replica runs healthy at the known-good's commit, without the recipe's
+    stability window (which the known-good stayed up through before its snapshot was taken);
+    the upgraded app is judged over the whole window."""
+    window = 10
+    repo = build_recipe("static", tmp_path / "recipes" / "static", versions=[1, 2])
+    git_remote.set_recipes(recipe_entry("static", repo.path, timeout_s=120, stability_s=window))
+    clone = git_remote.clone("controller")
+    try:
+        _run, cold = run_request(clone, state_dir, "static", repo.versions[1])
+        assert cold["outcome"] == "pass", cold
+        assert rewarm(clone, state_dir, "static").returncode == 0
+        _run, quick = run_request(clone, state_dir, "static", repo.versions[2], mode="quick")
+        assert quick["outcome"] == "pass", quick
+        seconds = {p["name"]: p["seconds"] for p in quick["phases"]}
+        assert seconds["converge (reattach)"] < window <= seconds["converge"], seconds
+    finally:
+        remove_warm_app("warm-static")

@@ -105,8 +105,10 @@ def _quick_locked(ctx: Context, run: Run, timeout_s: int) -> None:
         else:
             deployment.deploy_app(ctx, result, base, name="reattach")
             with phase(ctx, result, "converge (reattach)"):
-                before = stack.wait_converged(app, deadline, stability_s=recipe.stability_s,
-                                              expected_commit=base_commit)
+                # No stability window: the known-good already stayed up through one on these very
+                # bytes before its snapshot was taken, and this is where the upgrade starts from,
+                # not what is judged: the upgrade starts once every replica runs healthy.
+                before = stack.wait_converged(app, deadline, stability_s=0, expected_commit=base_commit)
         deployment.upgrade_and_judge(ctx, result, head, deadline, before=before)
     except CcciError as exc:
         result.outcome = "fail" if exc.cause in ("recipe", "timeout", "limit") else "error"
