@@ -34,6 +34,9 @@ FAILED_STATES = ("failed", "rejected")
 # update swarm paused for it, at most ENGINE_FAULT_RETRIES times; after that it fails as `infra`.
 ENGINE_FAULTS = ("device or resource busy",)
 ENGINE_FAULT_RETRIES = 2
+# How often a wait for convergence looks at the engine (a few API calls each time): what a
+# maintainer waits beyond the moment an app is converged is half of it on average.
+POLL_S = 0.25
 _PASSTHROUGH_ENV = ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
                     "DOCKER_TLS_VERIFY", "DOCKER_CONTEXT", "LANG", "TMPDIR")
 
@@ -323,18 +326,20 @@ def wait_converged(
             # An update swarm rolled back for a task the engine failed is the host's fault.
             raise CcciError(fatal, cause="infra" if any(t in fatal for t in excused) else "recipe")
         now = time.monotonic()
+        pause = POLL_S
         if waiting is None:
             stable_since = stable_since or now
             if now - stable_since >= stability_s:
                 return state
             last_reason = "stability window"
+            pause = min(pause, stable_since + stability_s - now)  # look again when it ends
         else:
             stable_since = None
             last_reason = waiting
         if deadline.expired():
             raise RunTimeout(f"{app} did not converge before its deadline: {last_reason} "
                              f"({state.summary()})")
-        time.sleep(min(0.5, max(0.05, deadline.remaining())))
+        time.sleep(min(pause, max(0.05, deadline.remaining())))
 
 
 def resume_update(full_name: str) -> None:
