@@ -58,7 +58,8 @@ RECIPE: dict[str, Any] = {
             "type": "number", "minimum": 0, "maximum": 3600,
             "default": 5.0,
             "description": "Seconds every service must stay converged, with no task restarting, "
-                           "before the checks start.",
+                           "before the checks start (not asked of a quick run's reattach of the "
+                           "known-good, only of what is judged).",
             "examples": [20.0],
         },
         "http": {
