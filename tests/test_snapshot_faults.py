@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from controller.snapshots import (
+    current_snapshot,
     mark_volumes_dirty,
     restore_snapshot,
     snapshot_manifest,
@@ -25,6 +27,7 @@ from controller.snapshots import (
     volumes_clean,
 )
 from controller.snapshots.layout import LAST_KNOWN_GOOD, META_FILE
+from tests.helpers import wait_for
 from tests.snapshot_helpers import (
     APP,
     COMMIT_A,
@@ -198,6 +201,68 @@ def test_restore_killed_at_random_moments_never_harms_the_snapshot(
 
     print(f"\nrestore: {duration:.2f}s per restore; outcomes {dict(outcomes)}")
     assert outcomes["killed"], outcomes
+
+
+# -- a first take's worker processes ---------------------------------------------------------
+
+AMID_WORKERS = """
+import os, signal, sys
+from pathlib import Path
+from controller.snapshots import jobs, take_snapshot
+
+os.environ["CCCI_TEST_MARK"] = sys.argv[5]  # inherited by every process the take starts
+real, made = jobs.Jobs.submit_elsewhere, 0
+
+def submit(self, *args):
+    global made
+    made += 1
+    if made > int(sys.argv[4]):  # with this many batches handed to the worker processes
+        if not args[0]._processes:
+            sys.exit("no worker process was started")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *args)
+
+jobs.Jobs.submit_elsewhere = submit
+print("go", flush=True)
+take_snapshot(Path(sys.argv[1]), sys.argv[2], {"data": Path(sys.argv[3])}, commit="f" * 40)
+"""
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Live processes whose environment carries `mark`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes()
+        except OSError:  # gone, or another user's
+            continue
+        if f"CCCI_TEST_MARK={mark}".encode() in environ.split(b"\0"):
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.parametrize("batches", [1, 20])
+def test_a_first_take_killed_while_worker_processes_copy_leaves_no_process_and_no_snapshot(
+    snapshot_place: Path, batches: int
+) -> None:
+    """The controller is SIGKILLed while its worker processes copy (just started; in full
+    swing): none of them outlives it to write into the store, and what they wrote is a
+    leftover the next operation removes."""
+    store, source = snapshot_place / "store", snapshot_place / "volume"
+    build_bulk_tree(source, files=3000, large=1, large_bytes=1 << 20)
+    mark = secrets.token_hex(8)
+
+    finished, _ = run_child(AMID_WORKERS, [str(store), APP, str(source), str(batches), mark], 60)
+
+    assert not finished
+    assert [g for g in generation_dirs(store)], "the take had started writing its generation"
+    wait_for(lambda: not marked_processes(mark), 10, "the killed take's processes to end")
+    assert current_snapshot(store, APP) is None  # and the half-written generation is gone
+    assert generation_dirs(store) == []
+    take_snapshot(store, APP, {"data": source}, commit=COMMIT_A)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(source)
 
 
 # -- exact kill points ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -36,6 +37,7 @@ from controller.snapshots import (
     volume_manifest,
     volumes_clean,
 )
+from controller.snapshots import copy as snapshot_copy
 from controller.snapshots import space as snapshot_space
 from controller.snapshots import store as snapshot_store
 from controller.snapshots.copy import linkable
@@ -98,8 +100,24 @@ def inode(path: Path) -> int:
 # -- take -------------------------------------------------------------------------------------
 
 
-def test_take_copies_every_kind_of_entry_exactly(store: Path, volume: Path) -> None:
-    info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, run_id="r-1")
+@pytest.mark.parametrize("copier", ["threads", "worker processes"])
+def test_take_copies_every_kind_of_entry_exactly(
+    store: Path, volume: Path, copier: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A first take of a large volume hands its files to worker processes (here from the
+    first file on); what they copy is exactly what the controller's own threads copy."""
+    if copier == "worker processes":
+        monkeypatch.setattr(snapshot_copy, "PROCESS_AFTER", 0)
+    with caplog.at_level(logging.INFO, logger="controller.snapshots"):
+        info = take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A, run_id="r-1")
+
+    handed = re.search(r"(\d+) of (\d+) files and symlinks went to \d+ worker processes",
+                       caplog.text)
+    if copier == "threads":
+        assert handed is None
+    else:  # every file and symlink (hard-linked ones are copied after the walk, here)
+        assert handed is not None and handed[1] == handed[2] and int(handed[1]) > 10
 
     assert info.path == store / APP / "last-known-good"
     assert (info.commit, info.taken_by_run) == (COMMIT_A, "r-1")

@@ -8,12 +8,12 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from controller.snapshots import fsio
+from controller.snapshots import fsio, workers
 from controller.snapshots.index import EMPTY, VolumeIndex
 from controller.snapshots.jobs import BATCH, READERS, Jobs, dup_all, thread_copier
 from controller.snapshots.manifest import (
@@ -33,6 +33,9 @@ from controller.util.errors import CheckFailed
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Copied = Literal["copied", "cloned", "vouched", "linked"]
+# Files a walk hands to its threads before it starts worker processes for the rest: below
+# this the processes' start would cost more than they save.
+PROCESS_AFTER = 512
 
 
 @dataclass
@@ -103,6 +106,10 @@ class TreeCopy:
         self._first_of_inode: dict[tuple[int, int], str] = {}
         self._links: list[tuple[str, str, os.stat_result]] = []  # (path, first path, stat)
         self._dirs: list[tuple[str, os.stat_result]] = []
+        self._handed = 0  # files and symlinks handed to jobs so far
+        self._handed_to_processes = 0
+        self._processes: ProcessPoolExecutor | None = None
+        self._roots: _Roots | None = None
 
     def run(self, src: Path, dst: Path) -> CopyResult:
         scanned_ns = time.time_ns()
@@ -111,21 +118,20 @@ class TreeCopy:
             os.mkdir(dst, 0o700)
             dst_fd = fsio.open_root(dst)
             try:
-                self._dirs.append((ROOT, os.fstat(src_fd)))
+                src_st, dst_st = os.fstat(src_fd), os.fstat(dst_fd)
+                self._dirs.append((ROOT, src_st))
                 jobs: Jobs[_Copy | _HardLinked] = Jobs()
                 prev_fd = self._open_previous(-1, ROOT)
-                dst_dev = os.fstat(dst_fd).st_dev
-                hard_linked: list[_HardLinked] = []
+                dst_dev = dst_st.st_dev
+                if self._reads_every_file() and workers.can_use_processes():
+                    self._roots = _Roots(str(src), (src_st.st_dev, src_st.st_ino), str(dst),
+                                         (dst_dev, dst_st.st_ino), self.read_back)
                 try:
                     self._walk(src_fd, dst_fd, prev_fd, ROOT, jobs, dst_dev)
                 finally:
                     if prev_fd >= 0:
                         os.close(prev_fd)
-                    for done in jobs.results():
-                        if isinstance(done, _HardLinked):
-                            hard_linked.append(done)
-                        else:
-                            self._add(done)
+                    hard_linked = self._collect(jobs, src)
                 self._copy_hard_linked(src_fd, dst_fd, dst_dev, hard_linked)
                 self._make_links(dst_fd)
                 self._set_dir_metadata(dst_fd)
@@ -135,6 +141,26 @@ class TreeCopy:
             os.close(src_fd)
         return CopyResult(group_hardlinks(self.entries, self.inodes), self.how, self.source,
                           scanned_ns)
+
+    def _collect(self, jobs: Jobs[_Copy | _HardLinked], src: Path) -> list[_HardLinked]:
+        """Wait for every job (the first failure is raised); worker processes end with them."""
+        hard_linked: list[_HardLinked] = []
+        try:
+            for done in jobs.results():
+                if isinstance(done, _HardLinked):
+                    hard_linked.append(done)
+                else:
+                    self._add(done)
+        finally:
+            if self._processes is not None:
+                self._processes.shutdown(wait=True, cancel_futures=True)
+                log.info("copy of %s: %d of %d files and symlinks went to %d worker processes",
+                         src, self._handed_to_processes, self._handed, workers.PROCESSES)
+        return hard_linked
+
+    def _reads_every_file(self) -> bool:
+        """Nothing to link or vouch for (a first take): every file is cloned or copied and read."""
+        return self.previous is None and not self.index.rows
 
     def _open_previous(self, parent_fd: int, path: str) -> int:
         """The previous generation's directory at `path`, or -1 when there is none to link from."""
@@ -235,31 +261,19 @@ class TreeCopy:
 
     def _submit(self, jobs: Jobs[_Copy | _HardLinked], src_fd: int, dst_fd: int, prev_fd: int,
                 rel: str, batch: list[str], dst_dev: int) -> None:
+        self._handed += len(batch)
+        if self._roots is not None and self._handed > PROCESS_AFTER:
+            if self._processes is None:
+                self._processes = workers.process_pool()
+            jobs.submit_elsewhere(self._processes, _copy_batch_in_process, self._roots, rel, batch)
+            self._handed_to_processes += len(batch)
+            return
         fds = dup_all(src_fd, dst_fd, *([prev_fd] if prev_fd >= 0 else []))
         src_dup, dst_dup = fds[:2]
         prev_dup = fds[2] if len(fds) > 2 else -1
         how = _How(self.index, self.previous.entries if self.previous else {}, prev_dup,
                    dst_dev, self.read_back)
-
-        def job() -> list[_Copy | _HardLinked]:
-            out: list[_Copy | _HardLinked] = []
-            clones: list[_Clone] = []
-            try:
-                for name in batch:
-                    done = _copy_leaf(src_dup, dst_dup, rel, name, how)
-                    if isinstance(done, _Clone):
-                        clones.append(done)
-                        if len(clones) >= fsio.READ_AHEAD:
-                            out.extend(_hash_clones(clones))
-                    elif done is not None:
-                        out.append(done)
-                out.extend(_hash_clones(clones))
-                return out
-            finally:
-                while clones:  # what a failure left open
-                    os.close(clones.pop().fd)
-
-        jobs.submit(job, fds)
+        jobs.submit(lambda: _copy_batch(src_dup, dst_dup, rel, batch, how), fds)
 
     def _make_links(self, dst_fd: int) -> None:
         sha = {e.path: e.sha256 for e in self.entries if e.path in self.inodes}
@@ -285,6 +299,75 @@ class TreeCopy:
 
 # (entry, how a file's digest was found or None for a symlink, the source's lstat)
 _Copy = tuple[ManifestEntry, Copied | None, Observed]
+
+
+@dataclass(frozen=True)
+class _Roots:
+    """Where a worker process finds a copy's two trees: by path, each checked by its inode."""
+
+    src: str
+    src_inode: tuple[int, int]
+    dst: str
+    dst_inode: tuple[int, int]
+    read_back: bool
+
+    def open(self) -> tuple[int, int]:
+        src_fd = _open_checked(self.src, self.src_inode)
+        try:
+            return src_fd, _open_checked(self.dst, self.dst_inode)
+        except BaseException:
+            os.close(src_fd)
+            raise
+
+
+def _open_checked(path: str, inode: tuple[int, int]) -> int:
+    fd = fsio.open_root(Path(path))
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != inode:
+        os.close(fd)
+        raise CheckFailed(f"{path}: was replaced while being copied")
+    return fd
+
+
+def _copy_batch_in_process(roots: _Roots, rel: str, batch: list[str]) -> list[_Copy | _HardLinked]:
+    """In a worker process: copy one batch of a directory's files, with nothing to link or vouch."""
+    src_root, dst_root = roots.open()
+    try:
+        src_fd = fsio.open_dir_chain(src_root, rel)
+        try:
+            dst_fd = fsio.open_dir_chain(dst_root, rel)
+            try:
+                dst_dev = os.fstat(dst_fd).st_dev
+                return _copy_batch(src_fd, dst_fd, rel, batch,
+                                   _How(EMPTY, {}, -1, dst_dev, roots.read_back))
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+    finally:
+        os.close(src_root)
+        os.close(dst_root)
+
+
+def _copy_batch(src_fd: int, dst_fd: int, rel: str, batch: list[str],
+                how: _How) -> list[_Copy | _HardLinked]:
+    """Copy one batch of a directory's files and symlinks; clones are hashed in windows."""
+    out: list[_Copy | _HardLinked] = []
+    clones: list[_Clone] = []
+    try:
+        for name in batch:
+            done = _copy_leaf(src_fd, dst_fd, rel, name, how)
+            if isinstance(done, _Clone):
+                clones.append(done)
+                if len(clones) >= fsio.READ_AHEAD:
+                    out.extend(_hash_clones(clones))
+            elif done is not None:
+                out.append(done)
+        out.extend(_hash_clones(clones))
+        return out
+    finally:
+        while clones:  # what a failure left open
+            os.close(clones.pop().fd)
 
 
 @dataclass(frozen=True)

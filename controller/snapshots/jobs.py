@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from controller.snapshots import fsio
@@ -85,6 +85,17 @@ class Jobs(Generic[T]):
             _close(fds)
             raise
         future.add_done_callback(done)
+        self._futures.append(future)
+
+    def submit_elsewhere(self, pool: Executor, fn: Callable[..., list[T]], *args: object) -> None:
+        """Queue `fn(*args)` on another pool (worker processes: no descriptors go with it)."""
+        self._slots.acquire()
+        try:
+            future = pool.submit(fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
 
     def results(self) -> list[T]:
