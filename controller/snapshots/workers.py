@@ -18,7 +18,10 @@ import select
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
-PROCESSES = 4
+# More than the CPUs: a worker waits on the disk for most of each file (a cold clone is read
+# back to hash it); on 2 CPUs 8 workers took a cold first take of 20 000 files in 2.2 s,
+# 6 in 2.35 s, 4 in 2.5 s, 12 in 2.5 s (medians of 5).
+PROCESSES = 8
 
 
 @functools.cache
