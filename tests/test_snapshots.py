@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -59,6 +60,7 @@ from tests.snapshot_helpers import (
     COMMIT_A,
     COMMIT_B,
     FIXED_NS,
+    build_bulk_tree,
     build_rich_tree,
     generation_dirs,
     link_target,
@@ -147,6 +149,35 @@ def test_take_copies_every_kind_of_entry_exactly(
         e.size for e in manifest if e.type == "f" and e.path != "hl/sub/two")}}
     assert verify_snapshot(store, APP) == info
     assert current_snapshot(store, APP) == info
+
+
+def test_a_worker_process_killed_mid_take_fails_it_with_a_sentence_and_keeps_nothing(
+    store: Path, snapshot_place: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault: SIGKILL to a worker process right after the third batch went to the pool
+    (of the ~260 batches of a 3000-file volume)."""
+    volume = snapshot_place / "bulk"
+    build_bulk_tree(volume, files=3000, large=1, large_bytes=1 << 20)
+    monkeypatch.setattr(snapshot_copy, "PROCESS_AFTER", 0)
+    real = Jobs.submit_elsewhere
+    handed = 0
+
+    def submit(self: Jobs[Any], pool: Any, *args: Any) -> None:
+        nonlocal handed
+        real(self, pool, *args)
+        handed += 1
+        if handed == 3:
+            os.kill(next(iter(pool._processes.values())).pid, signal.SIGKILL)
+
+    monkeypatch.setattr(Jobs, "submit_elsewhere", submit)
+    with pytest.raises(CheckFailed, match="a worker process copying it ended unexpectedly"):
+        take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+
+    assert current_snapshot(store, APP) is None
+    assert generation_dirs(store) == []
+    monkeypatch.setattr(Jobs, "submit_elsewhere", real)
+    take_snapshot(store, APP, {"data": volume}, commit=COMMIT_A)
+    assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
 
 
 def test_new_take_replaces_the_old_generation(store: Path, volume: Path) -> None:

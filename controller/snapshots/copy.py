@@ -9,6 +9,7 @@ import stat
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -112,6 +113,12 @@ class TreeCopy:
         self._roots: _Roots | None = None
 
     def run(self, src: Path, dst: Path) -> CopyResult:
+        try:
+            return self._run(src, dst)
+        except BrokenProcessPool as exc:  # one was killed (the OOM killer, an operator)
+            raise CheckFailed(f"{src}: a worker process copying it ended unexpectedly ({exc})") from exc
+
+    def _run(self, src: Path, dst: Path) -> CopyResult:
         scanned_ns = time.time_ns()
         src_fd = fsio.open_root(src)
         try:
