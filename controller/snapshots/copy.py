@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -132,7 +133,7 @@ class TreeCopy:
                 dst_dev = dst_st.st_dev
                 if self._reads_every_file() and workers.can_use_processes():
                     self._roots = _Roots(str(src), (src_st.st_dev, src_st.st_ino), str(dst),
-                                         (dst_dev, dst_st.st_ino), self.read_back)
+                                         (dst_dev, dst_st.st_ino))
                 try:
                     self._walk(src_fd, dst_fd, prev_fd, ROOT, jobs, dst_dev)
                 finally:
@@ -272,7 +273,8 @@ class TreeCopy:
         if self._roots is not None and self._handed > PROCESS_AFTER:
             if self._processes is None:
                 self._processes = workers.process_pool()
-            jobs.submit_elsewhere(self._processes, _copy_batch_in_process, self._roots, rel, batch)
+            jobs.submit_elsewhere(self._processes, _copy_batch_in_process, self._roots,
+                                 self.read_back, rel, batch)
             self._handed_to_processes += len(batch)
             return
         fds = dup_all(src_fd, dst_fd, *([prev_fd] if prev_fd >= 0 else []))
@@ -316,44 +318,31 @@ class _Roots:
     src_inode: tuple[int, int]
     dst: str
     dst_inode: tuple[int, int]
-    read_back: bool
 
-    def open(self) -> tuple[int, int]:
-        src_fd = _open_checked(self.src, self.src_inode)
-        try:
-            return src_fd, _open_checked(self.dst, self.dst_inode)
-        except BaseException:
-            os.close(src_fd)
-            raise
+    def open_dirs(self, stack: contextlib.ExitStack, rel: str) -> tuple[int, int]:
+        """The directory `rel` in both trees, closed with `stack`."""
+        return (_open_below(stack, self.src, self.src_inode, rel),
+                _open_below(stack, self.dst, self.dst_inode, rel))
 
 
-def _open_checked(path: str, inode: tuple[int, int]) -> int:
-    fd = fsio.open_root(Path(path))
-    st = os.fstat(fd)
+def _open_below(stack: contextlib.ExitStack, root: str, inode: tuple[int, int], rel: str) -> int:
+    root_fd = fsio.open_root(Path(root))
+    stack.callback(os.close, root_fd)
+    st = os.fstat(root_fd)
     if (st.st_dev, st.st_ino) != inode:
-        os.close(fd)
-        raise CheckFailed(f"{path}: was replaced while being copied")
+        raise CheckFailed(f"{root}: was replaced while being copied")
+    fd = fsio.open_dir_chain(root_fd, rel)
+    stack.callback(os.close, fd)
     return fd
 
 
-def _copy_batch_in_process(roots: _Roots, rel: str, batch: list[str]) -> list[_Copy | _HardLinked]:
+def _copy_batch_in_process(roots: _Roots, read_back: bool, rel: str,
+                           batch: list[str]) -> list[_Copy | _HardLinked]:
     """In a worker process: copy one batch of a directory's files, with nothing to link or vouch."""
-    src_root, dst_root = roots.open()
-    try:
-        src_fd = fsio.open_dir_chain(src_root, rel)
-        try:
-            dst_fd = fsio.open_dir_chain(dst_root, rel)
-            try:
-                dst_dev = os.fstat(dst_fd).st_dev
-                return _copy_batch(src_fd, dst_fd, rel, batch,
-                                   _How(EMPTY, {}, -1, dst_dev, roots.read_back))
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
-    finally:
-        os.close(src_root)
-        os.close(dst_root)
+    with contextlib.ExitStack() as stack:
+        src_fd, dst_fd = roots.open_dirs(stack, rel)
+        return _copy_batch(src_fd, dst_fd, rel, batch,
+                           _How(EMPTY, {}, -1, roots.dst_inode[0], read_back))
 
 
 def _copy_batch(src_fd: int, dst_fd: int, rel: str, batch: list[str],

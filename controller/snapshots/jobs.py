@@ -68,6 +68,16 @@ class Jobs(Generic[T]):
             finally:
                 _close(fds)
 
+        self._enqueue(self._pool, run, (), fds)
+
+    def submit_elsewhere(self, pool: Executor, fn: Callable[..., list[T]], *args: object) -> None:
+        """Queue `fn(*args)` on another pool (worker processes: no descriptors go with it)."""
+        self._enqueue(pool, fn, args, ())
+
+    def _enqueue(self, pool: Executor, fn: Callable[..., list[T]], args: tuple[object, ...],
+                 fds: tuple[int, ...]) -> None:
+        """Take a slot and queue the call; `fds` are closed if it never runs."""
+
         def done(future: Future[list[T]]) -> None:
             self._slots.release()
             if future.cancelled():  # it never ran, so its descriptors are still open
@@ -79,23 +89,12 @@ class Jobs(Generic[T]):
             _close(fds)
             raise
         try:
-            future = self._pool.submit(run)
+            future = pool.submit(fn, *args)
         except BaseException:
             self._slots.release()
             _close(fds)
             raise
         future.add_done_callback(done)
-        self._futures.append(future)
-
-    def submit_elsewhere(self, pool: Executor, fn: Callable[..., list[T]], *args: object) -> None:
-        """Queue `fn(*args)` on another pool (worker processes: no descriptors go with it)."""
-        self._slots.acquire()
-        try:
-            future = pool.submit(fn, *args)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _: self._slots.release())
         self._futures.append(future)
 
     def results(self) -> list[T]:
