@@ -26,7 +26,7 @@ MANIFEST_FORMAT = 1
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestEntry:
     """One entry of a volume: everything a restore needs to make it equal again."""
 
@@ -42,7 +42,7 @@ class ManifestEntry:
     hardlink: str | None = None  # files sharing one inode carry the smallest member's path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observed:
     """What lstat says about a live entry, plus the link target; no content hash."""
 
