@@ -41,6 +41,7 @@ from controller.snapshots import (
 from controller.snapshots import copy as snapshot_copy
 from controller.snapshots import space as snapshot_space
 from controller.snapshots import store as snapshot_store
+from controller.snapshots.check import tree_differences
 from controller.snapshots.copy import linkable
 from controller.snapshots.index import VolumeIndex
 from controller.snapshots.jobs import WORKERS, Jobs
@@ -1162,3 +1163,42 @@ def test_a_take_that_fails_right_after_its_swap_keeps_the_new_generation(
     assert verify_snapshot(store, APP).commit == COMMIT_B  # settles what the take left
     assert generation_dirs(store) == [link_target(store)]
     assert snapshot_manifest(store, APP)["data"] == volume_manifest(volume)
+
+
+def _plain_tree() -> tuple[list[ManifestEntry], dict[str, Observed]]:
+    """A root, a directory and two files, as a manifest and as a scan that equals it."""
+    want = [ManifestEntry(".", "d", 0o755, 0, 0, 0, 1), ManifestEntry("d", "d", 0o750, 1, 1, 0, 2),
+            ManifestEntry("d/a", "f", 0o644, 1, 1, 3, 3, "a" * 64),
+            ManifestEntry("d/b", "f", 0o600, 1, 1, 4, 4, "b" * 64)]
+    seen = {e.path: Observed(e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns, None, (7, n), 1)
+            for n, e in enumerate(want)}
+    return want, seen
+
+
+@pytest.mark.parametrize("change, problem", [
+    ("none", None),
+    ("missing", "d/b: missing"),
+    ("extra", "d/c: not in the snapshot"),
+    ("mode", "d/a: mode 0666 instead of 0644"),
+    ("shared inode", "d/b: shares an inode with d/a; the snapshot has them apart"),
+    ("link wanted", "d/b: not hard-linked to d/a"),
+    ("duplicate entry", "d/c: not in the snapshot"),
+])
+def test_tree_differences_names_each_difference_and_nothing_on_an_equal_tree(change: str,
+                                                                              problem: str | None) -> None:
+    """The one-pass check of an equal tree must not hide what the full comparison names."""
+    want, seen = _plain_tree()
+    if change == "missing":
+        del seen["d/b"]
+    elif change in ("extra", "duplicate entry"):
+        seen["d/c"] = replace(seen["d/b"], inode=(7, 9))
+        if change == "duplicate entry":  # as many entries as scanned paths, one path twice
+            want.append(want[-1])
+    elif change == "mode":
+        seen["d/a"] = replace(seen["d/a"], mode=0o666)
+    elif change == "shared inode":
+        seen["d/b"] = replace(seen["d/b"], inode=seen["d/a"].inode)
+    elif change == "link wanted":
+        want[3] = replace(want[3], hardlink="d/a")
+    found = tree_differences(want, seen)
+    assert found == ([] if problem is None else [problem])

@@ -25,6 +25,8 @@ def tree_differences(
     want: list[ManifestEntry], seen: dict[str, Observed], label: str = ""
 ) -> list[str]:
     """Pure: metadata and structure (missing, extra, hard links) of a scanned tree vs a manifest."""
+    if _plainly_equal(want, seen):
+        return []
     problems: list[str] = []
     wanted = {entry.path: entry for entry in want}
     for entry in sorted(want, key=lambda e: sort_key(e.path)):
@@ -37,6 +39,22 @@ def tree_differences(
         problems.append(f"{label}{path}: not in the snapshot")
     problems.extend(_hardlink_differences(wanted, seen, label))
     return problems
+
+
+def _plainly_equal(want: list[ManifestEntry], seen: dict[str, Observed]) -> bool:
+    """The common case in one pass, without sorting: every entry there with its metadata,
+    nothing else there, no hard link wanted and no inode shared. False sends the caller to
+    the full comparison, which names each difference in path order."""
+    if len(seen) != len(want) or len({entry.path for entry in want}) != len(want):
+        return False
+    files: set[tuple[int, int]] = set()
+    for entry in want:
+        have = seen.get(entry.path)
+        if have is None or entry.hardlink is not None or metadata_differences(entry, have):
+            return False
+        if entry.type == "f":
+            files.add(have.inode)
+    return len(files) == sum(1 for entry in want if entry.type == "f")
 
 
 def _hardlink_differences(
